@@ -1,0 +1,252 @@
+//! Purification throughput, side by side in one run, printed as one table:
+//! for each backend (tract, ONNX Runtime on the CPU) and M = 16, 64, 128 samples per face:
+//! faces/s and ms per face through the `avaepurify` element, the raw engine time for the same
+//! faces (encoder + decoder calls only) and the element's overhead over it, and the decoder's
+//! achieved GFLOP/s beside this machine's measured sgemm GFLOP/s.
+//!
+//! `cargo bench --bench purify [-- --quick] [--model DIR] [--faces N]`
+//! (`--quick`: M = 16 only and fewer repetitions, for CI).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gst::prelude::*;
+use gstavaepurify::bundle::default_model_dir;
+use gstavaepurify::engine::{Backend, Device};
+use gstavaepurify::purifier::{Purifier, PurifyParams};
+use ndarray::{Array2, Array4};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FRAME_W: u32 = 640;
+const FRAME_H: u32 = 480;
+const BATCH: usize = 16;
+
+struct Options {
+    quick: bool,
+    model: PathBuf,
+    faces: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        model: default_model_dir(),
+        faces: 4,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--model" => o.model = args.next().ok_or("--model needs a folder")?.into(),
+            "--faces" => {
+                o.faces = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v: &usize| (1..=16).contains(&v))
+                    .ok_or("--faces needs a number from 1 to 16")?
+            }
+            // cargo bench passes --bench; anything else is a mistake worth saying.
+            "--bench" => {}
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(o)
+}
+
+/// Single-precision matrix multiply GFLOP/s on `threads` threads at once (ndarray/matrixmultiply,
+/// 512x512x512 per call).
+fn sgemm_gflops(threads: usize, reps: usize) -> f64 {
+    let n = 512;
+    let a = Array2::<f32>::from_shape_fn((n, n), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.01);
+    let b = a.t().to_owned();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut c = Array2::<f32>::zeros((n, n));
+                for _ in 0..reps {
+                    ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+                }
+                std::hint::black_box(&c);
+            });
+        }
+    });
+    let flops = 2.0 * (n * n * n) as f64 * (reps * threads) as f64;
+    flops / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Random faces: purification cost does not depend on content.
+fn faces(n: usize, s: usize, rng: &mut StdRng) -> Array4<f32> {
+    Array4::from_shape_fn((n, 3, s, s), |_| rng.random_range(-1.0..1.0))
+}
+
+struct Row {
+    backend: String,
+    samples: usize,
+    element_ms: f64,
+    engine_ms: f64,
+    decoder_gflops: f64,
+}
+
+/// Raw engine time per face (encoder + decoder calls) and decoder GFLOP/s.
+fn engine_time(
+    purifier: &mut Purifier,
+    samples: usize,
+    nfaces: usize,
+    reps: usize,
+) -> Result<(f64, f64), String> {
+    let s = purifier.image_size();
+    let mut rng = StdRng::seed_from_u64(1);
+    let params = PurifyParams {
+        samples,
+        batch: BATCH,
+        tau: purifier.default_tau(),
+    };
+    let mut batch = faces(nfaces, s, &mut rng);
+    // Warm-up: builds plans / sessions for these shapes.
+    purifier
+        .purify(batch.view_mut(), &params, &mut rng)
+        .map_err(|e| e.to_string())?;
+    let before = purifier.engine_seconds();
+    for _ in 0..reps {
+        let mut batch = faces(nfaces, s, &mut rng);
+        purifier
+            .purify(batch.view_mut(), &params, &mut rng)
+            .map_err(|e| e.to_string())?;
+    }
+    let engine = (purifier.engine_seconds() - before) / (reps * nfaces) as f64;
+
+    // Decoder alone: full batches of latents.
+    let m = &purifier.bundle().manifest;
+    let (d, c, flops) = (m.latent_dim, m.skip_channels, m.decoder_flops as f64);
+    let z = Array2::<f32>::from_shape_fn((BATCH, d), |_| rng.random_range(-1.0..1.0));
+    let skip = Array4::<f32>::from_shape_fn((BATCH, c, 16, 16), |_| rng.random_range(-1.0..1.0));
+    purifier.decode(z.view(), skip.view()).map_err(|e| e.to_string())?;
+    let calls = (samples * nfaces * reps).div_ceil(BATCH).max(2);
+    let t = Instant::now();
+    for _ in 0..calls {
+        purifier.decode(z.view(), skip.view()).map_err(|e| e.to_string())?;
+    }
+    let gflops = flops * (calls * BATCH) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    Ok((engine * 1e3, gflops))
+}
+
+/// Element time per face: frames with `nfaces` face ROIs through `avaepurify` in a Harness.
+fn element_time(
+    model: &std::path::Path,
+    backend: &str,
+    samples: usize,
+    nfaces: usize,
+    reps: usize,
+) -> Result<f64, String> {
+    let mut h = gst_check::Harness::new("avaepurify");
+    {
+        let el = h.element().ok_or("no element in harness")?;
+        el.set_property("model", model.to_str().ok_or("model path is not UTF-8")?);
+        el.set_property_from_str("backend", backend);
+        el.set_property_from_str("device", "cpu");
+        el.set_property("samples", samples as u32);
+        el.set_property("batch", BATCH as u32);
+        el.set_property("seed", 1u64);
+        el.set_property("max-faces", 16u32);
+    }
+    h.set_src_caps_str(&format!(
+        "video/x-raw,format=RGB,width={FRAME_W},height={FRAME_H},framerate=25/1"
+    ));
+    let mut rng = StdRng::seed_from_u64(2);
+    let frame = |rng: &mut StdRng| -> Result<gst::Buffer, String> {
+        let data: Vec<u8> = (0..(FRAME_W * FRAME_H * 3)).map(|_| rng.random()).collect();
+        let mut buf = gst::Buffer::from_mut_slice(data);
+        let b = buf.get_mut().ok_or("buffer not writable")?;
+        for i in 0..nfaces as u32 {
+            let x = (i % 4) * 150 + 10;
+            let y = (i / 4) * 115 + 5;
+            gst_video::VideoRegionOfInterestMeta::add(b, "face", (x, y, 110, 110));
+        }
+        Ok(buf)
+    };
+    h.push_and_pull(frame(&mut rng)?)
+        .map_err(|e| format!("warm-up frame: {e:?}"))?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        h.push_and_pull(frame(&mut rng)?)
+            .map_err(|e| format!("frame: {e:?}"))?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3 / (reps * nfaces) as f64)
+}
+
+fn run() -> Result<(), String> {
+    let o = options()?;
+    gst::init().map_err(|e| e.to_string())?;
+    gstavaepurify::plugin_register_static().map_err(|e| e.to_string())?;
+    let sample_counts: &[usize] = if o.quick { &[16] } else { &[16, 64, 128] };
+    let reps = if o.quick { 2 } else { 5 };
+    let mut rows = Vec::new();
+    for (label, backend) in [("tract", Backend::Tract), ("ort", Backend::Ort)] {
+        let mut purifier = match Purifier::load(&o.model, backend, Device::Cpu) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("skipping backend {label}: {e}");
+                continue;
+            }
+        };
+        let name = purifier.backend_name();
+        for &m in sample_counts {
+            let (engine_ms, decoder_gflops) = engine_time(&mut purifier, m, o.faces, reps)?;
+            let element_ms = element_time(&o.model, label, m, o.faces, reps)?;
+            rows.push(Row {
+                backend: name.clone(),
+                samples: m,
+                element_ms,
+                engine_ms,
+                decoder_gflops,
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Err("no backend could load the model".into());
+    }
+    let sgemm1 = sgemm_gflops(1, if o.quick { 4 } else { 10 });
+    let sgemm_all = sgemm_gflops(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if o.quick { 4 } else { 10 },
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!();
+    println!(
+        "avaepurify benchmark: model {}, {} faces per {}x{} RGB frame, batch {BATCH}, {cores} cores",
+        o.model.display(),
+        o.faces,
+        FRAME_W,
+        FRAME_H
+    );
+    println!();
+    println!(
+        "| backend | M | faces/s | ms/face (element) | ms/face (engine only) | element overhead | decoder GFLOP/s | sgemm GFLOP/s (1 thread / {cores} threads) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let overhead = 100.0 * (r.element_ms - r.engine_ms) / r.element_ms;
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} % | {:.1} | {:.1} / {:.1} |",
+            r.backend,
+            r.samples,
+            1000.0 / r.element_ms,
+            r.element_ms,
+            r.engine_ms,
+            overhead,
+            r.decoder_gflops,
+            sgemm1,
+            sgemm_all
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,783 @@
+//! Implementation of `avaepurify`: settings, streaming state, and the per-frame work.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::Instant;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+use gst_video::subclass::prelude::*;
+use ndarray::{ArrayViewMut4, Axis};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::{BackendChoice, DeviceChoice};
+use crate::core::image::{self, FrameMut, FrameRef, PixelLayout, Region};
+use crate::purifier::{Purified, Purifier, PurifyParams};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "avaepurify",
+        gst::DebugColorFlags::empty(),
+        Some("A-VAE face purification"),
+    )
+});
+
+/// Name of the param structure added to each purified ROI meta.
+const PARAM_NAME: &str = "avae-purify";
+/// Name of the structure returned by the `stats` property.
+const STATS_NAME: &str = "avaepurify-stats";
+
+const DEFAULT_BACKEND: BackendChoice = BackendChoice::Auto;
+const DEFAULT_DEVICE: DeviceChoice = DeviceChoice::Auto;
+const DEFAULT_SAMPLES: u32 = 16;
+const DEFAULT_BATCH: u32 = 16;
+const DEFAULT_TAU: f32 = 0.03;
+const DEFAULT_SEED: u64 = 0;
+const DEFAULT_ROI_TYPE: &str = "face";
+const DEFAULT_MARGIN: f32 = 0.2;
+const DEFAULT_FULL_FRAME: bool = false;
+const DEFAULT_MAX_FACES: u32 = 16;
+
+const MAX_SAMPLES: u32 = 4096;
+const MAX_BATCH: u32 = 4096;
+const MAX_MARGIN: f32 = 2.0;
+const MAX_MAX_FACES: u32 = 256;
+
+/// What the properties set; read once per frame.
+#[derive(Debug, Clone)]
+struct Settings {
+    model: String,
+    backend: BackendChoice,
+    device: DeviceChoice,
+    samples: u32,
+    batch: u32,
+    tau: f32,
+    seed: u64,
+    roi_type: String,
+    margin: f32,
+    full_frame: bool,
+    max_faces: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            model: crate::bundle::default_model_dir()
+                .to_string_lossy()
+                .into_owned(),
+            backend: DEFAULT_BACKEND,
+            device: DEFAULT_DEVICE,
+            samples: DEFAULT_SAMPLES,
+            batch: DEFAULT_BATCH,
+            tau: DEFAULT_TAU,
+            seed: DEFAULT_SEED,
+            roi_type: DEFAULT_ROI_TYPE.to_owned(),
+            margin: DEFAULT_MARGIN,
+            full_frame: DEFAULT_FULL_FRAME,
+            max_faces: DEFAULT_MAX_FACES,
+        }
+    }
+}
+
+/// Why a face or a frame was passed through unpurified; each cause is warned about once per run.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    /// An ROI was empty or did not intersect the frame.
+    RoiOutsideFrame,
+    /// A frame had more matching ROIs than `max-faces`.
+    TooManyFaces,
+    /// The frame could not be mapped or its pixels read.
+    FrameUnreadable,
+    /// The purifier returned an error or panicked.
+    EngineFailed,
+}
+
+/// The set of causes already warned about in this run.
+#[derive(Debug, Default)]
+struct Warned(u8);
+
+impl Warned {
+    /// True the first time `cause` is seen.
+    fn first(&mut self, cause: Cause) -> bool {
+        let bit = 1u8 << (cause as u8);
+        let first = self.0 & bit == 0;
+        self.0 |= bit;
+        first
+    }
+}
+
+/// What exists only between `start()` and `stop()`.
+struct State {
+    purifier: Purifier,
+    rng: StdRng,
+    info: Option<gst_video::VideoInfo>,
+    /// Storage of the `[N, 3, S, S]` face batch, reused from frame to frame.
+    faces: Vec<f32>,
+    warned: Warned,
+}
+
+/// Counters behind the read-only `stats` property.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    frames: u64,
+    faces_purified: u64,
+    faces_skipped: u64,
+    failures: u64,
+    latency_ms_total: f64,
+}
+
+impl Stats {
+    fn to_structure(&self) -> gst::Structure {
+        let mean_latency_ms = if self.faces_purified > 0 {
+            self.latency_ms_total / self.faces_purified as f64
+        } else {
+            0.0
+        };
+        gst::Structure::builder(STATS_NAME)
+            .field("frames", self.frames)
+            .field("faces-purified", self.faces_purified)
+            .field("faces-skipped", self.faces_skipped)
+            .field("failures", self.failures)
+            .field("mean-latency-ms", mean_latency_ms)
+            .build()
+    }
+}
+
+/// A face to purify: where it is in the frame, and the ROI meta it came from (none in
+/// full-frame mode).
+struct Target {
+    roi: Option<gst::meta::MetaSeqnum>,
+    region: Region,
+}
+
+/// What happened to one frame, folded into [`Stats`] and warnings once the state lock is gone.
+#[derive(Default)]
+struct FrameReport {
+    purified: u64,
+    skipped: u64,
+    failed: bool,
+    latency_ms: f64,
+    warnings: Vec<(Cause, String)>,
+}
+
+impl FrameReport {
+    fn note(&mut self, warned: &mut Warned, cause: Cause, message: impl FnOnce() -> String) {
+        if warned.first(cause) {
+            self.warnings.push((cause, message()));
+        }
+    }
+}
+
+/// The `avaepurify` element.
+#[derive(Default)]
+pub struct AvaePurify {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    stats: Mutex<Stats>,
+}
+
+/// Locks `mutex`, recovering the data if a panic poisoned it: every value behind these
+/// mutexes stays consistent between statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The packed layout of a negotiated format (the pad templates allow no other).
+fn pixel_layout(format: gst_video::VideoFormat) -> Option<PixelLayout> {
+    use gst_video::VideoFormat as F;
+    match format {
+        F::Rgb => Some(PixelLayout::Rgb),
+        F::Bgr => Some(PixelLayout::Bgr),
+        F::Rgba => Some(PixelLayout::Rgba),
+        F::Bgra => Some(PixelLayout::Bgra),
+        F::Rgbx => Some(PixelLayout::Rgbx),
+        F::Bgrx => Some(PixelLayout::Bgrx),
+        _ => None,
+    }
+}
+
+impl AvaePurify {
+    /// The faces of this frame: the whole frame, or each matching ROI in the order they were
+    /// attached, up to `max-faces`.
+    fn targets(
+        &self,
+        buffer: &gst::BufferRef,
+        settings: &Settings,
+        width: usize,
+        height: usize,
+        warned: &mut Warned,
+        report: &mut FrameReport,
+    ) -> Vec<Target> {
+        if settings.full_frame {
+            return vec![Target {
+                roi: None,
+                region: Region::full(width, height),
+            }];
+        }
+        let mut rois: Vec<_> = buffer
+            .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+            .filter(|meta| meta.roi_type() == settings.roi_type)
+            .map(|meta| (meta.seqnum(), meta.rect()))
+            .collect();
+        rois.sort_by_key(|(seqnum, _)| *seqnum);
+
+        let max_faces = settings.max_faces as usize;
+        if rois.len() > max_faces {
+            let extra = rois.len() - max_faces;
+            report.skipped += extra as u64;
+            report.note(warned, Cause::TooManyFaces, || {
+                format!(
+                    "A frame has {} '{}' ROIs but max-faces is {max_faces}: the first {max_faces} \
+                     are purified, the other {extra} pass through unpurified (raise max-faces)",
+                    rois.len(),
+                    settings.roi_type,
+                )
+            });
+            rois.truncate(max_faces);
+        }
+
+        let mut targets = Vec::with_capacity(rois.len());
+        for (seqnum, (x, y, w, h)) in rois {
+            match image::square_box(
+                i64::from(x),
+                i64::from(y),
+                w,
+                h,
+                settings.margin,
+                width,
+                height,
+            ) {
+                Some(square) => targets.push(Target {
+                    roi: Some(seqnum),
+                    region: square.into(),
+                }),
+                None => {
+                    report.skipped += 1;
+                    report.note(warned, Cause::RoiOutsideFrame, || {
+                        format!(
+                            "A '{}' ROI at ({x}, {y}) of size {w}x{h} is empty or outside the \
+                             {width}x{height} frame: it passes through unpurified",
+                            settings.roi_type,
+                        )
+                    });
+                }
+            }
+        }
+        targets
+    }
+
+    /// Reads, purifies and writes back every target of `frame` in one purifier call. On error
+    /// the frame is untouched: faces are written only once all of them are purified.
+    fn purify_frame(
+        state: &mut State,
+        settings: &Settings,
+        frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+        targets: &[Target],
+    ) -> Result<Vec<Purified>, (Cause, String)> {
+        let unreadable = |reason: String| (Cause::FrameUnreadable, reason);
+        let info = frame.info();
+        let (width, height) = (info.width() as usize, info.height() as usize);
+        let layout = pixel_layout(info.format())
+            .ok_or_else(|| unreadable(format!("unsupported format {}", info.format())))?;
+        let stride = usize::try_from(frame.plane_stride()[0])
+            .map_err(|_| unreadable("negative stride".to_owned()))?;
+        let data = frame
+            .plane_data_mut(0)
+            .map_err(|err| unreadable(format!("cannot access plane 0: {err}")))?;
+
+        let State {
+            purifier,
+            rng,
+            faces: storage,
+            ..
+        } = state;
+        let side = purifier.image_size();
+        let n = targets.len();
+        storage.resize(n * 3 * side * side, 0.0);
+        let mut faces = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
+            .map_err(|err| unreadable(format!("face batch: {err}")))?;
+
+        let source = FrameRef {
+            data: &*data,
+            width,
+            height,
+            stride,
+            layout,
+        };
+        for (target, face) in targets.iter().zip(faces.axis_iter_mut(Axis(0))) {
+            image::read_region(&source, target.region, face)
+                .map_err(|err| unreadable(err.to_string()))?;
+        }
+
+        let params = PurifyParams {
+            samples: settings.samples as usize,
+            batch: settings.batch as usize,
+            tau: settings.tau,
+        };
+        let results = panic::catch_unwind(AssertUnwindSafe(|| {
+            purifier.purify(faces.view_mut(), &params, rng)
+        }))
+        .map_err(|_| {
+            (
+                Cause::EngineFailed,
+                "the purifier panicked (see the log above)".to_owned(),
+            )
+        })?
+        .map_err(|err| (Cause::EngineFailed, err.to_string()))?;
+        if results.len() != n {
+            return Err((
+                Cause::EngineFailed,
+                format!(
+                    "the purifier returned {} results for {n} faces",
+                    results.len()
+                ),
+            ));
+        }
+
+        let mut dest = FrameMut {
+            data,
+            width,
+            height,
+            stride,
+            layout,
+        };
+        for (target, face) in targets.iter().zip(faces.axis_iter(Axis(0))) {
+            image::write_region(&mut dest, target.region, face)
+                .map_err(|err| unreadable(err.to_string()))?;
+        }
+        Ok(results)
+    }
+
+    /// Adds the `avae-purify` param structure to each ROI meta that was purified.
+    fn annotate_rois(
+        buffer: &mut gst::BufferRef,
+        targets: &[Target],
+        results: &[Purified],
+        samples: u32,
+    ) {
+        for mut meta in buffer.iter_meta_mut::<gst_video::VideoRegionOfInterestMeta>() {
+            let seqnum = meta.seqnum();
+            let Some(found) = targets.iter().position(|t| t.roi == Some(seqnum)) else {
+                continue;
+            };
+            let result = &results[found];
+            meta.add_param(
+                gst::Structure::builder(PARAM_NAME)
+                    .field("distance", f64::from(result.distance))
+                    .field(
+                        "candidate",
+                        u32::try_from(result.candidate).unwrap_or(u32::MAX),
+                    )
+                    .field("samples", samples)
+                    .build(),
+            );
+        }
+    }
+
+    /// Does one frame's work under the state lock and says what happened.
+    fn process(
+        &self,
+        buffer: &mut gst::BufferRef,
+        settings: &Settings,
+    ) -> Result<FrameReport, gst::FlowError> {
+        let mut state_guard = lock(&self.state);
+        let state = state_guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let info = state.info.clone().ok_or(gst::FlowError::NotNegotiated)?;
+        let (width, height) = (info.width() as usize, info.height() as usize);
+
+        let mut report = FrameReport::default();
+        let targets = self.targets(
+            buffer,
+            settings,
+            width,
+            height,
+            &mut state.warned,
+            &mut report,
+        );
+        if targets.is_empty() {
+            return Ok(report);
+        }
+
+        let started = Instant::now();
+        let outcome = match gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info) {
+            Ok(mut frame) => Self::purify_frame(state, settings, &mut frame, &targets),
+            Err(err) => Err((
+                Cause::FrameUnreadable,
+                format!("cannot map the buffer: {err}"),
+            )),
+        };
+        match outcome {
+            Ok(results) => {
+                report.purified = targets.len() as u64;
+                report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                Self::annotate_rois(buffer, &targets, &results, settings.samples);
+            }
+            Err((cause, reason)) => {
+                gst::debug!(CAT, imp = self, "Frame passed through unpurified: {reason}");
+                report.failed = true;
+                report.note(&mut state.warned, cause, || {
+                    format!(
+                        "Purification failed, frames pass through unpurified \
+                         (model '{}'): {reason}",
+                        settings.model
+                    )
+                });
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for AvaePurify {
+    const NAME: &'static str = "GstAvaePurify";
+    type Type = super::AvaePurify;
+    type ParentType = gst_video::VideoFilter;
+}
+
+impl ObjectImpl for AvaePurify {
+    fn constructed(&self) {
+        self.parent_constructed();
+        // GstVideoFilter enables QoS, which drops late frames; every frame must come out.
+        self.obj().set_qos(false);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let default_model = Settings::default().model;
+            vec![
+                glib::ParamSpecString::builder("model")
+                    .nick("Model bundle")
+                    .blurb(
+                        "Folder of the A-VAE model bundle (manifest.json, encoder.onnx, \
+                         decoder.onnx); loaded when the element starts",
+                    )
+                    .default_value(Some(default_model.as_str()))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("backend", DEFAULT_BACKEND)
+                    .nick("Inference backend")
+                    .blurb(
+                        "Inference backend: auto uses ONNX Runtime when its library loads \
+                         (ORT_DYLIB_PATH) and tract otherwise",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("device", DEFAULT_DEVICE)
+                    .nick("Inference device")
+                    .blurb(
+                        "Device for the ort backend: auto tries TensorRT, then CUDA, then CPU \
+                         (tract always runs on the CPU)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("samples")
+                    .nick("Latent samples")
+                    .blurb(
+                        "Latent samples M decoded per face; the candidate nearest to the input \
+                         is kept (more is slower and purifies closer to the input)",
+                    )
+                    .minimum(1)
+                    .maximum(MAX_SAMPLES)
+                    .default_value(DEFAULT_SAMPLES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("batch")
+                    .nick("Decoder batch")
+                    .blurb("Latents decoded per engine call; bounds memory, not the result")
+                    .minimum(1)
+                    .maximum(MAX_BATCH)
+                    .default_value(DEFAULT_BATCH)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("tau")
+                    .nick("KL clip")
+                    .blurb(
+                        "KL clip tau of the sampled latents (mean KL per latent dimension, \
+                         paper section 3.4): 0 decodes the posterior mean, a very large value \
+                         (e.g. 1e30) disables the clip",
+                    )
+                    .minimum(0.0)
+                    .maximum(f32::MAX)
+                    .default_value(DEFAULT_TAU)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("seed")
+                    .nick("Random seed")
+                    .blurb(
+                        "Seed of the latent sampling: 0 draws a new random seed at each start; \
+                         any other value gives reproducible output from start",
+                    )
+                    .default_value(DEFAULT_SEED)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("roi-type")
+                    .nick("ROI type")
+                    .blurb("Type of the region-of-interest metas to purify (e.g. face)")
+                    .default_value(Some(DEFAULT_ROI_TYPE))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("margin")
+                    .nick("Crop margin")
+                    .blurb(
+                        "Margin added around each ROI, as a fraction of its longer side, \
+                         before the square crop is resized to the model's input",
+                    )
+                    .minimum(0.0)
+                    .maximum(MAX_MARGIN)
+                    .default_value(DEFAULT_MARGIN)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("full-frame")
+                    .nick("Full frame")
+                    .blurb(
+                        "Purify the whole frame as one face (streams of cropped faces) and \
+                         ignore ROI metas",
+                    )
+                    .default_value(DEFAULT_FULL_FRAME)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-faces")
+                    .nick("Maximum faces")
+                    .blurb(
+                        "Most ROIs purified per frame, in the order they were attached; the \
+                         others pass through unpurified and count as skipped",
+                    )
+                    .minimum(1)
+                    .maximum(MAX_MAX_FACES)
+                    .default_value(DEFAULT_MAX_FACES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "Counters since start (avaepurify-stats): frames, faces-purified, \
+                         faces-skipped (ROI empty, outside the frame or beyond max-faces), \
+                         failures (frames passed through after an engine error), \
+                         mean-latency-ms (per purified face)",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = lock(&self.settings);
+        let name = pspec.name();
+        match name {
+            "model" => {
+                settings.model = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| Settings::default().model);
+            }
+            "backend" => settings.backend = value.get().expect("type checked upstream"),
+            "device" => settings.device = value.get().expect("type checked upstream"),
+            "samples" => settings.samples = value.get().expect("type checked upstream"),
+            "batch" => settings.batch = value.get().expect("type checked upstream"),
+            "tau" => settings.tau = value.get().expect("type checked upstream"),
+            "seed" => settings.seed = value.get().expect("type checked upstream"),
+            "roi-type" => {
+                settings.roi_type = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_ROI_TYPE.to_owned());
+            }
+            "margin" => settings.margin = value.get().expect("type checked upstream"),
+            "full-frame" => settings.full_frame = value.get().expect("type checked upstream"),
+            "max-faces" => settings.max_faces = value.get().expect("type checked upstream"),
+            _ => unimplemented!("property {name}"),
+        }
+        drop(settings);
+        gst::debug!(CAT, imp = self, "Set {name} to {value:?}");
+        if matches!(name, "model" | "backend" | "device" | "seed") && lock(&self.state).is_some() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{name} changed while running: it takes effect at the next start"
+            );
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return lock(&self.stats).to_structure().to_value();
+        }
+        let settings = lock(&self.settings);
+        match pspec.name() {
+            "model" => settings.model.to_value(),
+            "backend" => settings.backend.to_value(),
+            "device" => settings.device.to_value(),
+            "samples" => settings.samples.to_value(),
+            "batch" => settings.batch.to_value(),
+            "tau" => settings.tau.to_value(),
+            "seed" => settings.seed.to_value(),
+            "roi-type" => settings.roi_type.to_value(),
+            "margin" => settings.margin.to_value(),
+            "full-frame" => settings.full_frame.to_value(),
+            "max-faces" => settings.max_faces.to_value(),
+            name => unimplemented!("property {name}"),
+        }
+    }
+}
+
+impl GstObjectImpl for AvaePurify {}
+
+impl ElementImpl for AvaePurify {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static ELEMENT_METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "A-VAE face purifier",
+                "Filter/Effect/Video",
+                "Purifies faces (region-of-interest metas or the whole frame) against \
+                 adversarial perturbations by projecting them onto an A-VAE's face manifold",
+                "avae-purify developers",
+            )
+        });
+        Some(&*ELEMENT_METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst_video::VideoCapsBuilder::new()
+                .format_list([
+                    gst_video::VideoFormat::Rgb,
+                    gst_video::VideoFormat::Bgr,
+                    gst_video::VideoFormat::Rgba,
+                    gst_video::VideoFormat::Bgra,
+                    gst_video::VideoFormat::Rgbx,
+                    gst_video::VideoFormat::Bgrx,
+                ])
+                .build();
+            ["src", "sink"]
+                .into_iter()
+                .map(|name| {
+                    let direction = if name == "src" {
+                        gst::PadDirection::Src
+                    } else {
+                        gst::PadDirection::Sink
+                    };
+                    gst::PadTemplate::new(name, direction, gst::PadPresence::Always, &caps)
+                        .expect("static pad template is valid")
+                })
+                .collect()
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for AvaePurify {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = lock(&self.settings).clone();
+        let purifier = Purifier::load(
+            Path::new(&settings.model),
+            settings.backend.into(),
+            settings.device.into(),
+        )
+        .map_err(|err| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                (
+                    "Cannot load the A-VAE model bundle '{}' (property 'model'): {err}",
+                    settings.model
+                )
+            )
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "Loaded model bundle '{}' on backend {} (face size {}, bundle tau {}, tau {})",
+            settings.model,
+            purifier.backend_name(),
+            purifier.image_size(),
+            purifier.default_tau(),
+            settings.tau,
+        );
+        for fallback in purifier.fallbacks() {
+            gst::info!(CAT, imp = self, "Engine fallback: {fallback}");
+        }
+        let rng = if settings.seed == 0 {
+            StdRng::from_os_rng()
+        } else {
+            StdRng::seed_from_u64(settings.seed)
+        };
+        *lock(&self.state) = Some(State {
+            purifier,
+            rng,
+            info: None,
+            faces: Vec::new(),
+            warned: Warned::default(),
+        });
+        *lock(&self.stats) = Stats::default();
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        lock(&self.state).take();
+        gst::info!(
+            CAT,
+            imp = self,
+            "Stopped: {}",
+            lock(&self.stats).to_structure()
+        );
+        Ok(())
+    }
+
+    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let settings = lock(&self.settings).clone();
+        let report = self.process(buf, &settings)?;
+        {
+            let mut stats = lock(&self.stats);
+            stats.frames += 1;
+            stats.faces_purified += report.purified;
+            stats.faces_skipped += report.skipped;
+            stats.failures += u64::from(report.failed);
+            stats.latency_ms_total += report.latency_ms;
+        }
+        for (cause, message) in report.warnings {
+            gst::warning!(CAT, imp = self, "{message}");
+            match cause {
+                Cause::EngineFailed | Cause::FrameUnreadable => {
+                    gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", message));
+                }
+                Cause::RoiOutsideFrame | Cause::TooManyFaces => {
+                    gst::element_imp_warning!(self, gst::StreamError::Failed, ("{}", message));
+                }
+            }
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+impl VideoFilterImpl for AvaePurify {
+    fn set_info(
+        &self,
+        incaps: &gst::Caps,
+        in_info: &gst_video::VideoInfo,
+        _outcaps: &gst::Caps,
+        _out_info: &gst_video::VideoInfo,
+    ) -> Result<(), gst::LoggableError> {
+        let mut state = lock(&self.state);
+        let state = state
+            .as_mut()
+            .ok_or_else(|| gst::loggable_error!(CAT, "Caps set before the element started"))?;
+        gst::debug!(CAT, imp = self, "Configured for caps {incaps}");
+        state.info = Some(in_info.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,482 @@
+//! Crops, resampling, colour conversion and paste-back between packed 8-bit video frames and
+//! the model's `[3, S, S]` RGB float faces in [-1, 1].
+//!
+//! Resampling is separable with a triangle (bilinear) kernel whose support widens with the
+//! downscale factor, so a large face shrunk to S pixels is averaged rather than aliased, and
+//! a small one enlarged is plain bilinear with half-pixel centres.
+
+use ndarray::{Array3, ArrayView3, ArrayViewMut3};
+
+use crate::Error;
+
+/// Packed 8-bit pixel layouts the element accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelLayout {
+    /// R, G, B.
+    Rgb,
+    /// B, G, R.
+    Bgr,
+    /// R, G, B, A.
+    Rgba,
+    /// B, G, R, A.
+    Bgra,
+    /// R, G, B, padding.
+    Rgbx,
+    /// B, G, R, padding.
+    Bgrx,
+}
+
+impl PixelLayout {
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            PixelLayout::Rgb | PixelLayout::Bgr => 3,
+            _ => 4,
+        }
+    }
+
+    /// Byte offsets of R, G and B inside a pixel.
+    pub fn rgb_offsets(self) -> [usize; 3] {
+        match self {
+            PixelLayout::Rgb | PixelLayout::Rgba | PixelLayout::Rgbx => [0, 1, 2],
+            PixelLayout::Bgr | PixelLayout::Bgra | PixelLayout::Bgrx => [2, 1, 0],
+        }
+    }
+}
+
+/// A read-only packed frame.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'a> {
+    /// Pixel bytes, row after row, `stride` bytes apart.
+    pub data: &'a [u8],
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Bytes from one row to the next (at least `width * bytes_per_pixel`).
+    pub stride: usize,
+    /// Pixel layout.
+    pub layout: PixelLayout,
+}
+
+/// A writable packed frame.
+#[derive(Debug)]
+pub struct FrameMut<'a> {
+    /// Pixel bytes, row after row, `stride` bytes apart.
+    pub data: &'a mut [u8],
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Bytes from one row to the next (at least `width * bytes_per_pixel`).
+    pub stride: usize,
+    /// Pixel layout.
+    pub layout: PixelLayout,
+}
+
+/// A square region of a frame, in pixels, entirely inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SquareBox {
+    /// Left column.
+    pub x: usize,
+    /// Top row.
+    pub y: usize,
+    /// Side length (at least 1).
+    pub side: usize,
+}
+
+/// A rectangular region of a frame, in pixels, entirely inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// Left column.
+    pub x: usize,
+    /// Top row.
+    pub y: usize,
+    /// Width (at least 1).
+    pub width: usize,
+    /// Height (at least 1).
+    pub height: usize,
+}
+
+impl From<SquareBox> for Region {
+    fn from(b: SquareBox) -> Self {
+        Region {
+            x: b.x,
+            y: b.y,
+            width: b.side,
+            height: b.side,
+        }
+    }
+}
+
+impl Region {
+    /// The whole frame.
+    pub fn full(width: usize, height: usize) -> Self {
+        Region {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        }
+    }
+}
+
+/// The square crop around an ROI: centred on it, of side `max(w, h) * (1 + margin)`, no larger
+/// than the frame, and shifted (not shrunk) to lie inside the frame. `None` when the ROI is empty
+/// or does not intersect the frame.
+pub fn square_box(
+    roi_x: i64,
+    roi_y: i64,
+    roi_w: u32,
+    roi_h: u32,
+    margin: f32,
+    frame_w: usize,
+    frame_h: usize,
+) -> Option<SquareBox> {
+    if roi_w == 0 || roi_h == 0 || frame_w == 0 || frame_h == 0 {
+        return None;
+    }
+    let (fw, fh) = (frame_w as i64, frame_h as i64);
+    let (x1, y1) = (roi_x + i64::from(roi_w), roi_y + i64::from(roi_h));
+    if x1 <= 0 || y1 <= 0 || roi_x >= fw || roi_y >= fh {
+        return None;
+    }
+    let margin = if margin.is_finite() { margin.max(0.0) } else { 0.0 };
+    let want = (f64::from(roi_w.max(roi_h)) * (1.0 + f64::from(margin))).round() as i64;
+    let side = want.clamp(1, fw.min(fh));
+    let cx = roi_x as f64 + f64::from(roi_w) / 2.0;
+    let cy = roi_y as f64 + f64::from(roi_h) / 2.0;
+    let x = ((cx - side as f64 / 2.0).round() as i64).clamp(0, fw - side);
+    let y = ((cy - side as f64 / 2.0).round() as i64).clamp(0, fh - side);
+    Some(SquareBox {
+        x: x as usize,
+        y: y as usize,
+        side: side as usize,
+    })
+}
+
+/// Resampling weights from `src` samples to `dst` samples: for each output sample, the first
+/// input index and the normalised weights that follow it.
+fn resample_weights(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = src as f64 / dst as f64;
+    let support = scale.max(1.0);
+    (0..dst)
+        .map(|o| {
+            let centre = (o as f64 + 0.5) * scale;
+            let lo = ((centre - support).floor().max(0.0)) as usize;
+            let hi = ((centre + support).ceil() as usize).min(src);
+            let mut w: Vec<f64> = (lo..hi)
+                .map(|i| (1.0 - ((i as f64 + 0.5 - centre) / support).abs()).max(0.0))
+                .collect();
+            let total: f64 = w.iter().sum();
+            if total > 0.0 {
+                w.iter_mut().for_each(|v| *v /= total);
+            } else {
+                // Unreachable for src >= 1, kept so that no weight set is ever empty of mass.
+                w = vec![1.0];
+            }
+            (lo, w.into_iter().map(|v| v as f32).collect())
+        })
+        .collect()
+}
+
+/// Resamples a `[C, H, W]` image to `[C, out_h, out_w]` (module docs for the kernel).
+pub fn resize(src: ArrayView3<'_, f32>, out_h: usize, out_w: usize) -> Array3<f32> {
+    let (c, h, w) = src.dim();
+    let wx = resample_weights(w, out_w);
+    let wy = resample_weights(h, out_h);
+    let mut tmp = Array3::<f32>::zeros((c, h, out_w));
+    for ch in 0..c {
+        for y in 0..h {
+            for (ox, (lo, ws)) in wx.iter().enumerate() {
+                tmp[[ch, y, ox]] = ws
+                    .iter()
+                    .enumerate()
+                    .map(|(k, wt)| wt * src[[ch, y, lo + k]])
+                    .sum();
+            }
+        }
+    }
+    let mut out = Array3::<f32>::zeros((c, out_h, out_w));
+    for ch in 0..c {
+        for (oy, (lo, ws)) in wy.iter().enumerate() {
+            for x in 0..out_w {
+                out[[ch, oy, x]] = ws
+                    .iter()
+                    .enumerate()
+                    .map(|(k, wt)| wt * tmp[[ch, lo + k, x]])
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+fn check_frame(
+    len: usize,
+    width: usize,
+    height: usize,
+    stride: usize,
+    layout: PixelLayout,
+    region: Region,
+) -> Result<(), Error> {
+    let row = width * layout.bytes_per_pixel();
+    let fits_frame = width > 0 && height > 0 && stride >= row && len >= (height - 1) * stride + row;
+    let fits_region = region.width > 0
+        && region.height > 0
+        && region.x + region.width <= width
+        && region.y + region.height <= height;
+    if fits_frame && fits_region {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name: "frame region",
+            value: format!(
+                "{region:?} in a {width}x{height} frame, stride {stride}, {len} bytes, {layout:?}"
+            ),
+            expected: "a non-empty region inside a frame whose buffer holds height rows of stride bytes",
+        })
+    }
+}
+
+/// Reads `region` of `frame` into `out` (`[3, S, S]` or any `[3, H, W]`), resampled, as RGB in
+/// [-1, 1].
+pub fn read_region(
+    frame: &FrameRef<'_>,
+    region: Region,
+    mut out: ArrayViewMut3<'_, f32>,
+) -> Result<(), Error> {
+    check_frame(
+        frame.data.len(),
+        frame.width,
+        frame.height,
+        frame.stride,
+        frame.layout,
+        region,
+    )?;
+    let bpp = frame.layout.bytes_per_pixel();
+    let offsets = frame.layout.rgb_offsets();
+    let mut crop = Array3::<f32>::zeros((3, region.height, region.width));
+    for y in 0..region.height {
+        let row = (region.y + y) * frame.stride + region.x * bpp;
+        for x in 0..region.width {
+            let px = row + x * bpp;
+            for (c, off) in offsets.iter().enumerate() {
+                crop[[c, y, x]] = f32::from(frame.data[px + off]) / 127.5 - 1.0;
+            }
+        }
+    }
+    let (_, oh, ow) = out.dim();
+    if (oh, ow) == (region.height, region.width) {
+        out.assign(&crop);
+    } else {
+        out.assign(&resize(crop.view(), oh, ow));
+    }
+    Ok(())
+}
+
+/// Reads the square `b` of `frame` into `out` (`[3, S, S]`), RGB in [-1, 1].
+pub fn read_face(
+    frame: &FrameRef<'_>,
+    b: &SquareBox,
+    out: ArrayViewMut3<'_, f32>,
+) -> Result<(), Error> {
+    read_region(frame, (*b).into(), out)
+}
+
+/// Resamples `face` (`[3, H, W]`, RGB in [-1, 1]) to `region` and writes it into `frame`,
+/// leaving alpha or padding bytes untouched.
+pub fn write_region(
+    frame: &mut FrameMut<'_>,
+    region: Region,
+    face: ArrayView3<'_, f32>,
+) -> Result<(), Error> {
+    check_frame(
+        frame.data.len(),
+        frame.width,
+        frame.height,
+        frame.stride,
+        frame.layout,
+        region,
+    )?;
+    let (_, fh, fw) = face.dim();
+    let resized;
+    let src = if (fh, fw) == (region.height, region.width) {
+        face
+    } else {
+        resized = resize(face, region.height, region.width);
+        resized.view()
+    };
+    let bpp = frame.layout.bytes_per_pixel();
+    let offsets = frame.layout.rgb_offsets();
+    for y in 0..region.height {
+        let row = (region.y + y) * frame.stride + region.x * bpp;
+        for x in 0..region.width {
+            let px = row + x * bpp;
+            for (c, off) in offsets.iter().enumerate() {
+                frame.data[px + off] = to_u8(src[[c, y, x]]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `face` into the square `b` of `frame` (see [`write_region`]).
+pub fn write_face(
+    frame: &mut FrameMut<'_>,
+    b: &SquareBox,
+    face: ArrayView3<'_, f32>,
+) -> Result<(), Error> {
+    write_region(frame, (*b).into(), face)
+}
+
+/// A [-1, 1] value to an 8-bit sample, rounded and clamped (NaN becomes 0).
+pub fn to_u8(v: f32) -> u8 {
+    let s = ((v + 1.0) * 127.5).round();
+    if s.is_nan() { 0 } else { s.clamp(0.0, 255.0) as u8 }
+}
+
+/// Converts a `[3, H, W]` RGB image in [-1, 1] to packed RGB bytes, row after row.
+pub fn to_rgb8(face: ArrayView3<'_, f32>) -> Vec<u8> {
+    let (_, h, w) = face.dim();
+    let mut out = Vec::with_capacity(h * w * 3);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                out.push(to_u8(face[[c, y, x]]));
+            }
+        }
+    }
+    out
+}
+
+/// Averages `k x k` blocks of a `[C, H, W]` image (H and W multiples of `k`): the area
+/// downsample the encoder graph applies before it sees a face (AveragePool).
+pub fn area_downsample(src: ArrayView3<'_, f32>, k: usize) -> Array3<f32> {
+    let (c, h, w) = src.dim();
+    let k = k.max(1);
+    let mut out = Array3::<f32>::zeros((c, h / k, w / k));
+    let norm = 1.0 / (k * k) as f32;
+    for ((ch, y, x), v) in out.indexed_iter_mut() {
+        let block = src.slice(ndarray::s![ch, y * k..(y + 1) * k, x * k..(x + 1) * k]);
+        *v = block.sum() * norm;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array3, array};
+
+    #[test]
+    fn square_box_inside_is_centred_with_margin() {
+        // 20x10 ROI at (40, 30), margin 0.5: side 30, centred on (50, 35).
+        let b = square_box(40, 30, 20, 10, 0.5, 200, 100).unwrap();
+        assert_eq!(b, SquareBox { x: 35, y: 20, side: 30 });
+    }
+
+    #[test]
+    fn square_box_at_edges_is_shifted_inside() {
+        let b = square_box(-10, -10, 30, 30, 0.0, 100, 50).unwrap();
+        assert_eq!(b, SquareBox { x: 0, y: 0, side: 30 });
+        let b = square_box(90, 40, 30, 30, 0.0, 100, 50).unwrap();
+        assert_eq!(b, SquareBox { x: 70, y: 20, side: 30 });
+        // Larger than the frame: clamped to the frame's short side.
+        let b = square_box(0, 0, 500, 500, 0.2, 100, 50).unwrap();
+        assert_eq!(b.side, 50);
+    }
+
+    #[test]
+    fn square_box_rejects_empty_and_outside() {
+        assert_eq!(square_box(0, 0, 0, 10, 0.2, 100, 100), None);
+        assert_eq!(square_box(100, 0, 10, 10, 0.2, 100, 100), None);
+        assert_eq!(square_box(-20, 0, 20, 10, 0.2, 100, 100), None);
+    }
+
+    #[test]
+    fn upscale_two_to_four_by_hand() {
+        // Half-pixel centres: outputs sit at input coordinates -0.25, 0.25, 0.75, 1.25 (x2 = 0.5
+        // steps); edges clamp, inner samples interpolate 0.75/0.25.
+        let src = array![[[0.0f32, 1.0]]];
+        let out = resize(src.view(), 1, 4);
+        let want = [0.0, 0.25, 0.75, 1.0];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn downscale_averages_with_triangle_weights() {
+        // 4 -> 2: output 0 centred at input 1.0 with support 2 takes pixels 0, 1, 2 with
+        // weights 0.75, 0.75, 0.25 (normalised by 1.75).
+        let src = array![[[1.0f32, 2.0, 3.0, 4.0]]];
+        let out = resize(src.view(), 1, 2);
+        let o0 = (0.75 * 1.0 + 0.75 * 2.0 + 0.25 * 3.0) / 1.75;
+        let o1 = (0.25 * 2.0 + 0.75 * 3.0 + 0.75 * 4.0) / 1.75;
+        assert!((out[[0, 0, 0]] - o0).abs() < 1e-6);
+        assert!((out[[0, 0, 1]] - o1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn read_converts_layout_and_range() {
+        // One BGRx pixel (B=0, G=255, R=51) and stride padding.
+        let data = [0u8, 255, 51, 9, 77, 77];
+        let frame = FrameRef {
+            data: &data,
+            width: 1,
+            height: 1,
+            stride: 6,
+            layout: PixelLayout::Bgrx,
+        };
+        let mut out = Array3::<f32>::zeros((3, 1, 1));
+        read_region(&frame, Region::full(1, 1), out.view_mut()).unwrap();
+        assert!((out[[0, 0, 0]] - (51.0 / 127.5 - 1.0)).abs() < 1e-6);
+        assert!((out[[1, 0, 0]] - 1.0).abs() < 1e-6);
+        assert!((out[[2, 0, 0]] + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn write_then_read_round_trips_and_keeps_padding() {
+        let (w, h, stride) = (5usize, 3usize, 24usize);
+        let mut data = vec![7u8; stride * h];
+        let face = Array3::from_shape_fn((3, 2, 2), |(c, y, x)| (c as f32 - 1.0) * 0.5 + 0.1 * (y + x) as f32);
+        let region = Region { x: 2, y: 1, width: 2, height: 2 };
+        let mut frame = FrameMut { data: &mut data, width: w, height: h, stride, layout: PixelLayout::Rgbx };
+        write_region(&mut frame, region, face.view()).unwrap();
+        // Padding byte of a written pixel and a pixel outside the region are untouched.
+        assert_eq!(data[stride + 2 * 4 + 3], 7);
+        assert_eq!(data[0], 7);
+        let frame = FrameRef { data: &data, width: w, height: h, stride, layout: PixelLayout::Rgbx };
+        let mut back = Array3::<f32>::zeros((3, 2, 2));
+        read_region(&frame, region, back.view_mut()).unwrap();
+        for (a, b) in back.iter().zip(face.iter()) {
+            assert!((a - b).abs() <= 1.0 / 127.5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn short_buffer_is_an_error_not_a_panic() {
+        let data = [0u8; 10];
+        let frame = FrameRef { data: &data, width: 4, height: 4, stride: 12, layout: PixelLayout::Rgb };
+        let mut out = Array3::<f32>::zeros((3, 2, 2));
+        let err = read_region(&frame, Region::full(4, 4), out.view_mut()).unwrap_err();
+        assert!(err.to_string().contains("frame region"), "{err}");
+    }
+
+    #[test]
+    fn area_downsample_by_hand() {
+        let src = Array3::from_shape_fn((1, 2, 4), |(_, y, x)| (y * 4 + x) as f32);
+        let out = area_downsample(src.view(), 2);
+        assert_eq!(out, array![[[2.5f32, 4.5]]]);
+    }
+
+    #[test]
+    fn to_u8_rounds_and_clamps() {
+        assert_eq!(to_u8(-1.0), 0);
+        assert_eq!(to_u8(1.0), 255);
+        assert_eq!(to_u8(5.0), 255);
+        assert_eq!(to_u8(f32::NAN), 0);
+        assert_eq!(to_u8(0.0), 128);
+    }
+}

@@ -1,0 +1,6 @@
+//! The purification core: pure functions on `ndarray`, with no GStreamer or inference types.
+
+pub mod align;
+pub mod image;
+pub mod latent;
+pub mod select;

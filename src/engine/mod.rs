@@ -1,0 +1,164 @@
+//! Inference engines: one trait, two backends.
+//!
+//! - [`ort`](crate::engine::ort): ONNX Runtime loaded at run time (`load-dynamic`), with the
+//!   TensorRT, CUDA and CPU execution providers tried in that order.
+//! - [`tract`](crate::engine::tract): pure Rust, nothing to install; an optimised plan per input
+//!   shape, cached.
+//!
+//! `Backend::Auto` uses ONNX Runtime when its library loads and tract otherwise.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::Error;
+
+pub mod ort;
+pub mod tract;
+
+/// A loaded ONNX graph that can be run on f32 inputs.
+pub trait Engine: Send {
+    /// Backend and device actually in use, e.g. `ort (CPU)` or `tract (CPU)`.
+    fn describe(&self) -> String;
+
+    /// Why the engine is not running where it was asked to (each fallback with its reason),
+    /// for the caller to log once.
+    fn fallbacks(&self) -> &[String];
+
+    /// Runs the graph. `inputs` are given in the graph's declared input order; outputs come back
+    /// in its declared output order, integer outputs converted to f32.
+    fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error>;
+}
+
+/// Which inference backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// ONNX Runtime when its library loads, tract otherwise.
+    #[default]
+    Auto,
+    /// ONNX Runtime (`ort`).
+    Ort,
+    /// tract (pure Rust).
+    Tract,
+}
+
+/// Which device ONNX Runtime should run on (tract always runs on the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// TensorRT, then CUDA, then CPU: the first that works.
+    #[default]
+    Auto,
+    /// TensorRT (falls back to CUDA, then CPU, with the reason logged).
+    TensorRt,
+    /// CUDA (falls back to CPU, with the reason logged).
+    Cuda,
+    /// CPU only.
+    Cpu,
+}
+
+impl Backend {
+    /// The property nick: `auto`, `ort` or `tract`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Ort => "ort",
+            Backend::Tract => "tract",
+        }
+    }
+}
+
+impl Device {
+    /// The property nick: `auto`, `tensorrt`, `cuda` or `cpu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::TensorRt => "tensorrt",
+            Device::Cuda => "cuda",
+            Device::Cpu => "cpu",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Backend::Auto),
+            "ort" | "onnxruntime" => Ok(Backend::Ort),
+            "tract" => Ok(Backend::Tract),
+            _ => Err(Error::InvalidParameter {
+                name: "backend",
+                value: s.to_string(),
+                expected: "one of auto, ort, tract",
+            }),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "tensorrt" | "trt" => Ok(Device::TensorRt),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            "cpu" => Ok(Device::Cpu),
+            _ => Err(Error::InvalidParameter {
+                name: "device",
+                value: s.to_string(),
+                expected: "one of auto, tensorrt, cuda, cpu",
+            }),
+        }
+    }
+}
+
+/// Opens the ONNX graph at `path` with the requested backend and device. `cache_dir` receives
+/// TensorRT engine and timing caches (normally the bundle folder).
+pub fn open_graph(
+    path: &Path,
+    backend: Backend,
+    device: Device,
+    cache_dir: &Path,
+) -> Result<Box<dyn Engine>, Error> {
+    match backend {
+        Backend::Tract => Ok(Box::new(tract::TractEngine::open(path)?)),
+        Backend::Ort => Ok(Box::new(ort::OrtEngine::open(path, device, cache_dir)?)),
+        Backend::Auto => match ort::runtime_status() {
+            Ok(_) => Ok(Box::new(ort::OrtEngine::open(path, device, cache_dir)?)),
+            Err(reason) => {
+                let mut engine = tract::TractEngine::open(path)?;
+                engine.note_fallback(format!(
+                    "backend=auto: ONNX Runtime unavailable ({reason}); using tract"
+                ));
+                Ok(Box::new(engine))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_property_values() {
+        assert_eq!("TRACT".parse::<Backend>().unwrap(), Backend::Tract);
+        assert_eq!("tensorrt".parse::<Device>().unwrap(), Device::TensorRt);
+        let err = "gpu9".parse::<Backend>().unwrap_err().to_string();
+        assert!(err.contains("backend") && err.contains("gpu9"), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! avae-purify: A-VAE adversarial purification of faces in live video.
+//!
+//! The crate is both the GStreamer plugin (`avaepurify`) and a library: the purification
+//! core ([`core`]), model bundles ([`bundle`]), inference engines ([`engine`]) and the
+//! [`purifier::Purifier`] that ties them together are used by the trainer and the
+//! benchmarks, so evaluation measures exactly the code that ships.
+
+pub mod avaepurify;
+pub mod bundle;
+pub mod core;
+pub mod engine;
+mod error;
+pub mod purifier;
+
+pub use error::Error;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
+    avaepurify::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    avaepurify,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

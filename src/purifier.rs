@@ -1,0 +1,379 @@
+//! The purifier: a bundle's encoder and decoder on an engine, plus the core's sampling and
+//! selection (paper section 3.4). Used by the element, the trainer's evaluation and the
+//! benchmarks alike.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut4, Axis, Ix2, Ix4, s};
+use rand::rngs::StdRng;
+
+use crate::Error;
+use crate::bundle::{Bundle, GraphKind};
+use crate::core::latent::sample_latents;
+use crate::core::select::NearestTracker;
+use crate::engine::{self, Backend, Device, Engine};
+
+/// How to purify: the element's `samples`, `batch` and `tau` properties.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PurifyParams {
+    /// M: latent samples (candidates) per face.
+    pub samples: usize,
+    /// Latents decoded per decoder call (bounds memory, not the result).
+    pub batch: usize,
+    /// KL clip (mean KL per latent dimension, see [`crate::core::latent`]).
+    pub tau: f32,
+}
+
+/// What purification chose for one face.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Purified {
+    /// Squared L2 distance between the chosen candidate and the input face ([-1, 1] units).
+    pub distance: f32,
+    /// Index of the chosen sample, in `0..samples`.
+    pub candidate: usize,
+    /// Whether any latent of this face was changed by the KL clip.
+    pub clipped: bool,
+}
+
+/// The encoder's outputs for a batch of faces.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Posterior means `[N, D]`.
+    pub mu: Array2<f32>,
+    /// Posterior log-variances `[N, D]`.
+    pub logvar: Array2<f32>,
+    /// Skip features `[N, C, 16, 16]`.
+    pub skip: Array4<f32>,
+}
+
+/// A loaded bundle ready to purify faces.
+pub struct Purifier {
+    bundle: Bundle,
+    encoder: Box<dyn Engine>,
+    decoder: Box<dyn Engine>,
+    /// The fused decode-and-select graph, when in use (GPU providers, or forced).
+    fused: Option<Box<dyn Engine>>,
+    engine_seconds: f64,
+}
+
+impl Purifier {
+    /// Loads and validates the bundle in `dir` and opens its graphs.
+    pub fn load(dir: &Path, backend: Backend, device: Device) -> Result<Self, Error> {
+        Self::from_bundle(Bundle::load(dir)?, backend, device)
+    }
+
+    /// Opens the graphs of an already validated bundle.
+    pub fn from_bundle(bundle: Bundle, backend: Backend, device: Device) -> Result<Self, Error> {
+        let open = |kind| {
+            let path = bundle
+                .graph_path(kind)
+                .ok_or_else(|| Error::bundle(&bundle.dir, "graph missing from manifest"))?;
+            engine::open_graph(&path, backend, device, &bundle.dir)
+        };
+        let encoder = open(GraphKind::Encoder)?;
+        let decoder = open(GraphKind::Decoder)?;
+        // On a GPU the fused graph keeps the candidates on the device and returns only the
+        // nearest one; on the CPU it saves nothing, so the plain decoder is used there.
+        let on_gpu = !decoder.describe().contains("CPU");
+        let fused = match bundle.graph_path(GraphKind::Purifier) {
+            Some(_) if on_gpu => Some(open(GraphKind::Purifier)?),
+            _ => None,
+        };
+        Ok(Self {
+            bundle,
+            encoder,
+            decoder,
+            fused,
+            engine_seconds: 0.0,
+        })
+    }
+
+    /// Uses (or stops using) the bundle's fused `purifier.onnx` graph on `backend`/`device`.
+    /// Errors when the bundle has none.
+    pub fn use_fused(&mut self, on: bool, backend: Backend, device: Device) -> Result<(), Error> {
+        self.fused = if on {
+            let path = self.bundle.graph_path(GraphKind::Purifier).ok_or_else(|| {
+                Error::bundle(&self.bundle.dir, "this bundle has no fused purifier graph")
+            })?;
+            Some(engine::open_graph(&path, backend, device, &self.bundle.dir)?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// Whether the fused purifier graph is in use.
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// The bundle in use.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// S: the side of the faces the model reads and writes.
+    pub fn image_size(&self) -> usize {
+        self.bundle.manifest.image_size
+    }
+
+    /// The bundle's default KL clip.
+    pub fn default_tau(&self) -> f32 {
+        self.bundle.manifest.tau
+    }
+
+    /// The backend and device in use, e.g. `ort (CPU)`.
+    pub fn backend_name(&self) -> String {
+        self.decoder.describe()
+    }
+
+    /// Every fallback taken while opening the engines, with its reason (deduplicated).
+    pub fn fallbacks(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.encoder.fallbacks().to_vec();
+        for f in self.decoder.fallbacks() {
+            if !all.contains(f) {
+                all.push(f.clone());
+            }
+        }
+        all
+    }
+
+    /// Seconds spent inside engine calls since load (for overhead measurements).
+    pub fn engine_seconds(&self) -> f64 {
+        self.engine_seconds
+    }
+
+    fn check_faces(&self, dim: (usize, usize, usize, usize)) -> Result<(), Error> {
+        let s = self.image_size();
+        if dim.1 != 3 || dim.2 != s || dim.3 != s {
+            return Err(Error::InvalidParameter {
+                name: "faces",
+                value: format!("{dim:?}"),
+                expected: "an [N, 3, S, S] array with S the bundle's image_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the encoder on `faces` (`[N, 3, S, S]`, RGB in [-1, 1]).
+    pub fn encode(&mut self, faces: ArrayView4<'_, f32>) -> Result<Encoded, Error> {
+        self.check_faces(faces.dim())?;
+        let n = faces.dim().0;
+        let m = &self.bundle.manifest;
+        let (d, c) = (m.latent_dim, m.skip_channels);
+        let t = Instant::now();
+        let out = self.encoder.run(&[faces.into_dyn()])?;
+        self.engine_seconds += t.elapsed().as_secs_f64();
+        let path = self.bundle.graph_path(GraphKind::Encoder).unwrap_or_default();
+        let bad = |what: &str| Error::Engine {
+            backend: "engine",
+            path: path.clone(),
+            reason: format!("encoder output {what} has an unexpected shape"),
+        };
+        let [mu, logvar, skip]: [_; 3] = out.try_into().map_err(|_| bad("count"))?;
+        let mu = mu.into_dimensionality::<Ix2>().map_err(|_| bad("mu"))?;
+        let logvar = logvar.into_dimensionality::<Ix2>().map_err(|_| bad("logvar"))?;
+        let skip = skip.into_dimensionality::<Ix4>().map_err(|_| bad("skip"))?;
+        if mu.dim() != (n, d) || logvar.dim() != (n, d) || skip.dim() != (n, c, 16, 16) {
+            return Err(bad("mu/logvar/skip"));
+        }
+        Ok(Encoded { mu, logvar, skip })
+    }
+
+    /// Runs the decoder on latents `z` `[B, D]` with skip features `[B, C, 16, 16]`.
+    pub fn decode(
+        &mut self,
+        z: ArrayView2<'_, f32>,
+        skip: ArrayView4<'_, f32>,
+    ) -> Result<Array4<f32>, Error> {
+        let s = self.image_size();
+        let b = z.nrows();
+        let t = Instant::now();
+        let out = self.decoder.run(&[z.into_dyn(), skip.into_dyn()])?;
+        self.engine_seconds += t.elapsed().as_secs_f64();
+        out.into_iter()
+            .next()
+            .and_then(|a| a.into_dimensionality::<Ix4>().ok())
+            .filter(|a| a.dim() == (b, 3, s, s))
+            .ok_or_else(|| Error::Engine {
+                backend: "engine",
+                path: self.bundle.graph_path(GraphKind::Decoder).unwrap_or_default(),
+                reason: format!("decoder output is not [{b}, 3, {s}, {s}]"),
+            })
+    }
+
+    /// Purifies `faces` (`[N, 3, S, S]`, RGB in [-1, 1]) in place: each face is replaced by the
+    /// nearest (pixel L2) of `samples` candidates decoded from KL-clipped latents. Latents are
+    /// decoded `batch` at a time across faces, so memory is bounded by `batch`, not by
+    /// `samples`; for a given `rng` state the result does not depend on `batch`.
+    pub fn purify(
+        &mut self,
+        mut faces: ArrayViewMut4<'_, f32>,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<Vec<Purified>, Error> {
+        check_params(params)?;
+        self.check_faces(faces.dim())?;
+        let n = faces.dim().0;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let enc = self.encode(faces.view())?;
+        if self.fused.is_some() {
+            return self.purify_fused(faces, &enc, params, rng);
+        }
+        let (m, s) = (params.samples, self.image_size());
+        let (d, c) = (enc.mu.ncols(), enc.skip.dim().1);
+        let total = n * m;
+        let chunk = params.batch.min(total);
+        let mut z = Array2::<f32>::zeros((chunk, d));
+        let mut skip = Array4::<f32>::zeros((chunk, c, 16, 16));
+        let mut tracker = NearestTracker::new(n, s);
+        let mut clipped = vec![false; n];
+        let mut start = 0;
+        while start < total {
+            let b = chunk.min(total - start);
+            let mut row = 0;
+            while row < b {
+                let (face, sample) = ((start + row) / m, (start + row) % m);
+                let take = (m - sample).min(b - row);
+                let stats = sample_latents(
+                    enc.mu.row(face),
+                    enc.logvar.row(face),
+                    params.tau,
+                    rng,
+                    z.slice_mut(s![row..row + take, ..]),
+                );
+                clipped[face] |= stats.scaled > 0 || stats.unreachable;
+                for r in row..row + take {
+                    skip.index_axis_mut(Axis(0), r)
+                        .assign(&enc.skip.index_axis(Axis(0), face));
+                }
+                row += take;
+            }
+            let images = self.decode(z.slice(s![..b, ..]), skip.slice(s![..b, .., .., ..]))?;
+            for (r, image) in images.outer_iter().enumerate() {
+                let (face, sample) = ((start + r) / m, (start + r) % m);
+                tracker.offer(face, sample, image, faces.index_axis(Axis(0), face));
+            }
+            start += b;
+        }
+        let (images, best) = tracker.finish();
+        faces.assign(&images);
+        Ok(best
+            .into_iter()
+            .zip(clipped)
+            .map(|(b, clipped)| {
+                let b = b.unwrap_or(crate::core::select::Nearest {
+                    distance: f32::NAN,
+                    candidate: 0,
+                });
+                Purified {
+                    distance: b.distance,
+                    candidate: b.candidate,
+                    clipped,
+                }
+            })
+            .collect())
+    }
+}
+
+impl Purifier {
+    /// The fused path: per face, chunks of `batch` latents through `purifier.onnx`, which
+    /// returns only each chunk's nearest candidate. Latents are drawn in the same order as on
+    /// the plain path, so both choose the same candidates.
+    fn purify_fused(
+        &mut self,
+        mut faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<Vec<Purified>, Error> {
+        let path = self.bundle.graph_path(GraphKind::Purifier).unwrap_or_default();
+        let Some(fused) = self.fused.as_mut() else {
+            return Err(Error::bundle(&path, "fused purifier graph not loaded"));
+        };
+        let (m, d) = (params.samples, enc.mu.ncols());
+        let chunk = params.batch.min(m);
+        let mut z = Array2::<f32>::zeros((chunk, d));
+        let mut result = Vec::with_capacity(faces.dim().0);
+        for (face, mut pixels) in faces.outer_iter_mut().enumerate() {
+            let skip = enc.skip.slice(s![face..face + 1, .., .., ..]);
+            let mut best: Option<(f32, usize, ndarray::ArrayD<f32>)> = None;
+            let mut clipped = false;
+            let mut start = 0;
+            while start < m {
+                let b = chunk.min(m - start);
+                let stats = sample_latents(
+                    enc.mu.row(face),
+                    enc.logvar.row(face),
+                    params.tau,
+                    rng,
+                    z.slice_mut(s![..b, ..]),
+                );
+                clipped |= stats.scaled > 0 || stats.unreachable;
+                let target = pixels.view().insert_axis(Axis(0));
+                let t = Instant::now();
+                let out = fused.run(&[z.slice(s![..b, ..]).into_dyn(), skip.into_dyn(), target.into_dyn()])?;
+                self.engine_seconds += t.elapsed().as_secs_f64();
+                let [image, distance, index]: [_; 3] = out.try_into().map_err(|_| Error::Engine {
+                    backend: "engine",
+                    path: path.clone(),
+                    reason: "fused purifier must return image, distance and index".into(),
+                })?;
+                let (dist, idx) = (
+                    distance.iter().next().copied().unwrap_or(f32::NAN),
+                    index.iter().next().copied().unwrap_or(0.0) as usize,
+                );
+                if best.as_ref().is_none_or(|(bd, _, _)| dist < *bd) {
+                    best = Some((dist, start + idx, image));
+                }
+                start += b;
+            }
+            let Some((distance, candidate, image)) = best else {
+                return Err(Error::bundle(&path, "no candidate decoded"));
+            };
+            let image = image
+                .into_shape_with_order(pixels.raw_dim())
+                .map_err(|e| Error::Engine {
+                    backend: "engine",
+                    path: path.clone(),
+                    reason: format!("fused purifier image: {e}"),
+                })?;
+            pixels.assign(&image);
+            result.push(Purified {
+                distance,
+                candidate,
+                clipped,
+            });
+        }
+        Ok(result)
+    }
+}
+
+/// Checks `samples >= 1`, `batch >= 1` and `tau >= 0` (not NaN).
+pub fn check_params(params: &PurifyParams) -> Result<(), Error> {
+    if params.samples == 0 {
+        return Err(Error::InvalidParameter {
+            name: "samples",
+            value: "0".into(),
+            expected: "at least 1",
+        });
+    }
+    if params.batch == 0 {
+        return Err(Error::InvalidParameter {
+            name: "batch",
+            value: "0".into(),
+            expected: "at least 1",
+        });
+    }
+    if params.tau.is_nan() || params.tau < 0.0 {
+        return Err(Error::InvalidParameter {
+            name: "tau",
+            value: params.tau.to_string(),
+            expected: "a value >= 0 (infinity disables the clip)",
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Helpers shared by the element, pipeline and inspect tests.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// Initialises GStreamer and registers the plugin from this build (not from GST_PLUGIN_PATH).
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("GStreamer initialises");
+        gstavaepurify::plugin_register_static().expect("avaepurify plugin registers");
+    });
+}
+
+/// The workspace root.
+pub fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tiny untrained bundle the tests run (`tests/data/bundle-tiny`).
+pub fn tiny_bundle() -> String {
+    let dir = workspace().join("tests/data/bundle-tiny");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "test bundle missing: {} (export it with the trainer)",
+        dir.display()
+    );
+    dir.to_string_lossy().into_owned()
+}
+
+/// The shared folder beside the workspace (`../shared`).
+pub fn shared() -> PathBuf {
+    workspace().join("../shared")
+}
+
+/// Points `ORT_DYLIB_PATH` at the project's venv ONNX Runtime unless it is already set, and
+/// fails the test with a clear message when the library is missing. Call it first in a test.
+pub fn ensure_ort_library() {
+    static SET: Once = Once::new();
+    SET.call_once(set_ort_library);
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    assert!(
+        path.is_file(),
+        "ONNX Runtime library not found at '{}' (ORT_DYLIB_PATH): run scripts/setup.sh or set \
+         ORT_DYLIB_PATH to libonnxruntime.so",
+        path.display()
+    );
+}
+
+fn set_ort_library() {
+    if std::env::var_os("ORT_DYLIB_PATH").is_none_or(|p| p.is_empty()) {
+        let venv_library = workspace()
+            .join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0");
+        // SAFETY: runs once, before any test of this process has started GStreamer or an
+        // engine: the other tests wait on the `Once` in `ensure_ort_library`.
+        unsafe { std::env::set_var("ORT_DYLIB_PATH", venv_library) };
+    }
+}
+
+/// Deterministic bytes with smooth structure and some noise, like a small camera frame.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    (0..len)
+        .map(|i| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let noise = (state >> 24) as u8 & 0x1f;
+            ((i / 7 % 200) as u8).wrapping_add(noise)
+        })
+        .collect()
+}

@@ -1,0 +1,525 @@
+//! `avaefacedetect` on real faces: 200 LFW images (one face near the centre), the shipped street
+//! video in a `gst::parse::launch` pipeline (faces in most frames, no frame lost or reordered),
+//! frames with 0 and 30 faces, the interval, a bad model path, both backends; and the shipped
+//! `pipelines/*.sh` lines that can run here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use gst::prelude::*;
+use gst_check::Harness;
+use gst_video::{VideoFormat, VideoInfo, VideoRegionOfInterestMeta};
+use gstavaepurify::avaefacedetect::face_from_detection;
+use gstavaepurify::core::detect::Face;
+
+/// LFW deep-funneled images are 250x250 with the funneled face in the middle.
+const LFW_SIDE: u32 = 250;
+
+/// The fixed LFW selection: the first image of every `step`-th person (sorted by name).
+fn lfw_images(count: usize, step: usize) -> Vec<PathBuf> {
+    let root = common::shared().join("datasets/lfw/lfw-deepfunneled");
+    let mut people: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("LFW missing at {}: {e}", root.display()))
+        .map(|entry| entry.expect("readable LFW folder").path())
+        .collect();
+    people.sort();
+    people
+        .iter()
+        .step_by(step)
+        .take(count)
+        .map(|person| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(person)
+                .expect("readable person folder")
+                .map(|entry| entry.expect("readable entry").path())
+                .collect();
+            files.sort();
+            files.into_iter().next().expect("a person has an image")
+        })
+        .collect()
+}
+
+fn load_rgb(path: &Path) -> image::RgbImage {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("cannot decode {}: {e}", path.display()))
+        .to_rgb8()
+}
+
+/// A buffer of `format` at the stride GStreamer gives that format and width, holding `rgb`.
+fn frame_buffer(rgb: &image::RgbImage, info: &VideoInfo, pts_ms: u64) -> gst::Buffer {
+    let mut buffer = gst::Buffer::with_size(info.size()).expect("buffer");
+    {
+        let buffer = buffer.get_mut().expect("new buffer is writable");
+        buffer.set_pts(gst::ClockTime::from_mseconds(pts_ms));
+        let stride = info.stride()[0] as usize;
+        let bpp = info.format_info().pixel_stride()[0] as usize;
+        let offsets: [usize; 3] = match info.format() {
+            VideoFormat::Bgr | VideoFormat::Bgra | VideoFormat::Bgrx => [2, 1, 0],
+            _ => [0, 1, 2],
+        };
+        let mut map = buffer.map_writable().expect("writable map");
+        map.fill(0x5a); // padding and alpha bytes must not matter
+        for (x, y, px) in rgb.enumerate_pixels() {
+            let at = y as usize * stride + x as usize * bpp;
+            for (c, off) in offsets.iter().enumerate() {
+                map[at + off] = px[c];
+            }
+        }
+    }
+    buffer
+}
+
+/// An `avaefacedetect` harness on `backend` fed `format` frames of `width` x `height`.
+fn harness(
+    backend: &str,
+    format: VideoFormat,
+    width: u32,
+    height: u32,
+    props: &[(&str, &str)],
+) -> (Harness, VideoInfo) {
+    common::init();
+    if backend == "ort" {
+        common::ensure_ort_library();
+    }
+    let mut builder = gst::ElementFactory::make("avaefacedetect").property_from_str("backend", backend);
+    for (name, value) in props {
+        builder = builder.property_from_str(name, value);
+    }
+    let element = builder.build().expect("avaefacedetect is registered");
+    let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
+    let info = VideoInfo::builder(format, width, height)
+        .fps(gst::Fraction::new(25, 1))
+        .build()
+        .expect("valid video info");
+    h.set_src_caps(info.to_caps().expect("caps from info"));
+    (h, info)
+}
+
+/// The face ROIs of `buffer` (in attach order): pixel rectangle and decoded `detection`.
+fn faces(buffer: &gst::BufferRef) -> Vec<((u32, u32, u32, u32), Face, bool)> {
+    let mut metas: Vec<_> = buffer
+        .iter_meta::<VideoRegionOfInterestMeta>()
+        .filter(|m| m.roi_type() == "face")
+        .map(|m| {
+            let (face, has_landmarks) = m
+                .param("detection")
+                .and_then(face_from_detection)
+                .expect("each face ROI has a detection param with a box");
+            (m.seqnum(), (m.rect(), face, has_landmarks))
+        })
+        .collect();
+    metas.sort_by_key(|(seqnum, _)| *seqnum);
+    metas.into_iter().map(|(_, f)| f).collect()
+}
+
+fn stat(h: &Harness, field: &str) -> u64 {
+    h.element()
+        .expect("harness element")
+        .property::<gst::Structure>("stats")
+        .get::<u64>(field)
+        .unwrap_or_else(|e| panic!("stats.{field}: {e}"))
+}
+
+/// Runs `count` LFW images through the element; returns how many have exactly one face whose
+/// centre lies within 12% of the image side of the image centre, and checks their landmarks.
+fn lfw_one_face_near_centre(backend: &str, count: usize, step: usize) -> usize {
+    let (mut h, info) = harness(
+        backend,
+        VideoFormat::Rgbx,
+        LFW_SIDE,
+        LFW_SIDE,
+        &[("input-size", "256")],
+    );
+    let mut good = 0;
+    let mut misses = Vec::new();
+    for (i, path) in lfw_images(count, step).iter().enumerate() {
+        let buffer = frame_buffer(&load_rgb(path), &info, 40 * i as u64);
+        h.push(buffer).expect("push");
+        let out = h.pull().expect("a frame out for each frame in");
+        let near: Vec<_> = faces(&out)
+            .into_iter()
+            .filter(|(_, f, _)| {
+                let [cx, cy] = f.centre();
+                (cx - 0.5).abs() < 0.12 && (cy - 0.5).abs() < 0.12
+            })
+            .collect();
+        if let [(rect, face, has_landmarks)] = near.as_slice() {
+            good += 1;
+            assert!(*has_landmarks, "{}: no landmarks", path.display());
+            // The pixel rectangle covers the normalised box.
+            let side = LFW_SIDE as f32;
+            assert!(rect.0 as f32 <= face.x_min * side + 1e-3, "{rect:?} {face:?}");
+            assert!((rect.0 + rect.2) as f32 >= face.x_max * side - 1e-3, "{rect:?} {face:?}");
+            // Plausible landmarks: eyes left to right and above the mouth corners, nose between.
+            let [le, re, nose, lm, rm] = face.landmarks;
+            assert!(le[0] < re[0] && lm[0] < rm[0], "{}: {face:?}", path.display());
+            assert!(le[1] < nose[1] && re[1] < nose[1], "{}: {face:?}", path.display());
+            assert!(nose[1] < lm[1] && nose[1] < rm[1], "{}: {face:?}", path.display());
+            assert!(face.confidence > 0.5 && face.confidence <= 1.0, "{face:?}");
+        } else {
+            misses.push(format!("{} ({} near the centre)", path.display(), near.len()));
+        }
+    }
+    assert_eq!(stat(&h, "frames"), count as u64);
+    assert_eq!(stat(&h, "failures"), 0);
+    println!(
+        "{backend}: {good}/{count} LFW images with exactly one face near the centre; \
+         mean inference {:.1} ms; misses: {misses:?}",
+        h.element()
+            .expect("element")
+            .property::<gst::Structure>("stats")
+            .get::<f64>("mean-inference-ms")
+            .expect("mean-inference-ms")
+    );
+    good
+}
+
+#[test]
+fn lfw_200_faces_near_the_centre_with_ort() {
+    let good = lfw_one_face_near_centre("ort", 200, 28);
+    assert!(good >= 196, "only {good}/200 LFW images have one face near the centre");
+}
+
+#[test]
+fn lfw_faces_near_the_centre_with_tract() {
+    // A different, smaller slice of LFW: tract is slower, and the 200 run above is on ort.
+    let good = lfw_one_face_near_centre("tract", 40, 131);
+    assert!(good >= 39, "only {good}/40 LFW images have one face near the centre");
+}
+
+#[test]
+fn flat_frame_has_no_face_and_passes_unchanged() {
+    // BGR at an odd width: rows are padded (stride 968 for 322 pixels).
+    let (mut h, info) = harness("tract", VideoFormat::Bgr, 322, 240, &[]);
+    assert!(info.stride()[0] as usize > 322 * 3);
+    for (i, level) in [0u8, 128, 255].into_iter().enumerate() {
+        let flat = image::RgbImage::from_pixel(322, 240, image::Rgb([level; 3]));
+        let input = frame_buffer(&flat, &info, 40 * i as u64);
+        let bytes = input.map_readable().expect("readable").to_vec();
+        h.push(input).expect("push");
+        let out = h.pull().expect("frame out");
+        assert!(faces(&out).is_empty(), "a flat frame of level {level} has faces");
+        assert_eq!(out.map_readable().expect("readable").as_slice(), bytes.as_slice());
+    }
+    assert_eq!(stat(&h, "detections"), 0);
+    assert_eq!(stat(&h, "rois"), 0);
+}
+
+/// A 6x5 mosaic of the central 150x150 of 30 LFW images (900x750).
+fn mosaic_of_30() -> image::RgbImage {
+    let mut mosaic = image::RgbImage::new(900, 750);
+    for (i, path) in lfw_images(30, 97).iter().enumerate() {
+        let face = image::imageops::crop_imm(&load_rgb(path), 50, 50, 150, 150).to_image();
+        let (col, row) = (i as i64 % 6, i as i64 / 6);
+        image::imageops::replace(&mut mosaic, &face, col * 150, row * 150);
+    }
+    mosaic
+}
+
+#[test]
+fn mosaic_of_30_faces_passes_unchanged_with_its_faces() {
+    let mosaic = mosaic_of_30();
+    let (mut h, info) = harness(
+        "tract",
+        VideoFormat::Rgba,
+        900,
+        750,
+        &[("input-size", "640")],
+    );
+    let input = frame_buffer(&mosaic, &info, 0);
+    let bytes = input.map_readable().expect("readable").to_vec();
+    h.push(input).expect("push");
+    let out = h.pull().expect("frame out");
+    assert_eq!(out.map_readable().expect("readable").as_slice(), bytes.as_slice());
+    let found = faces(&out);
+    // One face per tile at most: count the tiles whose centre cell holds a face centre.
+    let mut tiles = std::collections::BTreeSet::new();
+    for (_, face, _) in &found {
+        let [cx, cy] = face.centre();
+        tiles.insert(((cx * 6.0) as u32, (cy * 5.0) as u32));
+    }
+    println!("mosaic of 30 faces: {} found, in {} tiles", found.len(), tiles.len());
+    assert!(tiles.len() >= 27, "only {} of 30 tiles have a face", tiles.len());
+    assert!(found.len() <= 32, "{} faces in a mosaic of 30", found.len());
+
+    // max-faces keeps the most confident.
+    h.element().expect("element").set_property("max-faces", 5u32);
+    h.push(frame_buffer(&mosaic, &info, 40)).expect("push");
+    let limited = faces(&h.pull().expect("frame out"));
+    assert_eq!(limited.len(), 5);
+    let mut confidences: Vec<f32> = found.iter().map(|(_, f, _)| f.confidence).collect();
+    confidences.sort_by(|a, b| b.total_cmp(a));
+    for ((_, face, _), best) in limited.iter().zip(&confidences) {
+        assert!((face.confidence - best).abs() < 1e-6, "{face:?} vs {best}");
+    }
+    // min-size larger than every tile drops them all.
+    h.element().expect("element").set_property("min-size", 200u32);
+    h.push(frame_buffer(&mosaic, &info, 80)).expect("push");
+    assert!(faces(&h.pull().expect("frame out")).is_empty());
+}
+
+#[test]
+fn interval_carries_the_last_faces() {
+    let path = &lfw_images(1, 1)[0];
+    let (mut h, info) = harness(
+        "tract",
+        VideoFormat::Rgb,
+        LFW_SIDE,
+        LFW_SIDE,
+        &[("input-size", "128"), ("interval", "3")],
+    );
+    let face = load_rgb(path);
+    let mut seen = Vec::new();
+    for i in 0..7 {
+        h.push(frame_buffer(&face, &info, 40 * i)).expect("push");
+        seen.push(faces(&h.pull().expect("frame out")));
+    }
+    // Detection on frames 0, 3 and 6; the same boxes in between.
+    assert_eq!(stat(&h, "inferences"), 3);
+    assert_eq!(stat(&h, "frames"), 7);
+    assert!(!seen[0].is_empty());
+    for frame in &seen[1..3] {
+        assert_eq!(frame.len(), seen[0].len());
+        assert_eq!(frame[0].1, seen[0][0].1);
+    }
+    assert_eq!(stat(&h, "rois"), seen.iter().map(|f| f.len() as u64).sum::<u64>());
+}
+
+#[test]
+fn bad_model_path_fails_start_naming_the_path() {
+    common::init();
+    let missing = "/nonexistent/detector/centerface.onnx";
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=1 ! videoconvert ! avaefacedetect model={missing} ! fakesink"
+    ))
+    .expect("pipeline parses")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let bus = pipeline.bus().expect("bus");
+    let message = bus
+        .iter_timed(gst::ClockTime::from_seconds(5))
+        .find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(format!("{} {:?}", e.error(), e.debug())),
+            _ => None,
+        })
+        .expect("an error message");
+    pipeline.set_state(gst::State::Null).expect("to NULL");
+    assert!(message.contains(missing), "{message}");
+}
+
+/// What the probes around the detector saw.
+#[derive(Default)]
+struct Seen {
+    pts_in: Vec<gst::ClockTime>,
+    pts_out: Vec<gst::ClockTime>,
+    faces_out: Vec<usize>,
+}
+
+/// The first `factory` element of `pipeline`, in bins too.
+fn element_of(pipeline: &gst::Pipeline, factory: &str) -> Option<gst::Element> {
+    pipeline
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == factory))
+}
+
+/// Runs `description` (with one `avaefacedetect`) to EOS, recording the buffers entering and
+/// leaving the detector; `prepare` may change elements before it starts.
+fn run_counting(description: &str, prepare: impl FnOnce(&gst::Pipeline)) -> Seen {
+    common::init();
+    let pipeline = gst::parse::launch(description)
+        .unwrap_or_else(|e| panic!("cannot parse `{description}`: {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    prepare(&pipeline);
+    let detect = element_of(&pipeline, "avaefacedetect").expect("an avaefacedetect");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink_pad = detect.static_pad("sink").expect("sink pad");
+    let record = seen.clone();
+    sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer() {
+            let pts = buffer.pts().expect("decoded frames have a PTS");
+            record.lock().expect("lock").pts_in.push(pts);
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let src_pad = detect.static_pad("src").expect("src pad");
+    let record = seen.clone();
+    src_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer() {
+            let mut seen = record.lock().expect("lock");
+            seen.pts_out.push(buffer.pts().expect("a PTS"));
+            seen.faces_out.push(faces(buffer).len());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    pipeline.set_state(gst::State::Playing).expect("to PLAYING");
+    let bus = pipeline.bus().expect("bus");
+    for message in bus.iter_timed(gst::ClockTime::from_seconds(300)) {
+        match message.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                pipeline.set_state(gst::State::Null).ok();
+                panic!("pipeline error: {} ({:?})", e.error(), e.debug());
+            }
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).expect("to NULL");
+    Arc::try_unwrap(seen)
+        .ok()
+        .expect("probes are gone with the pipeline")
+        .into_inner()
+        .expect("lock")
+}
+
+/// The shipped street video.
+fn street_video() -> String {
+    common::workspace()
+        .join("media/opera-house-pedestrians.mp4")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn street_video_faces(backend: &str, props: &str) {
+    if backend == "ort" {
+        common::init();
+        common::ensure_ort_library();
+    }
+    let seen = run_counting(
+        &format!(
+            "filesrc location={} ! decodebin ! videoconvert ! \
+             avaefacedetect backend={backend} {props} ! fakesink",
+            street_video()
+        ),
+        |_| {},
+    );
+    // 105 frames of 1920x1080; every frame out, in order.
+    assert_eq!(seen.pts_in.len(), 105, "frames into the detector");
+    assert_eq!(seen.pts_out, seen.pts_in, "frames out differ from frames in");
+    assert!(seen.pts_out.windows(2).all(|w| w[0] < w[1]), "PTS not increasing");
+    let with_faces = seen.faces_out.iter().filter(|&&n| n > 0).count();
+    let total: usize = seen.faces_out.iter().sum();
+    println!(
+        "{backend} {props}: faces in {with_faces}/105 frames, {total} in all, at most {} in one",
+        seen.faces_out.iter().max().unwrap_or(&0)
+    );
+    assert!(with_faces >= 95, "faces in only {with_faces}/105 frames");
+}
+
+#[test]
+fn street_video_with_ort() {
+    street_video_faces("ort", "input-size=640");
+}
+
+#[test]
+fn street_video_with_tract() {
+    street_video_faces("tract", "input-size=480 interval=5");
+}
+
+/// The `PIPELINE="..."` line of a shipped script, with `$NAME` / `${NAME}` replaced by `vars`.
+fn shipped_pipeline(script: &str, vars: &[(&str, &str)]) -> String {
+    let path = common::workspace().join("pipelines").join(script);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PIPELINE=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{} has no PIPELINE=\"...\" line", path.display()));
+    let mut description = line.to_owned();
+    for (name, value) in vars {
+        description = description
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
+    }
+    assert!(
+        !description.contains('$'),
+        "unreplaced variable in {}: {description}",
+        path.display()
+    );
+    description
+}
+
+/// Points the pipeline's `avaepurify` at the test bundle (fast, tract) unless the shipped
+/// bundle exists.
+fn use_test_bundle(pipeline: &gst::Pipeline) {
+    let shipped = common::workspace().join("models/avae-cpu/manifest.json");
+    let purify = element_of(pipeline, "avaepurify").expect("the line has an avaepurify");
+    if !shipped.is_file() {
+        purify.set_property("model", common::tiny_bundle());
+    }
+    purify.set_property_from_str("backend", "tract");
+    purify.set_property("samples", 4u32);
+}
+
+#[test]
+fn shipped_file_replay_pipeline_runs() {
+    let description = shipped_pipeline(
+        "file-replay.sh",
+        &[("INPUT", &street_video()), ("SINK", "fakesink")],
+    );
+    assert!(description.contains("decodebin") && description.contains("avaepurify"));
+    let seen = run_counting(&description, |pipeline| {
+        use_test_bundle(pipeline);
+        // A small input size keeps the test quick.
+        let detect = element_of(pipeline, "avaefacedetect").expect("the line has an avaefacedetect");
+        detect.set_property("input-size", 320u32);
+        detect.set_property("interval", 5u32);
+    });
+    assert_eq!(seen.pts_in.len(), 105);
+    assert_eq!(seen.pts_out, seen.pts_in);
+}
+
+#[test]
+fn shipped_image_folder_pipeline_runs() {
+    let dir = std::env::temp_dir().join(format!("avae-image-folder-{}", std::process::id()));
+    let (input, output) = (dir.join("in"), dir.join("out"));
+    std::fs::create_dir_all(&input).expect("input folder");
+    std::fs::create_dir_all(&output).expect("output folder");
+    let faces = lfw_images(3, 211);
+    for (i, path) in faces.iter().enumerate() {
+        let crop = image::imageops::crop_imm(&load_rgb(path), 61, 61, 128, 128).to_image();
+        crop.save(input.join(format!("face-{i:05}.png")))
+            .expect("write a test face");
+    }
+    let description = shipped_pipeline(
+        "image-folder.sh",
+        &[
+            ("INPUT", &input.join("face-%05d.png").to_string_lossy()),
+            ("OUTPUT", &output.join("face-%05d.png").to_string_lossy()),
+        ],
+    );
+    assert!(description.contains("full-frame=true"), "{description}");
+    common::init();
+    let pipeline = gst::parse::launch(&description)
+        .unwrap_or_else(|e| panic!("cannot parse `{description}`: {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    use_test_bundle(&pipeline);
+    pipeline.set_state(gst::State::Playing).expect("to PLAYING");
+    let bus = pipeline.bus().expect("bus");
+    for message in bus.iter_timed(gst::ClockTime::from_seconds(120)) {
+        match message.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                pipeline.set_state(gst::State::Null).ok();
+                panic!("pipeline error: {} ({:?})", e.error(), e.debug());
+            }
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).expect("to NULL");
+    for i in 0..faces.len() {
+        let written = output.join(format!("face-{i:05}.png"));
+        let out = image::open(&written)
+            .unwrap_or_else(|e| panic!("{} not written: {e}", written.display()))
+            .to_rgb8();
+        assert_eq!(out.dimensions(), (128, 128));
+    }
+    assert!(!output.join(format!("face-{:05}.png", faces.len())).exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,579 @@
+//! `avaepurify` driven through `gst_check::Harness`: formats, sizes and strides, ROI handling,
+//! reproducibility, the effect of `tau` and `samples`, stats, and failures that must pass frames
+//! through.
+
+mod common;
+
+use gst::glib;
+use gst::prelude::*;
+use gst_check::Harness;
+use gst_video::VideoRegionOfInterestMeta;
+use gstavaepurify::core::image::{Region, square_box};
+
+/// An `avaepurify` on the tiny test bundle with tract and few samples, then `props`.
+fn element(props: &[(&str, &str)]) -> gst::Element {
+    common::init();
+    let mut builder = gst::ElementFactory::make("avaepurify")
+        .property("model", common::tiny_bundle())
+        .property_from_str("backend", "tract")
+        .property("samples", 4u32)
+        .property("seed", 1u64);
+    for (name, value) in props {
+        builder = builder.property_from_str(name, value);
+    }
+    builder.build().expect("avaepurify is registered")
+}
+
+/// A started harness around [`element`] fed `format` frames of `width` x `height`.
+fn harness(
+    format: gst_video::VideoFormat,
+    width: u32,
+    height: u32,
+    props: &[(&str, &str)],
+) -> (Harness, gst_video::VideoInfo) {
+    let mut h = Harness::with_element(&element(props), Some("sink"), Some("src"));
+    let info = gst_video::VideoInfo::builder(format, width, height)
+        .fps(gst::Fraction::new(25, 1))
+        .build()
+        .expect("valid video info");
+    h.set_src_caps(info.to_caps().expect("caps from info"));
+    (h, info)
+}
+
+/// A frame of patterned bytes with one ROI meta per `(roi_type, x, y, w, h)`, attached in order.
+fn frame(
+    info: &gst_video::VideoInfo,
+    seed: u32,
+    rois: &[(&str, u32, u32, u32, u32)],
+) -> gst::Buffer {
+    let mut buffer = gst::Buffer::from_mut_slice(common::pattern(info.size(), seed));
+    {
+        let buffer = buffer.get_mut().expect("new buffer is writable");
+        buffer.set_pts(gst::ClockTime::from_mseconds(40 * u64::from(seed)));
+        for &(roi_type, x, y, w, h) in rois {
+            VideoRegionOfInterestMeta::add(buffer, roi_type, (x, y, w, h));
+        }
+    }
+    buffer
+}
+
+fn bytes(buffer: &gst::BufferRef) -> Vec<u8> {
+    buffer.map_readable().expect("readable buffer").to_vec()
+}
+
+/// The `avae-purify` param of each ROI meta, in the order the metas were attached.
+fn purify_params(buffer: &gst::BufferRef) -> Vec<Option<gst::Structure>> {
+    let mut metas: Vec<_> = buffer
+        .iter_meta::<VideoRegionOfInterestMeta>()
+        .map(|m| (m.seqnum(), m.param("avae-purify").map(|s| s.to_owned())))
+        .collect();
+    metas.sort_by_key(|(seqnum, _)| *seqnum);
+    metas.into_iter().map(|(_, p)| p).collect()
+}
+
+fn distance(param: &Option<gst::Structure>) -> f64 {
+    param
+        .as_ref()
+        .expect("ROI has an avae-purify param")
+        .get::<f64>("distance")
+        .expect("distance is a double")
+}
+
+fn stats(h: &Harness) -> gst::Structure {
+    h.element()
+        .expect("harness element")
+        .property::<gst::Structure>("stats")
+}
+
+fn stat(stats: &gst::Structure, field: &str) -> u64 {
+    stats
+        .get::<u64>(field)
+        .unwrap_or_else(|e| panic!("stats.{field}: {e}"))
+}
+
+/// Byte offsets of the pixel components (not padding/alpha) that lie inside `region`.
+fn inside(info: &gst_video::VideoInfo, region: Region) -> Vec<bool> {
+    let stride = info.stride()[0] as usize;
+    let bpp = info.format_info().pixel_stride()[0] as usize;
+    let mut mask = vec![false; info.size()];
+    for y in region.y..region.y + region.height {
+        for x in region.x..region.x + region.width {
+            // The colour components come first in every format the element accepts.
+            for c in 0..3 {
+                mask[y * stride + x * bpp + c] = true;
+            }
+        }
+    }
+    mask
+}
+
+/// Asserts that only bytes inside `regions` changed, and that some did.
+fn assert_changed_only_inside(
+    info: &gst_video::VideoInfo,
+    input: &[u8],
+    output: &[u8],
+    regions: &[Region],
+) {
+    assert_eq!(input.len(), output.len());
+    let masks: Vec<_> = regions.iter().map(|r| inside(info, *r)).collect();
+    let mut changed_inside = 0;
+    for (i, (a, b)) in input.iter().zip(output).enumerate() {
+        let is_inside = masks.iter().any(|m| m[i]);
+        if is_inside {
+            changed_inside += usize::from(a != b);
+        } else {
+            assert_eq!(a, b, "byte {i} outside the purified regions changed");
+        }
+    }
+    assert!(changed_inside > 0, "nothing changed inside {regions:?}");
+}
+
+fn region(info: &gst_video::VideoInfo, x: i64, y: i64, w: u32, h: u32, margin: f32) -> Region {
+    square_box(
+        x,
+        y,
+        w,
+        h,
+        margin,
+        info.width() as usize,
+        info.height() as usize,
+    )
+    .expect("ROI intersects the frame")
+    .into()
+}
+
+#[test]
+fn no_roi_leaves_the_frame_unchanged() {
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 97, 61, &[]);
+    let input = frame(&info, 1, &[("person", 10, 10, 30, 30)]);
+    let expected = bytes(&input);
+    let output = h.push_and_pull(input).expect("frame out");
+    assert!(bytes(&output) == expected, "the frame changed");
+    assert_eq!(purify_params(&output), vec![None]);
+    let s = stats(&h);
+    assert_eq!(stat(&s, "frames"), 1);
+    assert_eq!(stat(&s, "faces-purified"), 0);
+    assert_eq!(stat(&s, "faces-skipped"), 0);
+}
+
+#[test]
+fn rgb_odd_size_purifies_inside_the_square_only() {
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 97, 61, &[]);
+    assert_ne!(
+        info.stride()[0] as u32,
+        97 * 3,
+        "RGB 97 wide has a padded stride"
+    );
+    let input = frame(&info, 2, &[("face", 30, 12, 21, 27)]);
+    let before = bytes(&input);
+    let output = h.push_and_pull(input).expect("frame out");
+    assert_changed_only_inside(
+        &info,
+        &before,
+        &bytes(&output),
+        &[region(&info, 30, 12, 21, 27, 0.2)],
+    );
+
+    let params = purify_params(&output);
+    let param = params[0].as_ref().expect("avae-purify param on the ROI");
+    assert!(param.get::<f64>("distance").unwrap() >= 0.0);
+    assert!(param.get::<u32>("candidate").unwrap() < 4);
+    assert_eq!(param.get::<u32>("samples").unwrap(), 4);
+}
+
+#[test]
+fn bgrx_keeps_padding_bytes() {
+    let (mut h, info) = harness(gst_video::VideoFormat::Bgrx, 64, 48, &[("margin", "0")]);
+    let input = frame(&info, 3, &[("face", 8, 8, 32, 32)]);
+    let before = bytes(&input);
+    let output = h.push_and_pull(input).expect("frame out");
+    let after = bytes(&output);
+    assert_changed_only_inside(&info, &before, &after, &[region(&info, 8, 8, 32, 32, 0.0)]);
+    for (i, (a, b)) in before.iter().zip(&after).enumerate().skip(3).step_by(4) {
+        assert_eq!(a, b, "x byte {i} changed");
+    }
+}
+
+#[test]
+fn custom_stride_from_video_meta_is_respected() {
+    let (mut h, info) = harness(
+        gst_video::VideoFormat::Bgra,
+        37,
+        23,
+        &[("full-frame", "true")],
+    );
+    let stride = 37 * 4 + 20;
+    let mut buffer = gst::Buffer::from_mut_slice(common::pattern(stride * 23, 4));
+    gst_video::VideoMeta::add_full(
+        buffer.get_mut().unwrap(),
+        gst_video::VideoFrameFlags::empty(),
+        info.format(),
+        37,
+        23,
+        &[0],
+        &[stride as i32],
+    )
+    .expect("video meta");
+    let before = bytes(&buffer);
+    let after = bytes(&h.push_and_pull(buffer).expect("frame out"));
+    let mut changed = 0;
+    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+        let (col, component) = (i % stride, i % stride % 4);
+        if col >= 37 * 4 || component == 3 {
+            assert_eq!(a, b, "padding or alpha byte {i} changed");
+        } else {
+            changed += usize::from(a != b);
+        }
+    }
+    assert!(changed > 0, "the full frame was not purified");
+}
+
+#[test]
+fn every_format_and_odd_sizes() {
+    use gst_video::VideoFormat as F;
+    for format in [F::Rgb, F::Bgr, F::Rgba, F::Bgra, F::Rgbx, F::Bgrx] {
+        for (width, height) in [(97, 61), (1, 1), (13, 130)] {
+            for full_frame in ["true", "false"] {
+                let (mut h, info) = harness(format, width, height, &[("full-frame", full_frame)]);
+                let input = frame(
+                    &info,
+                    5,
+                    &[("face", width / 3, height / 3, width / 2 + 1, height / 2 + 1)],
+                );
+                let before = bytes(&input);
+                let output = h.push_and_pull(input).expect("frame out");
+                assert_eq!(output.size(), before.len(), "{format} {width}x{height}");
+                let s = stats(&h);
+                assert_eq!(
+                    stat(&s, "faces-purified"),
+                    1,
+                    "{format} {width}x{height} full-frame={full_frame}"
+                );
+                assert_eq!(stat(&s, "failures"), 0, "{format} {width}x{height}");
+            }
+        }
+    }
+}
+
+#[test]
+fn full_frame_purifies_a_non_square_frame_and_ignores_rois() {
+    let (mut h, info) = harness(
+        gst_video::VideoFormat::Rgb,
+        97,
+        61,
+        &[("full-frame", "true")],
+    );
+    let input = frame(&info, 6, &[("face", 0, 0, 10, 10)]);
+    let before = bytes(&input);
+    let output = h.push_and_pull(input).expect("frame out");
+    assert_changed_only_inside(&info, &before, &bytes(&output), &[Region::full(97, 61)]);
+    assert_eq!(purify_params(&output), vec![None]);
+    assert_eq!(stat(&stats(&h), "faces-purified"), 1);
+}
+
+#[test]
+fn rois_at_the_edges_are_purified_and_outside_ones_skipped() {
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgbx, 80, 60, &[]);
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    let rois = [
+        ("face", 0, 0, 20, 20),   // top-left corner
+        ("face", 70, 50, 30, 30), // partly outside bottom-right
+        ("face", 75, 0, 20, 80),  // taller than the frame, partly outside on the right
+        ("face", 80, 10, 10, 10), // entirely outside
+        ("face", 10, 10, 0, 5),   // empty
+    ];
+    for seed in [7, 8] {
+        let input = frame(&info, seed, &rois);
+        let before = bytes(&input);
+        let output = h.push_and_pull(input).expect("frame out");
+        let regions: Vec<_> = rois[..3]
+            .iter()
+            .map(|&(_, x, y, w, hh)| region(&info, x.into(), y.into(), w, hh, 0.2))
+            .collect();
+        assert_changed_only_inside(&info, &before, &bytes(&output), &regions);
+        let params = purify_params(&output);
+        assert!(params[..3].iter().all(Option::is_some), "{params:?}");
+        assert!(params[3..].iter().all(Option::is_none), "{params:?}");
+    }
+    let s = stats(&h);
+    assert_eq!(stat(&s, "frames"), 2);
+    assert_eq!(stat(&s, "faces-purified"), 6);
+    assert_eq!(stat(&s, "faces-skipped"), 4);
+    assert_eq!(stat(&s, "failures"), 0);
+    let warnings = bus
+        .iter()
+        .filter(|m| m.type_() == gst::MessageType::Warning)
+        .count();
+    assert_eq!(warnings, 1, "one warning for the outside/empty ROIs");
+}
+
+/// Twenty ROIs on a grid of a 160x128 frame.
+fn twenty_rois() -> Vec<(&'static str, u32, u32, u32, u32)> {
+    (0..20)
+        .map(|i| ("face", (i % 5) * 32 + 4, (i / 5) * 32 + 4, 20, 24))
+        .collect()
+}
+
+#[test]
+fn twenty_rois_are_purified_in_one_frame() {
+    let (mut h, info) = harness(
+        gst_video::VideoFormat::Bgr,
+        160,
+        128,
+        &[("max-faces", "20"), ("margin", "0")],
+    );
+    let rois = twenty_rois();
+    let input = frame(&info, 9, &rois);
+    let before = bytes(&input);
+    let output = h.push_and_pull(input).expect("frame out");
+    let regions: Vec<_> = rois
+        .iter()
+        .map(|&(_, x, y, w, hh)| region(&info, x.into(), y.into(), w, hh, 0.0))
+        .collect();
+    assert_changed_only_inside(&info, &before, &bytes(&output), &regions);
+    let params = purify_params(&output);
+    assert_eq!(params.len(), 20);
+    assert!(params.iter().all(Option::is_some));
+    let s = stats(&h);
+    assert_eq!(stat(&s, "faces-purified"), 20);
+    assert_eq!(stat(&s, "faces-skipped"), 0);
+    assert!(s.get::<f64>("mean-latency-ms").unwrap() > 0.0);
+}
+
+#[test]
+fn rois_beyond_max_faces_pass_through_and_warn_once() {
+    let (mut h, info) = harness(
+        gst_video::VideoFormat::Bgr,
+        160,
+        128,
+        &[("max-faces", "16"), ("margin", "0")],
+    );
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    let rois = twenty_rois();
+    for seed in [10, 11] {
+        let input = frame(&info, seed, &rois);
+        let before = bytes(&input);
+        let output = h.push_and_pull(input).expect("frame out");
+        let regions: Vec<_> = rois[..16]
+            .iter()
+            .map(|&(_, x, y, w, hh)| region(&info, x.into(), y.into(), w, hh, 0.0))
+            .collect();
+        assert_changed_only_inside(&info, &before, &bytes(&output), &regions);
+        let params = purify_params(&output);
+        assert!(
+            params[..16].iter().all(Option::is_some),
+            "the first 16 attached are purified"
+        );
+        assert!(params[16..].iter().all(Option::is_none));
+    }
+    let s = stats(&h);
+    assert_eq!(stat(&s, "faces-purified"), 32);
+    assert_eq!(stat(&s, "faces-skipped"), 8);
+    let warnings: Vec<_> = bus
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("max-faces"), "{warnings:?}");
+}
+
+#[test]
+fn roi_type_selects_the_metas() {
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 64, 64, &[("roi-type", "head")]);
+    let output = h
+        .push_and_pull(frame(
+            &info,
+            12,
+            &[("face", 4, 4, 20, 20), ("head", 30, 30, 20, 20)],
+        ))
+        .expect("frame out");
+    let params = purify_params(&output);
+    assert!(params[0].is_none() && params[1].is_some(), "{params:?}");
+}
+
+/// Outputs and ROI distances of `frames` frames (3 ROIs each) through a fresh element.
+fn run(props: &[(&str, &str)], frames: u32) -> (Vec<Vec<u8>>, Vec<f64>) {
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 96, 64, props);
+    let rois = [
+        ("face", 4, 4, 28, 28),
+        ("face", 40, 10, 24, 30),
+        ("face", 60, 30, 30, 30),
+    ];
+    let mut outputs = Vec::new();
+    let mut distances = Vec::new();
+    for seed in 0..frames {
+        let output = h
+            .push_and_pull(frame(&info, 20 + seed, &rois))
+            .expect("frame out");
+        outputs.push(bytes(&output));
+        distances.extend(purify_params(&output).iter().map(distance));
+    }
+    (outputs, distances)
+}
+
+/// Bytes that differ between two runs' outputs.
+fn differing_bytes(a: &[Vec<u8>], b: &[Vec<u8>]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).filter(|(p, q)| p != q).count())
+        .sum()
+}
+
+// With the untrained test bundle the posterior is so wide that at the default tau = 0.03 no
+// latent but the mean fits the clip; tau = 1 lets the samples (and so the seed) matter.
+
+#[test]
+fn the_same_seed_gives_identical_output() {
+    let a = run(&[("seed", "42"), ("tau", "1")], 3);
+    let b = run(&[("seed", "42"), ("tau", "1")], 3);
+    assert_eq!(differing_bytes(&a.0, &b.0), 0);
+    assert_eq!(a.1, b.1);
+}
+
+#[test]
+fn different_seeds_give_different_output() {
+    let a = run(&[("seed", "42"), ("tau", "1")], 2);
+    let b = run(&[("seed", "43"), ("tau", "1")], 2);
+    assert!(
+        differing_bytes(&a.0, &b.0) > 0,
+        "seeds 42 and 43 gave the same frames"
+    );
+    assert_ne!(a.1, b.1);
+}
+
+#[test]
+fn seed_zero_draws_a_new_seed_each_run() {
+    let a = run(&[("seed", "0"), ("tau", "1")], 1);
+    let b = run(&[("seed", "0"), ("tau", "1")], 1);
+    assert!(differing_bytes(&a.0, &b.0) > 0, "two seed=0 runs gave the same frames");
+}
+
+#[test]
+fn tau_zero_makes_the_output_independent_of_the_seed() {
+    let a = run(&[("seed", "42"), ("tau", "0")], 2);
+    let b = run(&[("seed", "43"), ("tau", "0")], 2);
+    assert_eq!(differing_bytes(&a.0, &b.0), 0);
+    assert_eq!(a.1, b.1);
+    // ... while a looser clip on the same seeds does depend on them.
+    let c = run(&[("seed", "43"), ("tau", "1")], 2);
+    assert!(differing_bytes(&b.0, &c.0) > 0, "tau had no effect");
+}
+
+#[test]
+fn more_samples_find_closer_candidates() {
+    let mean = |d: &[f64]| d.iter().sum::<f64>() / d.len() as f64;
+    let (_, one) = run(&[("samples", "1"), ("tau", "1e30")], 3);
+    let (_, many) = run(&[("samples", "64"), ("tau", "1e30")], 3);
+    assert!(
+        mean(&many) <= mean(&one),
+        "mean distance with 64 samples {} > with 1 sample {}",
+        mean(&many),
+        mean(&one)
+    );
+}
+
+#[test]
+fn an_unreadable_frame_passes_through_and_counts_as_a_failure() {
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 32, 32, &[]);
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    for seed in [1, 2] {
+        // One byte short of a frame: the element cannot map it as video.
+        let mut buffer = gst::Buffer::from_mut_slice(common::pattern(info.size() - 1, seed));
+        VideoRegionOfInterestMeta::add(buffer.get_mut().unwrap(), "face", (4, 4, 16, 16));
+        let before = bytes(&buffer);
+        let output = h.push_and_pull(buffer).expect("the frame still comes out");
+        assert!(bytes(&output) == before, "the frame changed");
+        assert_eq!(purify_params(&output), vec![None]);
+    }
+    let s = stats(&h);
+    assert_eq!(stat(&s, "frames"), 2);
+    assert_eq!(stat(&s, "failures"), 2);
+    assert_eq!(stat(&s, "faces-purified"), 0);
+    let warnings = bus
+        .iter()
+        .filter(|m| m.type_() == gst::MessageType::Warning)
+        .count();
+    assert_eq!(warnings, 1);
+}
+
+#[test]
+fn a_bad_model_path_fails_start_with_an_error_naming_it() {
+    common::init();
+    let path = "/nonexistent/avae-bundle-for-test";
+    let element = gst::ElementFactory::make("avaepurify")
+        .property("model", path)
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    assert!(element.set_state(gst::State::Paused).is_err());
+    let message = bus
+        .iter()
+        .find(|m| m.type_() == gst::MessageType::Error)
+        .expect("an error message");
+    let gst::MessageView::Error(error) = message.view() else {
+        unreachable!()
+    };
+    let text = error.error().to_string();
+    assert!(text.contains(path), "{text}");
+    assert!(text.contains("model"), "{text}");
+    element.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn property_defaults_and_ranges() {
+    common::init();
+    let element = gst::ElementFactory::make("avaepurify").build().unwrap();
+    assert_eq!(element.property::<u32>("samples"), 16);
+    assert_eq!(element.property::<u32>("batch"), 16);
+    assert_eq!(element.property::<f32>("tau"), 0.03);
+    assert_eq!(element.property::<u64>("seed"), 0);
+    assert_eq!(element.property::<String>("roi-type"), "face");
+    assert_eq!(element.property::<f32>("margin"), 0.2);
+    assert!(!element.property::<bool>("full-frame"));
+    assert_eq!(element.property::<u32>("max-faces"), 16);
+    assert!(
+        !element.property::<bool>("qos"),
+        "QoS would drop late frames"
+    );
+    assert_eq!(
+        element.property::<String>("model"),
+        gstavaepurify::bundle::default_model_dir().to_string_lossy()
+    );
+    let pspec = element.find_property("samples").unwrap();
+    let pspec = pspec.downcast_ref::<glib::ParamSpecUInt>().unwrap();
+    assert_eq!((pspec.minimum(), pspec.maximum()), (1, 4096));
+    assert!(
+        !element
+            .find_property("stats")
+            .unwrap()
+            .flags()
+            .contains(glib::ParamFlags::WRITABLE)
+    );
+    for name in ["model", "backend", "device", "seed"] {
+        let flags = element.find_property(name).unwrap().flags();
+        assert!(
+            flags.contains(gst::PARAM_FLAG_MUTABLE_READY),
+            "{name} is mutable in READY"
+        );
+    }
+    element.set_property_from_str("backend", "ort");
+    element.set_property_from_str("device", "tensorrt");
+    assert_eq!(
+        element
+            .property_value("backend")
+            .get::<gstavaepurify::avaepurify::BackendChoice>()
+            .unwrap(),
+        gstavaepurify::avaepurify::BackendChoice::Ort
+    );
+    let s = element.property::<gst::Structure>("stats");
+    assert_eq!(s.name(), "avaepurify-stats");
+    assert_eq!(stat(&s, "frames"), 0);
+}

@@ -1,0 +1,241 @@
+//! `trainer`: prepares face data for, trains and exports the A-VAE purifier.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use avae_trainer::data::{self, CropSpec, FaceSet, PrepareOptions};
+use avae_trainer::export;
+use avae_trainer::train::{self, DeviceChoice, Hyper, Objective, TrainOptions};
+use clap::{Parser, Subcommand};
+
+/// A-VAE trainer: data preparation, training, export.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Crop a face dataset (LFW or one folder per identity) into a training cache with an
+    /// identity-disjoint train/test split.
+    Prepare(PrepareArgs),
+    /// Train (or resume) an A-VAE on a prepared crop cache.
+    Train(TrainArgs),
+    /// Write a model bundle from the EMA generator of a run's latest checkpoint and check every
+    /// graph against tch through tract and ONNX Runtime.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// Dataset folder: LFW (lfw-deepfunneled/ and pairs.txt) or one sub-folder of images per
+    /// identity [default: ../shared/datasets/lfw from the workspace root]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Side of the square crops in pixels (a multiple of 32)
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Output folder for the cache (<name>-<size>.bin/.json and a preview PNG)
+    #[arg(long, default_value = "data")]
+    out: PathBuf,
+    /// Cache name prefix
+    #[arg(long, default_value = "lfw")]
+    name: String,
+    /// Horizontal centre of the fixed crop box, as a fraction of the image width
+    #[arg(long, default_value_t = CropSpec::default().center_x)]
+    crop_center_x: f32,
+    /// Vertical centre of the fixed crop box, as a fraction of the image height
+    #[arg(long, default_value_t = CropSpec::default().center_y)]
+    crop_center_y: f32,
+    /// Side of the fixed crop box, as a fraction of the smaller image side
+    #[arg(long, default_value_t = CropSpec::default().side)]
+    crop_side: f32,
+    /// Keep at most this many identities per split (quick experiments and tests)
+    #[arg(long)]
+    limit_identities: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Model preset (tiny, cpu, paper)
+    #[arg(long, default_value = "cpu")]
+    preset: String,
+    /// Objective: a = paper (KL + WGAN-GP), b = critic conditioned on the 32x32 input,
+    /// c = a + 32x32 consistency loss, bc = both
+    #[arg(long, value_enum, default_value_t = Objective::A)]
+    objective: Objective,
+    /// Total number of steps to reach (a resumed run continues up to it)
+    #[arg(long)]
+    steps: u64,
+    /// Batch size
+    #[arg(long, default_value_t = Hyper::default().batch)]
+    batch: usize,
+    /// Run folder (checkpoints, samples, loss curves, log)
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint
+    #[arg(long)]
+    resume: bool,
+    /// Steps between checkpoints (a final one is always written)
+    #[arg(long, default_value_t = 250)]
+    ckpt_every: u64,
+    /// Steps between sample grids and loss-curve updates
+    #[arg(long, default_value_t = 250)]
+    sample_every: u64,
+    /// Checkpoint folders to keep
+    #[arg(long, default_value_t = 2)]
+    keep_checkpoints: usize,
+    /// Adam learning rate (the mapping network uses lr x the preset's mapping_lr_mul)
+    #[arg(long, default_value_t = Hyper::default().lr)]
+    lr: f64,
+    /// Weight of the consistency loss (objectives c and bc)
+    #[arg(long, default_value_t = Hyper::default().lambda_c)]
+    lambda_c: f64,
+    /// Weight of the mean KL term
+    #[arg(long, default_value_t = Hyper::default().kl_weight)]
+    kl_weight: f64,
+    /// Decay of the generator's exponential moving average
+    #[arg(long, default_value_t = Hyper::default().ema_decay)]
+    ema_decay: f64,
+    /// Random seed
+    #[arg(long, default_value_t = Hyper::default().seed)]
+    seed: u64,
+    /// CPU threads for libtorch [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Device
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Folder of the crop cache written by `trainer prepare`
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Name prefix of the crop cache
+    #[arg(long, default_value = "lfw")]
+    data_name: String,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Run folder written by `trainer train`
+    #[arg(long)]
+    run: PathBuf,
+    /// Bundle folder to write
+    #[arg(long)]
+    out: PathBuf,
+    /// Folder of the crop cache; when it holds the run's size, test faces join the parity check
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Name prefix of the crop cache
+    #[arg(long, default_value = "lfw")]
+    data_name: String,
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let opts = TrainOptions {
+        preset: args.preset,
+        objective: args.objective,
+        steps: args.steps,
+        out: args.out,
+        resume: args.resume,
+        ckpt_every: args.ckpt_every,
+        sample_every: args.sample_every,
+        keep_checkpoints: args.keep_checkpoints,
+        threads: args.threads,
+        device: args.device,
+        data: args.data,
+        data_name: args.data_name,
+        hyper: Hyper {
+            batch: args.batch,
+            lr: args.lr,
+            kl_weight: args.kl_weight,
+            lambda_c: args.lambda_c,
+            ema_decay: args.ema_decay,
+            seed: args.seed,
+            ..Hyper::default()
+        },
+    };
+    let summary = train::train(&opts)?;
+    println!(
+        "trained steps {}..{} on {}: {:.3} s/step (batch {}); run folder {}",
+        summary.start_step + 1,
+        summary.end_step,
+        summary.device,
+        summary.seconds_per_step,
+        opts.hyper.batch,
+        opts.out.display()
+    );
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    let (_vs, model, meta) = train::load_ema_generator(&args.run, tch::Device::Cpu)?;
+    let size = usize::try_from(meta.config.image_size)?;
+    let faces = FaceSet::load(&args.data, &args.data_name, size)
+        .map(|set| data::to_unit_range(&set.select(&set.fixed_test_faces(4))))
+        .ok();
+    let report = export::export_bundle(&model, &args.out, train::provenance(&meta))
+        .with_context(|| format!("cannot export '{}'", args.run.display()))?;
+    let parity = export::check_parity(&model, &args.out, faces.as_ref())?;
+    println!(
+        "wrote {} ({} parameters, step {}, objective {}); parity: max error {:.2e} over {} outputs{}",
+        report.dir.display(),
+        report.num_params,
+        meta.step,
+        meta.objective.label(),
+        parity.max_error(),
+        parity.entries.len(),
+        if faces.is_some() { " (with test faces)" } else { " (random inputs only)" }
+    );
+    Ok(())
+}
+
+fn prepare(args: PrepareArgs) -> Result<()> {
+    let data = match args.data {
+        Some(d) => d,
+        None => match data::default_dataset_dir() {
+            Some(d) => d,
+            None => bail!(
+                "no --data given and the default dataset folder ../shared/datasets/lfw (from the \
+                 workspace root {}) does not exist",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/..")
+            ),
+        },
+    };
+    let opts = PrepareOptions {
+        data,
+        out: args.out,
+        name: args.name,
+        size: args.size,
+        crop: CropSpec {
+            center_x: args.crop_center_x,
+            center_y: args.crop_center_y,
+            side: args.crop_side,
+        },
+        limit_identities: args.limit_identities,
+    };
+    let index = data::prepare(&opts)?;
+    let c = &index.counts;
+    println!(
+        "train: {} identities, {} images; test: {} identities, {} images; {} fold-1 pairs; \
+         {} unreadable images skipped",
+        c.train_identities,
+        c.train_images,
+        c.test_identities,
+        c.test_images,
+        index.pairs.len(),
+        c.skipped
+    );
+    let (bin, json) = data::cache_paths(&opts.out, &opts.name, opts.size);
+    println!("wrote {} and {}", bin.display(), json.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Prepare(args) => prepare(args),
+        Command::Train(args) => run_train(args),
+        Command::Export(args) => run_export(args),
+    }
+}

@@ -1,0 +1,128 @@
+//! End-to-end smoke test of the `trainer` binary: `prepare` on a handful of identities, three
+//! training steps of the tiny preset, then a resume for two more.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Identities of the temporary dataset: fold-1 people first (they form the test split).
+const FOLD1_PEOPLE: [&str; 2] = ["Abel_Pacheco", "Akhmed_Zakayev"];
+const TRAIN_PEOPLE: [&str; 3] = ["Aaron_Peirsol", "Aaron_Sorkin", "Abdullah_Gul"];
+
+fn trainer(args: &[&str], cwd: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the trainer binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "trainer {args:?} failed:\n{text}");
+    text
+}
+
+/// A small LFW-layout dataset: real LFW images when the shared copy exists, else synthetic PNGs,
+/// plus a `pairs.txt` whose fold 1 names the test people, and one corrupt file to be skipped.
+fn build_dataset(root: &Path) {
+    let lfw = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/lfw/lfw-deepfunneled");
+    let images = root.join("lfw-deepfunneled");
+    for (p, person) in FOLD1_PEOPLE.iter().chain(&TRAIN_PEOPLE).enumerate() {
+        let dir = images.join(person);
+        fs::create_dir_all(&dir).unwrap();
+        for n in 1..=2 {
+            let file = format!("{person}_{n:04}.jpg");
+            let src = lfw.join(person).join(&file);
+            if src.is_file() {
+                fs::copy(&src, dir.join(&file)).unwrap();
+            } else {
+                let img = image::RgbImage::from_fn(250, 250, |x, y| {
+                    image::Rgb([(x + 40 * p as u32) as u8, y as u8, (40 * n) as u8])
+                });
+                img.save_with_format(dir.join(&file), image::ImageFormat::Jpeg)
+                    .unwrap();
+            }
+        }
+    }
+    fs::write(images.join(TRAIN_PEOPLE[0]).join("broken_0001.jpg"), b"not a jpeg").unwrap();
+    fs::write(
+        root.join("pairs.txt"),
+        format!(
+            "1\t1\n{a}\t1\t2\n{a}\t1\t{b}\t2\n",
+            a = FOLD1_PEOPLE[0],
+            b = FOLD1_PEOPLE[1]
+        ),
+    )
+    .unwrap();
+}
+
+fn log_steps(run: &Path) -> Vec<u64> {
+    fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn prepare_train_and_resume() {
+    let tmp: PathBuf = std::env::temp_dir().join(format!("avae-smoke-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let dataset = tmp.join("lfw");
+    build_dataset(&dataset);
+
+    let out = trainer(
+        &["prepare", "--data", "lfw", "--size", "64", "--out", "data"],
+        &tmp,
+    );
+    assert!(
+        out.contains("train: 3 identities, 6 images; test: 2 identities, 4 images; 2 fold-1 pairs; 1 unreadable"),
+        "{out}"
+    );
+    assert!(out.contains("broken_0001.jpg"), "the corrupt file is named:\n{out}");
+    assert_eq!(fs::metadata(tmp.join("data/lfw-64.bin")).unwrap().len(), 10 * 3 * 64 * 64);
+    assert!(tmp.join("data/lfw-64-preview.png").is_file());
+
+    let common = [
+        "train", "--preset", "tiny", "--objective", "bc", "--batch", "4", "--out", "run",
+        "--ckpt-every", "2", "--sample-every", "2", "--threads", "2", "--device", "cpu",
+    ];
+    let first: Vec<&str> = common.iter().copied().chain(["--steps", "3"]).collect();
+    trainer(&first, &tmp);
+    let run = tmp.join("run");
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(meta["step"], 3);
+    for f in ["generator", "ema", "critic"] {
+        assert!(run.join(format!("ckpt-00000003/{f}.safetensors")).is_file());
+    }
+    assert!(run.join("samples/step-00000002.png").is_file());
+    assert!(run.join("samples/step-00000003.png").is_file());
+    assert!(run.join("loss-curves.png").is_file());
+    assert_eq!(log_steps(&run), [1, 2, 3]);
+
+    // Without --resume an existing run is refused rather than overwritten.
+    let refused = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&first)
+        .current_dir(&tmp)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+
+    let resumed: Vec<&str> = common.iter().copied().chain(["--steps", "5", "--resume"]).collect();
+    let out = trainer(&resumed, &tmp);
+    assert!(out.contains("trained steps 4..5"), "{out}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(meta["step"], 5);
+    assert_eq!(log_steps(&run), [1, 2, 3, 4, 5]);
+    assert!(run.join("samples/step-00000005.png").is_file());
+    // Only the newest two checkpoint folders are kept.
+    assert!(!run.join("ckpt-00000002").exists());
+    assert!(run.join("ckpt-00000004").is_dir() && run.join("ckpt-00000005").is_dir());
+    fs::remove_dir_all(&tmp).unwrap();
+}
