@@ -122,11 +122,15 @@ fn engine_time(
     let (d, c, flops) = (m.latent_dim, m.skip_channels, m.decoder_flops as f64);
     let z = Array2::<f32>::from_shape_fn((BATCH, d), |_| rng.random_range(-1.0..1.0));
     let skip = Array4::<f32>::from_shape_fn((BATCH, c, 16, 16), |_| rng.random_range(-1.0..1.0));
-    purifier.decode(z.view(), skip.view()).map_err(|e| e.to_string())?;
+    purifier
+        .decode(z.view(), skip.view())
+        .map_err(|e| e.to_string())?;
     let calls = (samples * nfaces * reps).div_ceil(BATCH).max(2);
     let t = Instant::now();
     for _ in 0..calls {
-        purifier.decode(z.view(), skip.view()).map_err(|e| e.to_string())?;
+        purifier
+            .decode(z.view(), skip.view())
+            .map_err(|e| e.to_string())?;
     }
     let gflops = flops * (calls * BATCH) as f64 / t.elapsed().as_secs_f64() / 1e9;
     Ok((engine * 1e3, gflops))

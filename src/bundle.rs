@@ -111,7 +111,8 @@ pub struct Bundle {
 
 /// Lower-case hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, Error> {
-    let mut file = fs::File::open(path).map_err(|e| Error::bundle(path, format!("cannot open: {e}")))?;
+    let mut file =
+        fs::File::open(path).map_err(|e| Error::bundle(path, format!("cannot open: {e}")))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -157,7 +158,9 @@ impl Bundle {
             Some(v) => {
                 return Err(Error::bundle(
                     &manifest_path,
-                    format!("unsupported format_version {v}: this build reads version {FORMAT_VERSION}"),
+                    format!(
+                        "unsupported format_version {v}: this build reads version {FORMAT_VERSION}"
+                    ),
                 ));
             }
             None => {
@@ -192,7 +195,7 @@ impl Bundle {
         let m = &self.manifest;
         let manifest_path = self.dir.join(MANIFEST_FILE);
         let s = m.image_size;
-        if s < 32 || s % 32 != 0 || m.encoder_input_size != 32 {
+        if s < 32 || !s.is_multiple_of(32) || m.encoder_input_size != 32 {
             return Err(Error::bundle(
                 &manifest_path,
                 format!(
@@ -201,19 +204,19 @@ impl Bundle {
                 ),
             ));
         }
-        if m.latent_dim == 0 || m.skip_channels == 0 || !(m.tau >= 0.0) {
+        if m.latent_dim == 0 || m.skip_channels == 0 || m.tau.is_nan() || m.tau < 0.0 {
             return Err(Error::bundle(
                 &manifest_path,
                 "latent_dim and skip_channels must be positive and tau >= 0",
             ));
         }
-        if let Some(t) = &m.landmark_template {
-            if !t.iter().flatten().all(|v| (0.0..=1.0).contains(v)) {
-                return Err(Error::bundle(
-                    &manifest_path,
-                    format!("landmark_template {t:?}: expected 5 points with coordinates in [0, 1]"),
-                ));
-            }
+        if let Some(t) = &m.landmark_template
+            && !t.iter().flatten().all(|v| (0.0..=1.0).contains(v))
+        {
+            return Err(Error::bundle(
+                &manifest_path,
+                format!("landmark_template {t:?}: expected 5 points with coordinates in [0, 1]"),
+            ));
         }
         let (d, c) = (m.latent_dim, m.skip_channels);
         use Dim::{Any, Is};
@@ -228,7 +231,10 @@ impl Bundle {
         )?;
         self.check_graph(
             GraphKind::Decoder,
-            &[("z", vec![Any, Is(d)]), ("skip", vec![Any, Is(c), Is(16), Is(16)])],
+            &[
+                ("z", vec![Any, Is(d)]),
+                ("skip", vec![Any, Is(c), Is(16), Is(16)]),
+            ],
             &[("image", vec![Any, Is(3), Is(s), Is(s)])],
         )?;
         if m.graphs.purifier.is_some() {
@@ -272,7 +278,8 @@ impl Bundle {
                 ),
             ));
         }
-        let bytes = fs::read(&path).map_err(|e| Error::bundle(&path, format!("cannot read: {e}")))?;
+        let bytes =
+            fs::read(&path).map_err(|e| Error::bundle(&path, format!("cannot read: {e}")))?;
         let model = pb::ModelProto::decode(bytes.as_slice())
             .map_err(|e| Error::bundle(&path, format!("not a valid ONNX model: {e}")))?;
         let graph = model
@@ -334,7 +341,10 @@ fn check_values(
             };
             return Err(Error::bundle(
                 path,
-                format!("{what} `{name}` has shape {got}, expected [{}]", want.join(",")),
+                format!(
+                    "{what} `{name}` has shape {got}, expected [{}]",
+                    want.join(",")
+                ),
             ));
         }
     }

@@ -5,6 +5,7 @@
 //! [`purifier::Purifier`] that ties them together are used by the trainer and the
 //! benchmarks, so evaluation measures exactly the code that ships.
 
+pub mod avaefacedetect;
 pub mod avaepurify;
 pub mod bundle;
 pub mod core;
@@ -15,6 +16,7 @@ pub mod purifier;
 pub use error::Error;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
+    avaefacedetect::register(plugin)?;
     avaepurify::register(plugin)?;
     Ok(())
 }

@@ -96,7 +96,12 @@ impl Purifier {
             let path = self.bundle.graph_path(GraphKind::Purifier).ok_or_else(|| {
                 Error::bundle(&self.bundle.dir, "this bundle has no fused purifier graph")
             })?;
-            Some(engine::open_graph(&path, backend, device, &self.bundle.dir)?)
+            Some(engine::open_graph(
+                &path,
+                backend,
+                device,
+                &self.bundle.dir,
+            )?)
         } else {
             None
         };
@@ -165,7 +170,10 @@ impl Purifier {
         let t = Instant::now();
         let out = self.encoder.run(&[faces.into_dyn()])?;
         self.engine_seconds += t.elapsed().as_secs_f64();
-        let path = self.bundle.graph_path(GraphKind::Encoder).unwrap_or_default();
+        let path = self
+            .bundle
+            .graph_path(GraphKind::Encoder)
+            .unwrap_or_default();
         let bad = |what: &str| Error::Engine {
             backend: "engine",
             path: path.clone(),
@@ -173,7 +181,9 @@ impl Purifier {
         };
         let [mu, logvar, skip]: [_; 3] = out.try_into().map_err(|_| bad("count"))?;
         let mu = mu.into_dimensionality::<Ix2>().map_err(|_| bad("mu"))?;
-        let logvar = logvar.into_dimensionality::<Ix2>().map_err(|_| bad("logvar"))?;
+        let logvar = logvar
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| bad("logvar"))?;
         let skip = skip.into_dimensionality::<Ix4>().map_err(|_| bad("skip"))?;
         if mu.dim() != (n, d) || logvar.dim() != (n, d) || skip.dim() != (n, c, 16, 16) {
             return Err(bad("mu/logvar/skip"));
@@ -198,7 +208,10 @@ impl Purifier {
             .filter(|a| a.dim() == (b, 3, s, s))
             .ok_or_else(|| Error::Engine {
                 backend: "engine",
-                path: self.bundle.graph_path(GraphKind::Decoder).unwrap_or_default(),
+                path: self
+                    .bundle
+                    .graph_path(GraphKind::Decoder)
+                    .unwrap_or_default(),
                 reason: format!("decoder output is not [{b}, 3, {s}, {s}]"),
             })
     }
@@ -290,7 +303,10 @@ impl Purifier {
         params: &PurifyParams,
         rng: &mut StdRng,
     ) -> Result<Vec<Purified>, Error> {
-        let path = self.bundle.graph_path(GraphKind::Purifier).unwrap_or_default();
+        let path = self
+            .bundle
+            .graph_path(GraphKind::Purifier)
+            .unwrap_or_default();
         let Some(fused) = self.fused.as_mut() else {
             return Err(Error::bundle(&path, "fused purifier graph not loaded"));
         };
@@ -315,13 +331,18 @@ impl Purifier {
                 clipped |= stats.scaled > 0 || stats.unreachable;
                 let target = pixels.view().insert_axis(Axis(0));
                 let t = Instant::now();
-                let out = fused.run(&[z.slice(s![..b, ..]).into_dyn(), skip.into_dyn(), target.into_dyn()])?;
+                let out = fused.run(&[
+                    z.slice(s![..b, ..]).into_dyn(),
+                    skip.into_dyn(),
+                    target.into_dyn(),
+                ])?;
                 self.engine_seconds += t.elapsed().as_secs_f64();
-                let [image, distance, index]: [_; 3] = out.try_into().map_err(|_| Error::Engine {
-                    backend: "engine",
-                    path: path.clone(),
-                    reason: "fused purifier must return image, distance and index".into(),
-                })?;
+                let [image, distance, index]: [_; 3] =
+                    out.try_into().map_err(|_| Error::Engine {
+                        backend: "engine",
+                        path: path.clone(),
+                        reason: "fused purifier must return image, distance and index".into(),
+                    })?;
                 let (dist, idx) = (
                     distance.iter().next().copied().unwrap_or(f32::NAN),
                     index.iter().next().copied().unwrap_or(0.0) as usize,
@@ -334,13 +355,14 @@ impl Purifier {
             let Some((distance, candidate, image)) = best else {
                 return Err(Error::bundle(&path, "no candidate decoded"));
             };
-            let image = image
-                .into_shape_with_order(pixels.raw_dim())
-                .map_err(|e| Error::Engine {
-                    backend: "engine",
-                    path: path.clone(),
-                    reason: format!("fused purifier image: {e}"),
-                })?;
+            let image =
+                image
+                    .into_shape_with_order(pixels.raw_dim())
+                    .map_err(|e| Error::Engine {
+                        backend: "engine",
+                        path: path.clone(),
+                        reason: format!("fused purifier image: {e}"),
+                    })?;
             pixels.assign(&image);
             result.push(Purified {
                 distance,

@@ -26,13 +26,16 @@ fn copy_bundle(name: &str) -> PathBuf {
 
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join(MANIFEST_FILE);
-    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut v);
     fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
 fn load_err(dir: &Path) -> String {
-    Bundle::load(dir).expect_err("bundle must be rejected").to_string()
+    Bundle::load(dir)
+        .expect_err("bundle must be rejected")
+        .to_string()
 }
 
 #[test]
@@ -46,7 +49,10 @@ fn the_tiny_bundle_is_valid() {
 #[test]
 fn missing_folder() {
     let err = load_err(Path::new("/nonexistent/avae-bundle"));
-    assert!(err.contains("/nonexistent/avae-bundle") && err.contains("no such folder"), "{err}");
+    assert!(
+        err.contains("/nonexistent/avae-bundle") && err.contains("no such folder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,7 +60,10 @@ fn missing_manifest() {
     let dir = copy_bundle("no-manifest");
     fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
     let err = load_err(&dir);
-    assert!(err.contains("manifest.json") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -62,7 +71,10 @@ fn manifest_not_json() {
     let dir = copy_bundle("bad-json");
     fs::write(dir.join(MANIFEST_FILE), "{ not json").unwrap();
     let err = load_err(&dir);
-    assert!(err.contains("manifest.json") && err.contains("not valid JSON"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("not valid JSON"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,7 +90,10 @@ fn missing_graph() {
     let dir = copy_bundle("no-decoder");
     fs::remove_file(dir.join("decoder.onnx")).unwrap();
     let err = load_err(&dir);
-    assert!(err.contains("decoder.onnx") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("decoder.onnx") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -90,7 +105,10 @@ fn checksum_mismatch() {
     bytes[last] ^= 0xff;
     fs::write(&path, bytes).unwrap();
     let err = load_err(&dir);
-    assert!(err.contains("encoder.onnx") && err.contains("checksum mismatch"), "{err}");
+    assert!(
+        err.contains("encoder.onnx") && err.contains("checksum mismatch"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -101,16 +119,24 @@ fn corrupt_graph_with_matching_checksum() {
     let sha = gstavaepurify::bundle::sha256_file(&path).unwrap();
     edit_manifest(&dir, |v| v["graphs"]["decoder"]["sha256"] = sha.into());
     let err = load_err(&dir);
-    assert!(err.contains("decoder.onnx") && err.contains("not a valid ONNX model"), "{err}");
+    assert!(
+        err.contains("decoder.onnx") && err.contains("not a valid ONNX model"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_input_names() {
     // The decoder graph handed in as the encoder: its inputs are z and skip, not face.
     let dir = copy_bundle("names");
-    edit_manifest(&dir, |v| v["graphs"]["encoder"] = v["graphs"]["decoder"].clone());
+    edit_manifest(&dir, |v| {
+        v["graphs"]["encoder"] = v["graphs"]["decoder"].clone()
+    });
     let err = load_err(&dir);
-    assert!(err.contains("decoder.onnx") && err.contains("inputs are") && err.contains("face"), "{err}");
+    assert!(
+        err.contains("decoder.onnx") && err.contains("inputs are") && err.contains("face"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -121,15 +147,22 @@ fn wrong_shapes() {
         v["latent_dim"] = (d + 1).into();
     });
     let err = load_err(&dir);
-    assert!(err.contains("encoder.onnx") && err.contains("`mu` has shape"), "{err}");
+    assert!(
+        err.contains("encoder.onnx") && err.contains("`mu` has shape"),
+        "{err}"
+    );
 }
 
 #[test]
 fn landmark_template_out_of_range() {
     let dir = copy_bundle("template");
     edit_manifest(&dir, |v| {
-        v["landmark_template"] = serde_json::json!([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [1.5, 0.8]])
+        v["landmark_template"] =
+            serde_json::json!([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [1.5, 0.8]])
     });
     let err = load_err(&dir);
-    assert!(err.contains("manifest.json") && err.contains("landmark_template"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("landmark_template"),
+        "{err}"
+    );
 }

@@ -451,7 +451,10 @@ fn different_seeds_give_different_output() {
 fn seed_zero_draws_a_new_seed_each_run() {
     let a = run(&[("seed", "0"), ("tau", "1")], 1);
     let b = run(&[("seed", "0"), ("tau", "1")], 1);
-    assert!(differing_bytes(&a.0, &b.0) > 0, "two seed=0 runs gave the same frames");
+    assert!(
+        differing_bytes(&a.0, &b.0) > 0,
+        "two seed=0 runs gave the same frames"
+    );
 }
 
 #[test]
@@ -539,6 +542,8 @@ fn property_defaults_and_ranges() {
     assert_eq!(element.property::<f32>("margin"), 0.2);
     assert!(!element.property::<bool>("full-frame"));
     assert_eq!(element.property::<u32>("max-faces"), 16);
+    assert_eq!(element.property::<f32>("feather"), 0.15);
+    assert!(element.property::<bool>("align"));
     assert!(
         !element.property::<bool>("qos"),
         "QoS would drop late frames"
@@ -576,4 +581,204 @@ fn property_defaults_and_ranges() {
     let s = element.property::<gst::Structure>("stats");
     assert_eq!(s.name(), "avaepurify-stats");
     assert_eq!(stat(&s, "frames"), 0);
+}
+
+/// Landmark template of the aligned tests, as fractions of the face: left eye, right eye, nose,
+/// left and right mouth corners.
+const TEMPLATE: [[f32; 2]; 5] = [
+    [0.35, 0.40],
+    [0.65, 0.40],
+    [0.50, 0.55],
+    [0.38, 0.72],
+    [0.62, 0.72],
+];
+
+/// A copy of the tiny bundle whose manifest has [`TEMPLATE`], in a fresh temporary folder.
+fn bundle_with_template(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("avae-element-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary bundle folder");
+    let source = std::path::PathBuf::from(common::tiny_bundle());
+    for entry in std::fs::read_dir(&source).expect("tiny bundle readable") {
+        let path = entry.expect("bundle entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("file name"))).expect("copy");
+    }
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest")).unwrap();
+    manifest["landmark_template"] = serde_json::json!(TEMPLATE);
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// Adds a `face` ROI at `rect` with a `detection` param holding `landmarks` (frame pixels).
+fn add_face_with_landmarks(
+    buffer: &mut gst::BufferRef,
+    info: &gst_video::VideoInfo,
+    rect: (u32, u32, u32, u32),
+    landmarks: &[[f32; 2]; 5],
+) {
+    let (w, h) = (info.width() as f32, info.height() as f32);
+    let face = gstavaepurify::core::detect::Face {
+        x_min: rect.0 as f32 / w,
+        y_min: rect.1 as f32 / h,
+        x_max: (rect.0 + rect.2) as f32 / w,
+        y_max: (rect.1 + rect.3) as f32 / h,
+        confidence: 0.9,
+        landmarks: landmarks.map(|[x, y]| [x / w, y / h]),
+    };
+    let mut meta = VideoRegionOfInterestMeta::add(buffer, "face", rect);
+    meta.add_param(gstavaepurify::avaefacedetect::detection_structure(&face));
+}
+
+/// The template of a 40-pixel face at (70, 40), rotated by 30 degrees: far from the ROI box
+/// the aligned tests attach, so that which crop was used shows in the pixels that change.
+fn rotated_landmarks() -> [[f32; 2]; 5] {
+    let (cos, sin) = (30f32.to_radians().cos(), 30f32.to_radians().sin());
+    TEMPLATE.map(|[u, v]| {
+        let (x, y) = ((u - 0.5) * 40.0, (v - 0.5) * 40.0);
+        [90.0 + cos * x - sin * y, 60.0 + sin * x + cos * y]
+    })
+}
+
+/// Pushes one 128x96 RGB frame with a face ROI at (4, 4, 20, 20) carrying
+/// [`rotated_landmarks`], plus a second ROI at (4, 60, 20, 20) whose landmarks coincide.
+fn run_aligned(
+    name: &str,
+    props: &[(&str, &str)],
+) -> (gst_video::VideoInfo, Vec<u8>, gst::Buffer, Harness) {
+    let bundle = bundle_with_template(name);
+    let mut all = vec![("model", bundle.to_str().expect("utf-8 temp path"))];
+    all.extend_from_slice(props);
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 128, 96, &all);
+    let mut input = frame(&info, 30, &[]);
+    {
+        let buffer = input.get_mut().unwrap();
+        add_face_with_landmarks(buffer, &info, (4, 4, 20, 20), &rotated_landmarks());
+        add_face_with_landmarks(buffer, &info, (4, 60, 20, 20), &[[14.0, 70.0]; 5]);
+    }
+    let before = bytes(&input);
+    let output = h.push_and_pull(input).expect("frame out");
+    std::fs::remove_dir_all(&bundle).ok();
+    (info, before, output, h)
+}
+
+#[test]
+fn landmarks_align_the_crop_to_the_template() {
+    let (info, before, output, h) = run_aligned("aligned", &[("feather", "0")]);
+    let after = bytes(&output);
+    let params = purify_params(&output);
+    assert!(params.iter().all(Option::is_some), "{params:?}");
+    let s = stats(&h);
+    assert_eq!(stat(&s, "faces-purified"), 2);
+    assert_eq!(
+        stat(&s, "faces-aligned"),
+        1,
+        "degenerate landmarks use the box"
+    );
+    assert_eq!(stat(&s, "failures"), 0);
+
+    let side = 64.0;
+    let dst = TEMPLATE.map(|[u, v]| [u * side, v * side]);
+    let to_face = gstavaepurify::core::align::estimate_similarity(&rotated_landmarks(), &dst)
+        .expect("a proper transform");
+    let degenerate_box = region(&info, 4, 60, 20, 20, 0.2);
+    let stride = info.stride()[0] as usize;
+    let (mut inside_changed, mut outside_box_changed) = (0, 0);
+    for y in 0..96usize {
+        for x in 0..128usize {
+            let [u, v] = to_face.apply([x as f32 + 0.5, y as f32 + 0.5]);
+            let in_face = (-0.5..=side + 0.5).contains(&u) && (-0.5..=side + 0.5).contains(&v);
+            let in_box = (degenerate_box.x..degenerate_box.x + degenerate_box.width).contains(&x)
+                && (degenerate_box.y..degenerate_box.y + degenerate_box.height).contains(&y);
+            let i = y * stride + x * 3;
+            let changed = before[i..i + 3] != after[i..i + 3];
+            if in_face {
+                inside_changed += usize::from(changed);
+                // Outside the axis-aligned square around the landmarks' face: the rotation.
+                let (dx, dy) = (x as f32 + 0.5 - 90.0, y as f32 + 0.5 - 60.0);
+                if dx.abs().max(dy.abs()) > 20.0 * 1.2 {
+                    outside_box_changed += usize::from(changed);
+                }
+            } else if !in_box {
+                assert!(
+                    !changed,
+                    "pixel ({x}, {y}) outside the aligned face changed"
+                );
+            }
+        }
+    }
+    assert!(
+        inside_changed > 1000,
+        "{inside_changed} pixels of the face changed"
+    );
+    assert!(
+        outside_box_changed > 0,
+        "the rotated square reaches beyond an unrotated one"
+    );
+}
+
+#[test]
+fn align_false_crops_the_box_around_the_roi() {
+    let (info, before, output, h) = run_aligned("box", &[("align", "false"), ("feather", "0")]);
+    assert_changed_only_inside(
+        &info,
+        &before,
+        &bytes(&output),
+        &[
+            region(&info, 4, 4, 20, 20, 0.2),
+            region(&info, 4, 60, 20, 20, 0.2),
+        ],
+    );
+    let s = stats(&h);
+    assert_eq!(stat(&s, "faces-purified"), 2);
+    assert_eq!(stat(&s, "faces-aligned"), 0);
+}
+
+#[test]
+fn feather_blends_the_crop_border_into_the_frame() {
+    // Mean absolute change of the outermost ring of the box and of its central quarter.
+    let ring_and_centre = |feather: &str| {
+        let (mut h, info) = harness(
+            gst_video::VideoFormat::Rgb,
+            96,
+            96,
+            &[("margin", "0"), ("feather", feather)],
+        );
+        let input = frame(&info, 31, &[("face", 16, 16, 64, 64)]);
+        let before = bytes(&input);
+        let after = bytes(&h.push_and_pull(input).expect("frame out"));
+        let stride = info.stride()[0] as usize;
+        let (mut ring, mut centre) = (Vec::new(), Vec::new());
+        for y in 16..80usize {
+            for x in 16..80usize {
+                let i = y * stride + x * 3;
+                let d = f64::from(before[i].abs_diff(after[i]));
+                if x == 16 || x == 79 || y == 16 || y == 79 {
+                    ring.push(d);
+                } else if (32..64).contains(&x) && (32..64).contains(&y) {
+                    centre.push(d);
+                }
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        (mean(&ring), mean(&centre))
+    };
+    let (hard_ring, hard_centre) = ring_and_centre("0");
+    let (soft_ring, soft_centre) = ring_and_centre("0.15");
+    assert!(
+        hard_ring > 0.5 * hard_centre,
+        "a hard paste replaces the border: ring {hard_ring}, centre {hard_centre}"
+    );
+    assert!(
+        soft_ring < 0.1 * soft_centre,
+        "a feathered paste keeps the border: ring {soft_ring}, centre {soft_centre}"
+    );
+    assert_eq!(
+        soft_centre, hard_centre,
+        "the centre is fully replaced either way"
+    );
 }

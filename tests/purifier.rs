@@ -18,7 +18,11 @@ fn ensure_ort() {
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {
         let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0");
-        assert!(lib.is_file(), "ONNX Runtime not found at {} (run scripts/setup.sh)", lib.display());
+        assert!(
+            lib.is_file(),
+            "ONNX Runtime not found at {} (run scripts/setup.sh)",
+            lib.display()
+        );
         // SAFETY: set before any thread of this test binary loads ONNX Runtime.
         unsafe { std::env::set_var("ORT_DYLIB_PATH", lib) };
     }
@@ -29,7 +33,12 @@ fn faces(n: usize, s: usize, seed: u64) -> Array4<f32> {
     Array4::from_shape_fn((n, 3, s, s), |_| rng.random_range(-1.0..1.0))
 }
 
-fn run(p: &mut Purifier, faces: &Array4<f32>, params: PurifyParams, seed: u64) -> (Array4<f32>, Vec<(f32, usize)>) {
+fn run(
+    p: &mut Purifier,
+    faces: &Array4<f32>,
+    params: PurifyParams,
+    seed: u64,
+) -> (Array4<f32>, Vec<(f32, usize)>) {
     let mut out = faces.clone();
     let res = p
         .purify(out.view_mut(), &params, &mut StdRng::seed_from_u64(seed))
@@ -38,7 +47,11 @@ fn run(p: &mut Purifier, faces: &Array4<f32>, params: PurifyParams, seed: u64) -
 }
 
 fn params(samples: usize, batch: usize, tau: f32) -> PurifyParams {
-    PurifyParams { samples, batch, tau }
+    PurifyParams {
+        samples,
+        batch,
+        tau,
+    }
 }
 
 #[test]
@@ -48,8 +61,14 @@ fn result_does_not_depend_on_batch() {
     let (a, ra) = run(&mut p, &x, params(10, 1, 1.0), 5);
     let (b, rb) = run(&mut p, &x, params(10, 7, 1.0), 5);
     let (c, rc) = run(&mut p, &x, params(10, 64, 1.0), 5);
-    assert_eq!(ra.iter().map(|r| r.1).collect::<Vec<_>>(), rb.iter().map(|r| r.1).collect::<Vec<_>>());
-    assert_eq!(ra.iter().map(|r| r.1).collect::<Vec<_>>(), rc.iter().map(|r| r.1).collect::<Vec<_>>());
+    assert_eq!(
+        ra.iter().map(|r| r.1).collect::<Vec<_>>(),
+        rb.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ra.iter().map(|r| r.1).collect::<Vec<_>>(),
+        rc.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
     assert!((&a - &b).iter().all(|v| v.abs() < 1e-4));
     assert!((&a - &c).iter().all(|v| v.abs() < 1e-4));
 }
@@ -98,7 +117,10 @@ fn fused_graph_chooses_what_the_plain_path_chooses() {
     p.use_fused(true, Backend::Tract, Device::Cpu).unwrap();
     assert!(p.is_fused());
     let (b, rb) = run(&mut p, &x, params(12, 5, 1.0), 7);
-    assert_eq!(ra.iter().map(|r| r.1).collect::<Vec<_>>(), rb.iter().map(|r| r.1).collect::<Vec<_>>());
+    assert_eq!(
+        ra.iter().map(|r| r.1).collect::<Vec<_>>(),
+        rb.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
     assert!((&a - &b).iter().all(|v| v.abs() < 1e-4));
 }
 
@@ -111,7 +133,10 @@ fn ort_and_tract_agree() {
     let x = faces(2, t.image_size(), 6);
     let (a, ra) = run(&mut t, &x, params(8, 8, 1.0), 3);
     let (b, rb) = run(&mut o, &x, params(8, 8, 1.0), 3);
-    assert_eq!(ra.iter().map(|r| r.1).collect::<Vec<_>>(), rb.iter().map(|r| r.1).collect::<Vec<_>>());
+    assert_eq!(
+        ra.iter().map(|r| r.1).collect::<Vec<_>>(),
+        rb.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
     assert!((&a - &b).iter().all(|v| v.abs() < 1e-4));
 }
 
@@ -127,7 +152,11 @@ fn auto_backend_on_a_bad_ort_path_falls_back_to_tract_with_a_reason() {
     }
     let exe = std::env::current_exe().unwrap();
     let status = std::process::Command::new(exe)
-        .args(["--exact", "auto_backend_on_a_bad_ort_path_falls_back_to_tract_with_a_reason", "--nocapture"])
+        .args([
+            "--exact",
+            "auto_backend_on_a_bad_ort_path_falls_back_to_tract_with_a_reason",
+            "--nocapture",
+        ])
         .env("AVAE_TEST_CHILD", "1")
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .status()
@@ -140,11 +169,21 @@ fn bad_parameters_are_errors() {
     let mut p = Purifier::load(&tiny_bundle(), Backend::Tract, Device::Cpu).unwrap();
     let mut x = faces(1, p.image_size(), 7);
     let mut rng = StdRng::seed_from_u64(0);
-    for (bad, name) in [(params(0, 4, 0.1), "samples"), (params(4, 0, 0.1), "batch"), (params(4, 4, -1.0), "tau")] {
-        let err = p.purify(x.view_mut(), &bad, &mut rng).unwrap_err().to_string();
+    for (bad, name) in [
+        (params(0, 4, 0.1), "samples"),
+        (params(4, 0, 0.1), "batch"),
+        (params(4, 4, -1.0), "tau"),
+    ] {
+        let err = p
+            .purify(x.view_mut(), &bad, &mut rng)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(name), "{err}");
     }
     let mut wrong = Array4::<f32>::zeros((1, 3, 7, 7));
-    let err = p.purify(wrong.view_mut(), &params(4, 4, 0.1), &mut rng).unwrap_err().to_string();
+    let err = p
+        .purify(wrong.view_mut(), &params(4, 4, 0.1), &mut rng)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("faces"), "{err}");
 }

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{Array4, Axis, Ix4};
 use prost::Message;
@@ -194,14 +195,21 @@ pub fn dynamic_shape_model(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> 
 }
 
 /// Writes `bytes` to `dir/name` unless a file of that name exists (names carry a content hash),
-/// through a temporary file so that concurrent writers never expose a partial file.
+/// through a temporary file renamed into place, so that concurrent writers (threads or
+/// processes) never expose a partial file.
 fn write_once(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let target = dir.join(name);
     if target.is_file() {
         return Ok(target);
     }
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     fs::create_dir_all(dir)?;
-    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    // Unique per process and call, so that two threads never write the same partial file.
+    let partial = dir.join(format!(
+        "{name}.{}-{}.partial",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     fs::write(&partial, bytes)?;
     fs::rename(&partial, &target)?;
     Ok(target)
@@ -226,21 +234,26 @@ impl Detector {
             .and_then(|s| s.to_str())
             .unwrap_or("detector");
         let cache = cache_dir();
-        let copy = write_once(&cache, &format!("{stem}-{hash}-dynamic.onnx"), &dynamic).map_err(
-            |e| {
+        let copy =
+            write_once(&cache, &format!("{stem}-{hash}-dynamic.onnx"), &dynamic).map_err(|e| {
                 model_error(
                     model,
-                    format!("cannot write its dynamic-shape copy to {}: {e}", cache.display()),
+                    format!(
+                        "cannot write its dynamic-shape copy to {}: {e}",
+                        cache.display()
+                    ),
                 )
-            },
-        )?;
+            })?;
         let engine = engine::open_graph(&copy, backend, device, &cache).map_err(|e| match e {
             Error::Engine {
                 backend, reason, ..
             } => Error::Engine {
                 backend,
                 path: model.to_path_buf(),
-                reason: format!("{reason} (running its dynamic-shape copy {})", copy.display()),
+                reason: format!(
+                    "{reason} (running its dynamic-shape copy {})",
+                    copy.display()
+                ),
             },
             other => other,
         })?;
@@ -268,7 +281,11 @@ impl Detector {
 
     /// The faces of `frame` in frame pixels, most confident first: letterbox, run, decode,
     /// non-maximum suppression, then the `min_size` and `max_faces` filters.
-    pub fn detect(&mut self, frame: &FrameRef<'_>, params: &DetectorParams) -> Result<Vec<Face>, Error> {
+    pub fn detect(
+        &mut self,
+        frame: &FrameRef<'_>,
+        params: &DetectorParams,
+    ) -> Result<Vec<Face>, Error> {
         let placement = Letterbox::fit(frame.width, frame.height, params.input_size)?;
         let shape = (1, 3, placement.input_height, placement.input_width);
         if self.input.dim() != shape {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
@@ -220,6 +221,13 @@ impl ObjectSubclass for AvaeFaceDetect {
 }
 
 impl ObjectImpl for AvaeFaceDetect {
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Every frame goes out: never drop a late frame on a QoS event (a leaky queue in front
+        // is the way to shed load on a live source, see pipelines/).
+        self.obj().set_qos(false);
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             let default_model = Settings::default().model;
@@ -463,7 +471,12 @@ impl BaseTransformImpl for AvaeFaceDetect {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         lock(&self.state).take();
-        gst::info!(CAT, imp = self, "Stopped: {}", lock(&self.stats).to_structure());
+        gst::info!(
+            CAT,
+            imp = self,
+            "Stopped: {}",
+            lock(&self.stats).to_structure()
+        );
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use gst::glib;
@@ -12,12 +12,14 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
-use ndarray::{ArrayViewMut4, Axis};
+use ndarray::{ArrayView3, ArrayViewMut4, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::{BackendChoice, DeviceChoice};
-use crate::core::image::{self, FrameMut, FrameRef, PixelLayout, Region};
+use super::{BackendChoice, DeviceChoice, lock, pixel_layout};
+use crate::avaefacedetect::{DETECTION_PARAM, face_from_detection};
+use crate::core::align::{self, Similarity};
+use crate::core::image::{self, FrameMut, FrameRef, Region};
 use crate::purifier::{Purified, Purifier, PurifyParams};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -43,11 +45,14 @@ const DEFAULT_ROI_TYPE: &str = "face";
 const DEFAULT_MARGIN: f32 = 0.2;
 const DEFAULT_FULL_FRAME: bool = false;
 const DEFAULT_MAX_FACES: u32 = 16;
+const DEFAULT_FEATHER: f32 = 0.15;
+const DEFAULT_ALIGN: bool = true;
 
 const MAX_SAMPLES: u32 = 4096;
 const MAX_BATCH: u32 = 4096;
 const MAX_MARGIN: f32 = 2.0;
 const MAX_MAX_FACES: u32 = 256;
+const MAX_FEATHER: f32 = 0.5;
 
 /// What the properties set; read once per frame.
 #[derive(Debug, Clone)]
@@ -63,6 +68,8 @@ struct Settings {
     margin: f32,
     full_frame: bool,
     max_faces: u32,
+    feather: f32,
+    align: bool,
 }
 
 impl Default for Settings {
@@ -81,6 +88,8 @@ impl Default for Settings {
             margin: DEFAULT_MARGIN,
             full_frame: DEFAULT_FULL_FRAME,
             max_faces: DEFAULT_MAX_FACES,
+            feather: DEFAULT_FEATHER,
+            align: DEFAULT_ALIGN,
         }
     }
 }
@@ -127,6 +136,7 @@ struct State {
 struct Stats {
     frames: u64,
     faces_purified: u64,
+    faces_aligned: u64,
     faces_skipped: u64,
     failures: u64,
     latency_ms_total: f64,
@@ -142,6 +152,7 @@ impl Stats {
         gst::Structure::builder(STATS_NAME)
             .field("frames", self.frames)
             .field("faces-purified", self.faces_purified)
+            .field("faces-aligned", self.faces_aligned)
             .field("faces-skipped", self.faces_skipped)
             .field("failures", self.failures)
             .field("mean-latency-ms", mean_latency_ms)
@@ -149,17 +160,81 @@ impl Stats {
     }
 }
 
-/// A face to purify: where it is in the frame, and the ROI meta it came from (none in
-/// full-frame mode).
+/// How a face is cut out of the frame and put back.
+#[derive(Debug, Clone, Copy)]
+enum Crop {
+    /// The whole frame, resampled to the face and written back as it is (full-frame mode).
+    Frame(Region),
+    /// A square box around the ROI (with margin), pasted back under the feathered mask.
+    Box(Region),
+    /// Warped by a similarity transform (frame to face) that puts the ROI's landmarks on the
+    /// bundle's template, pasted back through its inverse under the feathered mask.
+    Aligned(Similarity),
+}
+
+/// A face to purify: how it is cropped, and the ROI meta it came from (none in full-frame mode).
 struct Target {
     roi: Option<gst::meta::MetaSeqnum>,
-    region: Region,
+    crop: Crop,
+}
+
+/// The frame-to-face transform that maps the landmarks of `detection` (normalised to the
+/// `width` x `height` frame) onto `template` (fractions of the `side` x `side` face); `None`
+/// when the structure has no landmarks or they are degenerate (coinciding, not finite).
+fn landmark_alignment(
+    detection: &gst::StructureRef,
+    template: &[[f32; 2]; 5],
+    side: usize,
+    width: usize,
+    height: usize,
+) -> Option<Similarity> {
+    let (face, has_landmarks) = face_from_detection(detection)?;
+    if !has_landmarks {
+        return None;
+    }
+    let src = face
+        .landmarks
+        .map(|[x, y]| [x * width as f32, y * height as f32]);
+    let dst = template.map(|[u, v]| [u * side as f32, v * side as f32]);
+    align::estimate_similarity(&src, &dst).filter(|t| t.inverse().is_some())
+}
+
+/// Pastes `face` (`[3, S, S]`) back through `to_face` under the feathered mask. Where the face
+/// is larger than its place in the frame it is first area-averaged by the largest factor that
+/// divides S and does not exceed the shrink, so that the paste does not alias.
+fn paste_antialiased(
+    frame: &mut FrameMut<'_>,
+    to_face: &Similarity,
+    face: ArrayView3<'_, f32>,
+    feather: f32,
+) -> Result<(), crate::Error> {
+    let side = face.dim().1;
+    let shrink = to_face.scale().floor();
+    let factor = (2..=side)
+        .take_while(|&k| k as f32 <= shrink)
+        .filter(|&k| side % k == 0)
+        .last();
+    match factor {
+        Some(k) => {
+            let small = image::area_downsample(face, k);
+            let k = k as f32;
+            let scaled = Similarity {
+                a: to_face.a / k,
+                b: to_face.b / k,
+                tx: to_face.tx / k,
+                ty: to_face.ty / k,
+            };
+            align::paste_face(frame, &scaled, small.view(), feather)
+        }
+        None => align::paste_face(frame, to_face, face, feather),
+    }
 }
 
 /// What happened to one frame, folded into [`Stats`] and warnings once the state lock is gone.
 #[derive(Default)]
 struct FrameReport {
     purified: u64,
+    aligned: u64,
     skipped: u64,
     failed: bool,
     latency_ms: f64,
@@ -182,35 +257,15 @@ pub struct AvaePurify {
     stats: Mutex<Stats>,
 }
 
-/// Locks `mutex`, recovering the data if a panic poisoned it: every value behind these
-/// mutexes stays consistent between statements.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The packed layout of a negotiated format (the pad templates allow no other).
-fn pixel_layout(format: gst_video::VideoFormat) -> Option<PixelLayout> {
-    use gst_video::VideoFormat as F;
-    match format {
-        F::Rgb => Some(PixelLayout::Rgb),
-        F::Bgr => Some(PixelLayout::Bgr),
-        F::Rgba => Some(PixelLayout::Rgba),
-        F::Bgra => Some(PixelLayout::Bgra),
-        F::Rgbx => Some(PixelLayout::Rgbx),
-        F::Bgrx => Some(PixelLayout::Bgrx),
-        _ => None,
-    }
-}
-
 impl AvaePurify {
     /// The faces of this frame: the whole frame, or each matching ROI in the order they were
     /// attached, up to `max-faces`.
+    #[allow(clippy::too_many_arguments)]
     fn targets(
-        &self,
         buffer: &gst::BufferRef,
         settings: &Settings,
+        template: Option<&[[f32; 2]; 5]>,
+        side: usize,
         width: usize,
         height: usize,
         warned: &mut Warned,
@@ -219,15 +274,22 @@ impl AvaePurify {
         if settings.full_frame {
             return vec![Target {
                 roi: None,
-                region: Region::full(width, height),
+                crop: Crop::Frame(Region::full(width, height)),
             }];
         }
+        let template = template.filter(|_| settings.align);
         let mut rois: Vec<_> = buffer
             .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
             .filter(|meta| meta.roi_type() == settings.roi_type)
-            .map(|meta| (meta.seqnum(), meta.rect()))
+            .map(|meta| {
+                let aligned = template.and_then(|template| {
+                    let detection = meta.param(DETECTION_PARAM)?;
+                    landmark_alignment(detection, template, side, width, height)
+                });
+                (meta.seqnum(), meta.rect(), aligned)
+            })
             .collect();
-        rois.sort_by_key(|(seqnum, _)| *seqnum);
+        rois.sort_by_key(|(seqnum, ..)| *seqnum);
 
         let max_faces = settings.max_faces as usize;
         if rois.len() > max_faces {
@@ -245,7 +307,7 @@ impl AvaePurify {
         }
 
         let mut targets = Vec::with_capacity(rois.len());
-        for (seqnum, (x, y, w, h)) in rois {
+        for (seqnum, (x, y, w, h), aligned) in rois {
             match image::square_box(
                 i64::from(x),
                 i64::from(y),
@@ -257,7 +319,7 @@ impl AvaePurify {
             ) {
                 Some(square) => targets.push(Target {
                     roi: Some(seqnum),
-                    region: square.into(),
+                    crop: aligned.map_or(Crop::Box(square.into()), Crop::Aligned),
                 }),
                 None => {
                     report.skipped += 1;
@@ -313,8 +375,13 @@ impl AvaePurify {
             layout,
         };
         for (target, face) in targets.iter().zip(faces.axis_iter_mut(Axis(0))) {
-            image::read_region(&source, target.region, face)
-                .map_err(|err| unreadable(err.to_string()))?;
+            match target.crop {
+                Crop::Frame(region) | Crop::Box(region) => {
+                    image::read_region(&source, region, face)
+                }
+                Crop::Aligned(to_face) => align::warp_face(&source, &to_face, face),
+            }
+            .map_err(|err| unreadable(err.to_string()))?;
         }
 
         let params = PurifyParams {
@@ -350,8 +417,24 @@ impl AvaePurify {
             layout,
         };
         for (target, face) in targets.iter().zip(faces.axis_iter(Axis(0))) {
-            image::write_region(&mut dest, target.region, face)
-                .map_err(|err| unreadable(err.to_string()))?;
+            match target.crop {
+                Crop::Frame(region) => image::write_region(&mut dest, region, face),
+                Crop::Box(region) => {
+                    // Resampled to the box first (the kernel of `write_region`), the paste
+                    // itself is 1:1: a feather of 0 writes exactly what `write_region` would.
+                    let fitted = image::resize(face, region.height, region.width);
+                    align::paste_face(
+                        &mut dest,
+                        &Similarity::from_region(region, region.width),
+                        fitted.view(),
+                        settings.feather,
+                    )
+                }
+                Crop::Aligned(to_face) => {
+                    paste_antialiased(&mut dest, &to_face, face, settings.feather)
+                }
+            }
+            .map_err(|err| unreadable(err.to_string()))?;
         }
         Ok(results)
     }
@@ -394,9 +477,13 @@ impl AvaePurify {
         let (width, height) = (info.width() as usize, info.height() as usize);
 
         let mut report = FrameReport::default();
-        let targets = self.targets(
+        let side = state.purifier.image_size();
+        let template = state.purifier.bundle().manifest.landmark_template;
+        let targets = Self::targets(
             buffer,
             settings,
+            template.as_ref(),
+            side,
             width,
             height,
             &mut state.warned,
@@ -417,6 +504,10 @@ impl AvaePurify {
         match outcome {
             Ok(results) => {
                 report.purified = targets.len() as u64;
+                report.aligned = targets
+                    .iter()
+                    .filter(|t| matches!(t.crop, Crop::Aligned(_)))
+                    .count() as u64;
                 report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
                 Self::annotate_rois(buffer, &targets, &results, settings.samples);
             }
@@ -502,8 +593,9 @@ impl ObjectImpl for AvaePurify {
                     .nick("KL clip")
                     .blurb(
                         "KL clip tau of the sampled latents (mean KL per latent dimension, \
-                         paper section 3.4): 0 decodes the posterior mean, a very large value \
-                         (e.g. 1e30) disables the clip",
+                         paper section 3.4): each latent is scaled towards 0 until it fits; 0 decodes z = 0 \
+                         for every sample (no randomness), a very large value (e.g. 1e30) \
+                         disables the clip",
                     )
                     .minimum(0.0)
                     .maximum(f32::MAX)
@@ -556,13 +648,36 @@ impl ObjectImpl for AvaePurify {
                     .default_value(DEFAULT_MAX_FACES)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecFloat::builder("feather")
+                    .nick("Feather")
+                    .blurb(
+                        "Width of the soft edge over which each purified face blends into the \
+                         frame, as a fraction of the face crop's side, so that no seam shows; \
+                         0 pastes the crop with a hard edge (ignored with full-frame)",
+                    )
+                    .minimum(0.0)
+                    .maximum(MAX_FEATHER)
+                    .default_value(DEFAULT_FEATHER)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("align")
+                    .nick("Landmark alignment")
+                    .blurb(
+                        "Align faces whose ROI has a 'detection' param with 5 landmarks to the \
+                         bundle's landmark template (a rotated, scaled crop like the training \
+                         faces); false, or a bundle without template, crops the square box \
+                         around the ROI with margin",
+                    )
+                    .default_value(DEFAULT_ALIGN)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "Counters since start (avaepurify-stats): frames, faces-purified, \
-                         faces-skipped (ROI empty, outside the frame or beyond max-faces), \
-                         failures (frames passed through after an engine error), \
-                         mean-latency-ms (per purified face)",
+                         faces-aligned (purified through landmark alignment), faces-skipped (ROI empty, outside the frame or beyond max-faces), \
+                         failures (frames passed through unpurified: unreadable frame or engine \
+                         error), mean-latency-ms (per purified face)",
                     )
                     .read_only()
                     .build(),
@@ -596,6 +711,8 @@ impl ObjectImpl for AvaePurify {
             "margin" => settings.margin = value.get().expect("type checked upstream"),
             "full-frame" => settings.full_frame = value.get().expect("type checked upstream"),
             "max-faces" => settings.max_faces = value.get().expect("type checked upstream"),
+            "feather" => settings.feather = value.get().expect("type checked upstream"),
+            "align" => settings.align = value.get().expect("type checked upstream"),
             _ => unimplemented!("property {name}"),
         }
         drop(settings);
@@ -626,6 +743,8 @@ impl ObjectImpl for AvaePurify {
             "margin" => settings.margin.to_value(),
             "full-frame" => settings.full_frame.to_value(),
             "max-faces" => settings.max_faces.to_value(),
+            "feather" => settings.feather.to_value(),
+            "align" => settings.align.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -648,30 +767,8 @@ impl ElementImpl for AvaePurify {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst_video::VideoCapsBuilder::new()
-                .format_list([
-                    gst_video::VideoFormat::Rgb,
-                    gst_video::VideoFormat::Bgr,
-                    gst_video::VideoFormat::Rgba,
-                    gst_video::VideoFormat::Bgra,
-                    gst_video::VideoFormat::Rgbx,
-                    gst_video::VideoFormat::Bgrx,
-                ])
-                .build();
-            ["src", "sink"]
-                .into_iter()
-                .map(|name| {
-                    let direction = if name == "src" {
-                        gst::PadDirection::Src
-                    } else {
-                        gst::PadDirection::Sink
-                    };
-                    gst::PadTemplate::new(name, direction, gst::PadPresence::Always, &caps)
-                        .expect("static pad template is valid")
-                })
-                .collect()
-        });
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(super::packed_rgb_pad_templates);
         PAD_TEMPLATES.as_ref()
     }
 }
@@ -745,6 +842,7 @@ impl BaseTransformImpl for AvaePurify {
             let mut stats = lock(&self.stats);
             stats.frames += 1;
             stats.faces_purified += report.purified;
+            stats.faces_aligned += report.aligned;
             stats.faces_skipped += report.skipped;
             stats.failures += u64::from(report.failed);
             stats.latency_ms_total += report.latency_ms;

@@ -4,9 +4,19 @@
 //! Faces come from upstream `GstVideoRegionOfInterestMeta`s whose type matches the `roi-type`
 //! property (or the whole frame with `full-frame=true`); each purified ROI gets an `avae-purify`
 //! param structure with `distance`, `candidate` and `samples`.
+//!
+//! A face whose ROI carries a `detection` param with 5 landmarks (as `avaefacedetect` attaches)
+//! is cropped with the similarity transform that puts them on the bundle's landmark template,
+//! the geometry the model was trained on (`align`); other faces are cropped as a square box with
+//! `margin`. Either way the purified face goes back through the same transform under a mask that
+//! fades over the outer `feather` fraction of the crop, so that no seam shows.
+
+use std::sync::{Mutex, MutexGuard};
 
 use gst::glib;
 use gst::prelude::*;
+
+use crate::core::image::PixelLayout;
 
 mod imp;
 
@@ -78,6 +88,50 @@ impl From<DeviceChoice> for crate::engine::Device {
             DeviceChoice::Cpu => Self::Cpu,
         }
     }
+}
+
+/// The packed 8-bit RGB video formats the elements accept, and their pixel layouts.
+const PACKED_RGB: [(gst_video::VideoFormat, PixelLayout); 6] = [
+    (gst_video::VideoFormat::Rgb, PixelLayout::Rgb),
+    (gst_video::VideoFormat::Bgr, PixelLayout::Bgr),
+    (gst_video::VideoFormat::Rgba, PixelLayout::Rgba),
+    (gst_video::VideoFormat::Bgra, PixelLayout::Bgra),
+    (gst_video::VideoFormat::Rgbx, PixelLayout::Rgbx),
+    (gst_video::VideoFormat::Bgrx, PixelLayout::Bgrx),
+];
+
+/// The `sink` and `src` pad templates of an in-place filter of packed 8-bit RGB video of any
+/// size and frame rate.
+pub(crate) fn packed_rgb_pad_templates() -> Vec<gst::PadTemplate> {
+    let caps = gst_video::VideoCapsBuilder::new()
+        .format_list(PACKED_RGB.map(|(format, _)| format))
+        .build();
+    [
+        ("sink", gst::PadDirection::Sink),
+        ("src", gst::PadDirection::Src),
+    ]
+    .into_iter()
+    .map(|(name, direction)| {
+        gst::PadTemplate::new(name, direction, gst::PadPresence::Always, &caps)
+            .expect("static pad template is valid")
+    })
+    .collect()
+}
+
+/// The pixel layout of `format`; `None` for formats outside [`packed_rgb_pad_templates`].
+pub(crate) fn pixel_layout(format: gst_video::VideoFormat) -> Option<PixelLayout> {
+    PACKED_RGB
+        .iter()
+        .find(|(f, _)| *f == format)
+        .map(|(_, layout)| *layout)
+}
+
+/// Locks `mutex`, recovering the data if a panic poisoned it: the values behind the elements'
+/// mutexes are consistent between statements, so a panic elsewhere must not stop the stream.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Registers `avaepurify` with `plugin`.

@@ -38,7 +38,7 @@ impl Similarity {
     /// The inverse transform (`None` for a degenerate, zero-scale one).
     pub fn inverse(&self) -> Option<Similarity> {
         let det = self.a * self.a + self.b * self.b;
-        if !(det > f32::EPSILON) || !det.is_finite() {
+        if det.is_nan() || det <= f32::EPSILON || !det.is_finite() {
             return None;
         }
         let (a, b) = (self.a / det, -self.b / det);
@@ -70,9 +70,9 @@ pub fn estimate_similarity(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Similar
         return None;
     }
     let mean = |pts: &[[f32; 2]]| {
-        let (sx, sy) = pts[..n]
-            .iter()
-            .fold((0.0f64, 0.0f64), |(x, y), p| (x + f64::from(p[0]), y + f64::from(p[1])));
+        let (sx, sy) = pts[..n].iter().fold((0.0f64, 0.0f64), |(x, y), p| {
+            (x + f64::from(p[0]), y + f64::from(p[1]))
+        });
         (sx / n as f64, sy / n as f64)
     };
     let (px, py) = mean(src);
@@ -85,7 +85,7 @@ pub fn estimate_similarity(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Similar
         num_b += ux * vy - uy * vx;
         den += ux * ux + uy * uy;
     }
-    if !(den > 1e-9) || !den.is_finite() {
+    if den.is_nan() || den <= 1e-9 || !den.is_finite() {
         return None;
     }
     let (a, b) = (num_a / den, num_b / den);
@@ -100,7 +100,13 @@ pub fn estimate_similarity(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Similar
     (s.a.is_finite() && s.b.is_finite() && s.tx.is_finite() && s.ty.is_finite()).then_some(s)
 }
 
-fn check_frame(width: usize, height: usize, stride: usize, bpp: usize, len: usize) -> Result<(), Error> {
+fn check_frame(
+    width: usize,
+    height: usize,
+    stride: usize,
+    bpp: usize,
+    len: usize,
+) -> Result<(), Error> {
     let row = width * bpp;
     if width > 0 && height > 0 && stride >= row && len >= (height - 1) * stride + row {
         Ok(())
@@ -121,9 +127,14 @@ fn sample_frame(frame: &FrameRef<'_>, x: f32, y: f32) -> [f32; 3] {
     let fx = (x - 0.5).clamp(0.0, (frame.width - 1) as f32);
     let fy = (y - 0.5).clamp(0.0, (frame.height - 1) as f32);
     let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(frame.width - 1), (y0 + 1).min(frame.height - 1));
+    let (x1, y1) = (
+        (x0 + 1).min(frame.width - 1),
+        (y0 + 1).min(frame.height - 1),
+    );
     let (wx, wy) = (fx - x0 as f32, fy - y0 as f32);
-    let px = |xx: usize, yy: usize, c: usize| f32::from(frame.data[yy * frame.stride + xx * bpp + offs[c]]);
+    let px = |xx: usize, yy: usize, c: usize| {
+        f32::from(frame.data[yy * frame.stride + xx * bpp + offs[c]])
+    };
     let mut out = [0.0; 3];
     for (c, o) in out.iter_mut().enumerate() {
         let top = px(x0, y0, c) * (1.0 - wx) + px(x1, y0, c) * wx;
@@ -140,7 +151,13 @@ pub fn warp_face(
     to_face: &Similarity,
     mut out: ArrayViewMut3<'_, f32>,
 ) -> Result<(), Error> {
-    check_frame(frame.width, frame.height, frame.stride, frame.layout.bytes_per_pixel(), frame.data.len())?;
+    check_frame(
+        frame.width,
+        frame.height,
+        frame.stride,
+        frame.layout.bytes_per_pixel(),
+        frame.data.len(),
+    )?;
     let inv = to_face.inverse().ok_or(Error::InvalidParameter {
         name: "alignment",
         value: format!("{to_face:?}"),
@@ -192,7 +209,13 @@ pub fn paste_face(
     face: ArrayView3<'_, f32>,
     feather: f32,
 ) -> Result<(), Error> {
-    check_frame(frame.width, frame.height, frame.stride, frame.layout.bytes_per_pixel(), frame.data.len())?;
+    check_frame(
+        frame.width,
+        frame.height,
+        frame.stride,
+        frame.layout.bytes_per_pixel(),
+        frame.data.len(),
+    )?;
     let inv = to_face.inverse().ok_or(Error::InvalidParameter {
         name: "alignment",
         value: format!("{to_face:?}"),
@@ -200,11 +223,39 @@ pub fn paste_face(
     })?;
     let (_, h, w) = face.dim();
     let size = w.min(h) as f32;
-    let corners = [[0.0, 0.0], [w as f32, 0.0], [0.0, h as f32], [w as f32, h as f32]].map(|c| inv.apply(c));
-    let min_x = corners.iter().map(|c| c[0]).fold(f32::INFINITY, f32::min).floor().max(0.0) as usize;
-    let min_y = corners.iter().map(|c| c[1]).fold(f32::INFINITY, f32::min).floor().max(0.0) as usize;
-    let max_x = (corners.iter().map(|c| c[0]).fold(f32::NEG_INFINITY, f32::max).ceil().max(0.0) as usize).min(frame.width);
-    let max_y = (corners.iter().map(|c| c[1]).fold(f32::NEG_INFINITY, f32::max).ceil().max(0.0) as usize).min(frame.height);
+    let corners = [
+        [0.0, 0.0],
+        [w as f32, 0.0],
+        [0.0, h as f32],
+        [w as f32, h as f32],
+    ]
+    .map(|c| inv.apply(c));
+    let min_x = corners
+        .iter()
+        .map(|c| c[0])
+        .fold(f32::INFINITY, f32::min)
+        .floor()
+        .max(0.0) as usize;
+    let min_y = corners
+        .iter()
+        .map(|c| c[1])
+        .fold(f32::INFINITY, f32::min)
+        .floor()
+        .max(0.0) as usize;
+    let max_x = (corners
+        .iter()
+        .map(|c| c[0])
+        .fold(f32::NEG_INFINITY, f32::max)
+        .ceil()
+        .max(0.0) as usize)
+        .min(frame.width);
+    let max_y = (corners
+        .iter()
+        .map(|c| c[1])
+        .fold(f32::NEG_INFINITY, f32::max)
+        .ceil()
+        .max(0.0) as usize)
+        .min(frame.height);
     let bpp = frame.layout.bytes_per_pixel();
     let offs = frame.layout.rgb_offsets();
     let face_at = |u: f32, v: f32, c: usize| {
@@ -236,7 +287,11 @@ pub fn paste_face(
 }
 
 /// A `[3, S, S]` crop through [`warp_face`] as a new array.
-pub fn aligned_crop(frame: &FrameRef<'_>, to_face: &Similarity, size: usize) -> Result<Array3<f32>, Error> {
+pub fn aligned_crop(
+    frame: &FrameRef<'_>,
+    to_face: &Similarity,
+    size: usize,
+) -> Result<Array3<f32>, Error> {
     let mut out = Array3::zeros((3, size, size));
     warp_face(frame, to_face, out.view_mut())?;
     Ok(out)
@@ -250,7 +305,12 @@ mod tests {
     #[test]
     fn recovers_a_known_similarity() {
         // Rotate 90 degrees, scale 2, translate (10, 5): (x, y) -> (-2y + 10, 2x + 5).
-        let truth = Similarity { a: 0.0, b: 2.0, tx: 10.0, ty: 5.0 };
+        let truth = Similarity {
+            a: 0.0,
+            b: 2.0,
+            tx: 10.0,
+            ty: 5.0,
+        };
         let src = [[1.0, 2.0], [3.0, 1.0], [2.0, 4.0], [0.0, 0.0], [5.0, 5.0]];
         let dst: Vec<[f32; 2]> = src.iter().map(|&p| truth.apply(p)).collect();
         assert_eq!(truth.apply([1.0, 2.0]), [6.0, 7.0]);
@@ -266,13 +326,26 @@ mod tests {
     fn degenerate_points_give_none() {
         let p = [[1.0, 1.0]; 5];
         assert_eq!(estimate_similarity(&p, &p), None);
-        let zero = Similarity { a: 0.0, b: 0.0, tx: 1.0, ty: 1.0 };
+        let zero = Similarity {
+            a: 0.0,
+            b: 0.0,
+            tx: 1.0,
+            ty: 1.0,
+        };
         assert_eq!(zero.inverse(), None);
     }
 
     #[test]
     fn region_transform_matches_crop_coordinates() {
-        let t = Similarity::from_region(Region { x: 10, y: 20, width: 32, height: 32 }, 64);
+        let t = Similarity::from_region(
+            Region {
+                x: 10,
+                y: 20,
+                width: 32,
+                height: 32,
+            },
+            64,
+        );
         assert_eq!(t.apply([10.0, 20.0]), [0.0, 0.0]);
         assert_eq!(t.apply([42.0, 52.0]), [64.0, 64.0]);
     }
@@ -281,13 +354,35 @@ mod tests {
     fn warp_then_paste_of_the_same_face_changes_nothing_inside() {
         // A horizontal ramp frame; crop with identity scale, paste the crop back unchanged.
         let (w, h) = (16usize, 12usize);
-        let mut data: Vec<u8> = (0..h).flat_map(|_| (0..w).flat_map(|x| [(x * 16) as u8; 3])).collect();
+        let mut data: Vec<u8> = (0..h)
+            .flat_map(|_| (0..w).flat_map(|x| [(x * 16) as u8; 3]))
+            .collect();
         let orig = data.clone();
-        let t = Similarity::from_region(Region { x: 4, y: 2, width: 8, height: 8 }, 8);
-        let frame = FrameRef { data: &data, width: w, height: h, stride: w * 3, layout: PixelLayout::Rgb };
+        let t = Similarity::from_region(
+            Region {
+                x: 4,
+                y: 2,
+                width: 8,
+                height: 8,
+            },
+            8,
+        );
+        let frame = FrameRef {
+            data: &data,
+            width: w,
+            height: h,
+            stride: w * 3,
+            layout: PixelLayout::Rgb,
+        };
         let face = aligned_crop(&frame, &t, 8).unwrap();
         assert!((face[[0, 0, 0]] - (64.0 / 127.5 - 1.0)).abs() < 1e-5);
-        let mut fm = FrameMut { data: &mut data, width: w, height: h, stride: w * 3, layout: PixelLayout::Rgb };
+        let mut fm = FrameMut {
+            data: &mut data,
+            width: w,
+            height: h,
+            stride: w * 3,
+            layout: PixelLayout::Rgb,
+        };
         paste_face(&mut fm, &t, face.view(), 0.25).unwrap();
         assert_eq!(data, orig);
     }
@@ -296,9 +391,23 @@ mod tests {
     fn paste_blends_with_a_feathered_edge() {
         let (w, h) = (20usize, 20usize);
         let mut data = vec![0u8; w * h * 3];
-        let t = Similarity::from_region(Region { x: 0, y: 0, width: 20, height: 20 }, 20);
+        let t = Similarity::from_region(
+            Region {
+                x: 0,
+                y: 0,
+                width: 20,
+                height: 20,
+            },
+            20,
+        );
         let white = Array3::from_elem((3, 20, 20), 1.0f32);
-        let mut fm = FrameMut { data: &mut data, width: w, height: h, stride: w * 3, layout: PixelLayout::Rgb };
+        let mut fm = FrameMut {
+            data: &mut data,
+            width: w,
+            height: h,
+            stride: w * 3,
+            layout: PixelLayout::Rgb,
+        };
         paste_face(&mut fm, &t, white.view(), 0.25).unwrap();
         // Centre fully replaced; the outermost pixel (0.5 px from the edge of a 5 px ramp)
         // only slightly: smoothstep(0.1) = 0.028 -> 7/255.

@@ -111,7 +111,7 @@ impl Face {
         let y0 = (self.y_min * fh + SLACK).floor().clamp(0.0, fh);
         let x1 = (self.x_max * fw - SLACK).ceil().clamp(0.0, fw);
         let y1 = (self.y_max * fh - SLACK).ceil().clamp(0.0, fh);
-        (x1 > x0 && y1 > y0).then(|| (x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32))
+        (x1 > x0 && y1 > y0).then_some((x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32))
     }
 }
 
@@ -338,8 +338,7 @@ pub fn decode_centerface(
     for i in 0..rows {
         for j in 0..cols {
             let confidence = maps.heatmap[[0, 0, i, j]];
-            // `!(a > b)` also drops NaN scores.
-            if !(confidence > threshold) {
+            if confidence.is_nan() || confidence <= threshold {
                 continue;
             }
             let h = stride * maps.scale[[0, 0, i, j]].exp();
@@ -429,7 +428,10 @@ mod tests {
         let mut f = face(10.0, 20.0, 30.0, 50.0, 0.9);
         f.landmarks[2] = [20.0, 35.0];
         let back = lb.to_frame(&f);
-        assert_eq!((back.x_min, back.y_min, back.x_max, back.y_max), (30.0, 60.0, 90.0, 150.0));
+        assert_eq!(
+            (back.x_min, back.y_min, back.x_max, back.y_max),
+            (30.0, 60.0, 90.0, 150.0)
+        );
         assert_eq!(back.landmarks[2], [60.0, 105.0]);
         // A box reaching into the padding is clamped to the frame.
         let edge = lb.to_frame(&face(600.0, 350.0, 700.0, 380.0, 0.5));
@@ -553,16 +555,32 @@ mod tests {
         assert!(close(f.x_min, 5.0) && close(f.x_max, 11.0), "{f:?}");
         assert!(close(f.y_min, 3.0) && close(f.y_max, 11.0), "{f:?}");
         assert!(close(f.confidence, 0.8));
-        assert!(close(f.landmarks[0][0], 8.0) && close(f.landmarks[0][1], 5.0), "{f:?}");
-        assert!(close(f.landmarks[4][0], 11.0) && close(f.landmarks[4][1], 11.0), "{f:?}");
+        assert!(
+            close(f.landmarks[0][0], 8.0) && close(f.landmarks[0][1], 5.0),
+            "{f:?}"
+        );
+        assert!(
+            close(f.landmarks[4][0], 11.0) && close(f.landmarks[4][1], 11.0),
+            "{f:?}"
+        );
         // An all-zero landmark is the top-left corner.
-        assert!(close(f.landmarks[1][0], 5.0) && close(f.landmarks[1][1], 3.0), "{f:?}");
+        assert!(
+            close(f.landmarks[1][0], 5.0) && close(f.landmarks[1][1], 3.0),
+            "{f:?}"
+        );
 
         // Clamped to tighter bounds; a higher threshold finds nothing.
         let clamped = decode_centerface(&maps, 0.5, (10.0, 9.0)).unwrap();
         assert!(close(clamped[0].x_max, 10.0) && close(clamped[0].y_max, 9.0));
-        assert!(decode_centerface(&maps, 0.8, (16.0, 16.0)).unwrap().is_empty());
-        assert_eq!(decode_centerface(&maps, 0.3, (16.0, 16.0)).unwrap().len(), 2);
+        assert!(
+            decode_centerface(&maps, 0.8, (16.0, 16.0))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            decode_centerface(&maps, 0.3, (16.0, 16.0)).unwrap().len(),
+            2
+        );
     }
 
     #[test]

@@ -141,7 +141,11 @@ pub fn square_box(
     if x1 <= 0 || y1 <= 0 || roi_x >= fw || roi_y >= fh {
         return None;
     }
-    let margin = if margin.is_finite() { margin.max(0.0) } else { 0.0 };
+    let margin = if margin.is_finite() {
+        margin.max(0.0)
+    } else {
+        0.0
+    };
     let want = (f64::from(roi_w.max(roi_h)) * (1.0 + f64::from(margin))).round() as i64;
     let side = want.clamp(1, fw.min(fh));
     let cx = roi_x as f64 + f64::from(roi_w) / 2.0;
@@ -333,7 +337,11 @@ pub fn write_face(
 /// A [-1, 1] value to an 8-bit sample, rounded and clamped (NaN becomes 0).
 pub fn to_u8(v: f32) -> u8 {
     let s = ((v + 1.0) * 127.5).round();
-    if s.is_nan() { 0 } else { s.clamp(0.0, 255.0) as u8 }
+    if s.is_nan() {
+        0
+    } else {
+        s.clamp(0.0, 255.0) as u8
+    }
 }
 
 /// Converts a `[3, H, W]` RGB image in [-1, 1] to packed RGB bytes, row after row.
@@ -373,15 +381,36 @@ mod tests {
     fn square_box_inside_is_centred_with_margin() {
         // 20x10 ROI at (40, 30), margin 0.5: side 30, centred on (50, 35).
         let b = square_box(40, 30, 20, 10, 0.5, 200, 100).unwrap();
-        assert_eq!(b, SquareBox { x: 35, y: 20, side: 30 });
+        assert_eq!(
+            b,
+            SquareBox {
+                x: 35,
+                y: 20,
+                side: 30
+            }
+        );
     }
 
     #[test]
     fn square_box_at_edges_is_shifted_inside() {
         let b = square_box(-10, -10, 30, 30, 0.0, 100, 50).unwrap();
-        assert_eq!(b, SquareBox { x: 0, y: 0, side: 30 });
+        assert_eq!(
+            b,
+            SquareBox {
+                x: 0,
+                y: 0,
+                side: 30
+            }
+        );
         let b = square_box(90, 40, 30, 30, 0.0, 100, 50).unwrap();
-        assert_eq!(b, SquareBox { x: 70, y: 20, side: 30 });
+        assert_eq!(
+            b,
+            SquareBox {
+                x: 70,
+                y: 20,
+                side: 30
+            }
+        );
         // Larger than the frame: clamped to the frame's short side.
         let b = square_box(0, 0, 500, 500, 0.2, 100, 50).unwrap();
         assert_eq!(b.side, 50);
@@ -440,14 +469,33 @@ mod tests {
     fn write_then_read_round_trips_and_keeps_padding() {
         let (w, h, stride) = (5usize, 3usize, 24usize);
         let mut data = vec![7u8; stride * h];
-        let face = Array3::from_shape_fn((3, 2, 2), |(c, y, x)| (c as f32 - 1.0) * 0.5 + 0.1 * (y + x) as f32);
-        let region = Region { x: 2, y: 1, width: 2, height: 2 };
-        let mut frame = FrameMut { data: &mut data, width: w, height: h, stride, layout: PixelLayout::Rgbx };
+        let face = Array3::from_shape_fn((3, 2, 2), |(c, y, x)| {
+            (c as f32 - 1.0) * 0.5 + 0.1 * (y + x) as f32
+        });
+        let region = Region {
+            x: 2,
+            y: 1,
+            width: 2,
+            height: 2,
+        };
+        let mut frame = FrameMut {
+            data: &mut data,
+            width: w,
+            height: h,
+            stride,
+            layout: PixelLayout::Rgbx,
+        };
         write_region(&mut frame, region, face.view()).unwrap();
         // Padding byte of a written pixel and a pixel outside the region are untouched.
         assert_eq!(data[stride + 2 * 4 + 3], 7);
         assert_eq!(data[0], 7);
-        let frame = FrameRef { data: &data, width: w, height: h, stride, layout: PixelLayout::Rgbx };
+        let frame = FrameRef {
+            data: &data,
+            width: w,
+            height: h,
+            stride,
+            layout: PixelLayout::Rgbx,
+        };
         let mut back = Array3::<f32>::zeros((3, 2, 2));
         read_region(&frame, region, back.view_mut()).unwrap();
         for (a, b) in back.iter().zip(face.iter()) {
@@ -458,7 +506,13 @@ mod tests {
     #[test]
     fn short_buffer_is_an_error_not_a_panic() {
         let data = [0u8; 10];
-        let frame = FrameRef { data: &data, width: 4, height: 4, stride: 12, layout: PixelLayout::Rgb };
+        let frame = FrameRef {
+            data: &data,
+            width: 4,
+            height: 4,
+            stride: 12,
+            layout: PixelLayout::Rgb,
+        };
         let mut out = Array3::<f32>::zeros((3, 2, 2));
         let err = read_region(&frame, Region::full(4, 4), out.view_mut()).unwrap_err();
         assert!(err.to_string().contains("frame region"), "{err}");

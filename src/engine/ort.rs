@@ -71,7 +71,9 @@ pub fn runtime_status() -> Result<&'static Path, String> {
                         .with_name("avaepurify")
                         .build()
                         .map(|env| (candidate.clone(), env))
-                        .map_err(|e| format!("{}: cannot create environment: {e}", candidate.display()));
+                        .map_err(|e| {
+                            format!("{}: cannot create environment: {e}", candidate.display())
+                        });
                 }
                 Err(e) => reasons.push(e.to_string()),
             }

@@ -49,13 +49,18 @@ impl TractEngine {
         for (i, shape) in shapes.iter().enumerate() {
             model = model
                 .with_input_fact(i, f32::fact(shape).into())
-                .map_err(|e| engine_error(&self.path, format!("input {i} shape {shape:?}: {e:#}")))?;
+                .map_err(|e| {
+                    engine_error(&self.path, format!("input {i} shape {shape:?}: {e:#}"))
+                })?;
         }
         let plan = model
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| {
-                engine_error(&self.path, format!("cannot optimise for input shapes {shapes:?}: {e:#}"))
+                engine_error(
+                    &self.path,
+                    format!("cannot optimise for input shapes {shapes:?}: {e:#}"),
+                )
             })?;
         if self.plans.len() >= MAX_PLANS {
             self.plans.clear();

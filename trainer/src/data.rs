@@ -148,6 +148,27 @@ pub fn default_dataset_dir() -> Option<PathBuf> {
         .find(|p| p.join("lfw-deepfunneled").is_dir() || p.join("pairs.txt").is_file())
 }
 
+impl CacheIndex {
+    /// A short description of the data for logs and bundle provenance: the last two components of
+    /// the image root, the training-image count and the split rule.
+    pub fn describe(&self) -> String {
+        let tail: Vec<String> = Path::new(&self.source)
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        format!(
+            "{} ({} training images of {} identities; {})",
+            tail[tail.len().saturating_sub(2)..].join("/"),
+            self.counts.train_images,
+            self.counts.train_identities,
+            self.split_rule
+        )
+    }
+}
+
 /// Paths of the two cache files for `name` and size `size` inside `dir`.
 pub fn cache_paths(dir: &Path, name: &str, size: usize) -> (PathBuf, PathBuf) {
     (
@@ -177,7 +198,11 @@ fn scan_layout(data: &Path) -> Result<Layout> {
         data.display()
     );
     let lfw = data.join("lfw-deepfunneled");
-    let root = if lfw.is_dir() { lfw } else { data.to_path_buf() };
+    let root = if lfw.is_dir() {
+        lfw
+    } else {
+        data.to_path_buf()
+    };
     let pairs = Some(data.join("pairs.txt")).filter(|p| p.is_file());
     let mut identities = Vec::new();
     let entries =
@@ -236,7 +261,11 @@ fn parse_fold1(path: &Path) -> Result<Vec<PairLine>> {
     let mut lines = text.lines().enumerate();
     let header: Vec<usize> = lines
         .next()
-        .map(|(_, l)| l.split_whitespace().filter_map(|t| t.parse().ok()).collect())
+        .map(|(_, l)| {
+            l.split_whitespace()
+                .filter_map(|t| t.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let [_, per_kind] = header[..] else {
         bail!(
@@ -245,8 +274,12 @@ fn parse_fold1(path: &Path) -> Result<Vec<PairLine>> {
         );
     };
     let number = |t: &str, line: usize| -> Result<usize> {
-        t.parse()
-            .with_context(|| format!("'{}' line {line}: '{t}' is not an image number", path.display()))
+        t.parse().with_context(|| {
+            format!(
+                "'{}' line {line}: '{t}' is not an image number",
+                path.display()
+            )
+        })
     };
     let mut pairs = Vec::with_capacity(2 * per_kind);
     for (i, line) in lines.take(2 * per_kind) {
@@ -286,7 +319,7 @@ fn parse_fold1(path: &Path) -> Result<Vec<PairLine>> {
 }
 
 /// Square pixel box `(x0, y0, side)` of `crop` inside a `width` x `height` image.
-fn crop_box(crop: &CropSpec, width: u32, height: u32) -> (i64, i64, u32) {
+pub fn crop_box(crop: &CropSpec, width: u32, height: u32) -> (i64, i64, u32) {
     let side = (crop.side * width.min(height) as f32).round().max(1.0);
     (
         (crop.center_x * width as f32 - side / 2.0).round() as i64,
@@ -380,8 +413,8 @@ fn write_preview(path: &Path, pixels: &[u8], count: usize, size: usize) -> Resul
 /// Runs `trainer prepare`: crops every image, splits by identity and writes the cache.
 pub fn prepare(opts: &PrepareOptions) -> Result<CacheIndex> {
     ensure!(
-        opts.size >= 32 && opts.size % 32 == 0,
-        "--size {} must be a multiple of 32 (the encoder sees a 32x32 downsample)",
+        opts.size >= 32 && opts.size.is_power_of_two(),
+        "--size {} must be a power of two of at least 32 (the model's image sizes)",
         opts.size
     );
     ensure!(
@@ -393,7 +426,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<CacheIndex> {
     let (fold1, split_rule) = match &layout.pairs {
         Some(p) => (
             parse_fold1(p)?,
-            format!("test = people in fold 1 of {}", p.display()),
+            "test = people in fold 1 of pairs.txt".to_owned(),
         ),
         None => (
             Vec::new(),
@@ -408,7 +441,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<CacheIndex> {
         if layout.pairs.is_some() {
             test_names.contains(name)
         } else {
-            i % 10 == 0
+            i.is_multiple_of(10)
         }
     };
     let known: BTreeSet<&str> = layout.identities.iter().map(|(n, _)| n.as_str()).collect();
@@ -689,7 +722,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("avae-pairs-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pairs.txt");
-        fs::write(&path, "2\t2\nA\t1\t2\nB\t1\t3\nA\t1\tC\t2\nB\t2\tD\t1\nE\t1\t2\n").unwrap();
+        fs::write(
+            &path,
+            "2\t2\nA\t1\t2\nB\t1\t3\nA\t1\tC\t2\nB\t2\tD\t1\nE\t1\t2\n",
+        )
+        .unwrap();
         let pairs = parse_fold1(&path).unwrap();
         assert_eq!(pairs.len(), 4);
         assert!(pairs[1].same && !pairs[2].same);

@@ -176,6 +176,21 @@ pub fn export_bundle(
     })
 }
 
+/// Sets the manifest's `landmark_template` of the bundle in `dir` (the geometry of the training
+/// crops, measured by `trainer template`) and checks the bundle again; graphs are untouched, so
+/// their checksums stay valid.
+pub fn write_landmark_template(dir: &Path, template: [[f32; 2]; 5]) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let mut manifest = Bundle::load(dir)
+        .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?
+        .manifest;
+    manifest.landmark_template = Some(template);
+    let json = serde_json::to_string_pretty(&manifest)?;
+    fs::write(&path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    Bundle::load(dir).context("the bundle with its landmark template does not pass validation")?;
+    Ok(manifest)
+}
+
 /// Largest difference between tch and one engine for one graph output.
 #[derive(Debug, Clone)]
 pub struct ParityEntry {

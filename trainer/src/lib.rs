@@ -1,10 +1,20 @@
 //! A-VAE trainer library: model definition, ONNX export, data preparation, training and plots.
 
+pub mod attack;
+pub mod calibrate;
 pub mod config;
 pub mod data;
+pub mod defense;
+pub mod eval;
 pub mod export;
 pub mod graph;
 pub mod model;
 pub mod onnx;
+pub mod onnx_tch;
 pub mod plot;
+pub mod quality;
+pub mod recognizer;
+pub mod report;
+pub mod template;
 pub mod train;
+pub mod training_report;

@@ -1,12 +1,17 @@
 //! `trainer`: prepares face data for, trains and exports the A-VAE purifier.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use avae_trainer::data::{self, CropSpec, FaceSet, PrepareOptions};
 use avae_trainer::export;
+use avae_trainer::quality::{self, QualityOptions};
+use avae_trainer::template;
 use avae_trainer::train::{self, DeviceChoice, Hyper, Objective, TrainOptions};
+use avae_trainer::training_report::{self, ReportOptions};
 use clap::{Parser, Subcommand};
+use gstavaepurify::engine::Backend;
 
 /// A-VAE trainer: data preparation, training, export.
 #[derive(Parser)]
@@ -26,6 +31,94 @@ enum Command {
     /// Write a model bundle from the EMA generator of a run's latest checkpoint and check every
     /// graph against tch through tract and ONNX Runtime.
     Export(ExportArgs),
+    /// Measure a bundle's image quality (PSNR, SSIM, sampling diversity, conditioning) on
+    /// test-split faces, clean and with 8/255 noise, through the plugin's purifier.
+    Quality(QualityArgs),
+    /// Write the training report (REPORT.md, figures, quality figures) beside a bundle.
+    Report(ReportArgs),
+    /// Evaluate a bundle against the paper's attacks on LFW fold 1 and regenerate the report
+    /// folder (tables, ROC curves, image grids, summary.json).
+    Eval(avae_trainer::eval::EvalArgs),
+    /// Measure where CenterFace puts the 5 landmarks in the training crops (the bundle's
+    /// landmark template for `trainer export --landmark-template`).
+    Template(TemplateArgs),
+}
+
+#[derive(clap::Args)]
+struct TemplateArgs {
+    /// Dataset folder the crop cache was prepared from (LFW with lfw-deepfunneled/, or the
+    /// image root itself)
+    #[arg(long, default_value = "../shared/datasets/lfw")]
+    data: PathBuf,
+    /// Crop cache index (`<name>-<S>.json` from `trainer prepare`): its crop box and training
+    /// split are used
+    #[arg(long, default_value = "data/lfw-64.json")]
+    index: PathBuf,
+    /// JSON file to write, `[[x, y], ...]` (5 points, fractions of the crop)
+    #[arg(long, default_value = "data/template.json")]
+    out: PathBuf,
+    /// Most training images to run the detector on
+    #[arg(long, default_value_t = 500)]
+    images: usize,
+    /// CenterFace ONNX file [default: the plugin's models/centerface/centerface.onnx]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Detector backend: auto, ort or tract
+    #[arg(long, default_value = "tract", value_parser = Backend::from_str)]
+    backend: Backend,
+}
+
+#[derive(clap::Args)]
+struct QualityArgs {
+    /// Bundle folder written by `trainer export`
+    #[arg(long)]
+    bundle: PathBuf,
+    #[command(flatten)]
+    faces: TestFaceArgs,
+    /// M: candidates per face (the default is the element's)
+    #[arg(long, default_value_t = quality::DEFAULT_SAMPLES)]
+    samples: usize,
+    /// KL clip tau [default: the bundle's]
+    #[arg(long)]
+    tau: Option<f32>,
+    /// Also write the figures as JSON to this file
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Which test faces the quality figures use and how they are purified.
+#[derive(clap::Args)]
+struct TestFaceArgs {
+    /// Folder of the crop cache written by `trainer prepare`
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Name prefix of the crop cache
+    #[arg(long, alias = "name", default_value = "lfw")]
+    data_name: String,
+    /// Test-split faces to measure (distinct people of LFW fold 1)
+    #[arg(long, default_value_t = quality::DEFAULT_FACES)]
+    faces: usize,
+    /// Seed of the noise and the latent draws
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Inference backend on the CPU (tract, ort or auto)
+    #[arg(long, default_value = "tract", value_parser = Backend::from_str)]
+    backend: Backend,
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Run folder written by `trainer train`
+    #[arg(long)]
+    run: PathBuf,
+    /// Bundle folder exported from the run
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Markdown file to write (figures go beside it) [default: <bundle>/REPORT.md]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    faces: TestFaceArgs,
 }
 
 #[derive(clap::Args)]
@@ -62,8 +155,7 @@ struct TrainArgs {
     /// Model preset (tiny, cpu, paper)
     #[arg(long, default_value = "cpu")]
     preset: String,
-    /// Objective: a = paper (KL + WGAN-GP), b = critic conditioned on the 32x32 input,
-    /// c = a + 32x32 consistency loss, bc = both
+    /// Training objective variant
     #[arg(long, value_enum, default_value_t = Objective::A)]
     objective: Objective,
     /// Total number of steps to reach (a resumed run continues up to it)
@@ -130,6 +222,10 @@ struct ExportArgs {
     /// Name prefix of the crop cache
     #[arg(long, default_value = "lfw")]
     data_name: String,
+    /// Landmark template JSON written by `trainer template`, stored in the manifest so that
+    /// the element aligns faces to the training crops' geometry
+    #[arg(long)]
+    landmark_template: Option<PathBuf>,
 }
 
 fn run_train(args: TrainArgs) -> Result<()> {
@@ -170,6 +266,11 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_export(args: ExportArgs) -> Result<()> {
+    let template = args
+        .landmark_template
+        .as_deref()
+        .map(template::read_template)
+        .transpose()?;
     let (_vs, model, meta) = train::load_ema_generator(&args.run, tch::Device::Cpu)?;
     let size = usize::try_from(meta.config.image_size)?;
     let faces = FaceSet::load(&args.data, &args.data_name, size)
@@ -178,6 +279,10 @@ fn run_export(args: ExportArgs) -> Result<()> {
     let report = export::export_bundle(&model, &args.out, train::provenance(&meta))
         .with_context(|| format!("cannot export '{}'", args.run.display()))?;
     let parity = export::check_parity(&model, &args.out, faces.as_ref())?;
+    if let Some(template) = template {
+        export::write_landmark_template(&args.out, template)?;
+        println!("landmark template {template:?}");
+    }
     println!(
         "wrote {} ({} parameters, step {}, objective {}); parity: max error {:.2e} over {} outputs{}",
         report.dir.display(),
@@ -186,7 +291,60 @@ fn run_export(args: ExportArgs) -> Result<()> {
         meta.objective.label(),
         parity.max_error(),
         parity.entries.len(),
-        if faces.is_some() { " (with test faces)" } else { " (random inputs only)" }
+        if faces.is_some() {
+            " (with test faces)"
+        } else {
+            " (random inputs only)"
+        }
+    );
+    Ok(())
+}
+
+fn run_quality(args: QualityArgs) -> Result<()> {
+    let opts = QualityOptions {
+        bundle: args.bundle,
+        data: args.faces.data,
+        data_name: args.faces.data_name,
+        faces: args.faces.faces,
+        samples: args.samples,
+        tau: args.tau,
+        seed: args.faces.seed,
+        backend: args.faces.backend,
+    };
+    let report = quality::measure(&opts)?;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_report(args: ReportArgs) -> Result<()> {
+    let out = args.out.unwrap_or_else(|| args.bundle.join("REPORT.md"));
+    let opts = ReportOptions {
+        run: args.run,
+        bundle: args.bundle,
+        out,
+        data: args.faces.data,
+        data_name: args.faces.data_name,
+        faces: args.faces.faces,
+        seed: args.faces.seed,
+        backend: args.faces.backend,
+        command_line: std::iter::once("trainer".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let summary = training_report::write_report(&opts)?;
+    print!("{}", summary.quality.table());
+    for file in &summary.files {
+        println!("wrote {}", file.display());
+    }
+    println!(
+        "wrote {} ({:.1} MB in its folder)",
+        summary.path.display(),
+        summary.folder_bytes as f64 / 1e6
     );
     Ok(())
 }
@@ -232,10 +390,44 @@ fn prepare(args: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_template(args: TemplateArgs) -> Result<()> {
+    let lfw = args.data.join("lfw-deepfunneled");
+    let opts = template::TemplateOptions {
+        images: if lfw.is_dir() { lfw } else { args.data },
+        index: args.index,
+        limit: args.images,
+        model: args
+            .model
+            .unwrap_or_else(gstavaepurify::avaefacedetect::default_model_path),
+        backend: args.backend,
+    };
+    let report = template::measure(&opts)?;
+    template::write_template(&args.out, &report.template)?;
+    let fmt = |t: &template::LandmarkTemplate| {
+        t.iter()
+            .map(|[x, y]| format!("[{x:.4}, {y:.4}]"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "landmark template from {} of {} training images: [{}] (std [{}]); wrote {}",
+        report.used,
+        report.examined,
+        fmt(&report.template),
+        fmt(&report.spread),
+        args.out.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Prepare(args) => prepare(args),
         Command::Train(args) => run_train(args),
         Command::Export(args) => run_export(args),
+        Command::Quality(args) => run_quality(args),
+        Command::Report(args) => run_report(args),
+        Command::Eval(args) => avae_trainer::eval::main(args),
+        Command::Template(args) => run_template(args),
     }
 }

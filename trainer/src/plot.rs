@@ -33,8 +33,12 @@ fn ensure_font() -> Result<()> {
                     path.display()
                 )
             })?;
-            register_font(FAMILY, FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-                .map_err(|_| format!("'{}' is not a TrueType font", path.display()))
+            register_font(
+                FAMILY,
+                FontStyle::Normal,
+                Box::leak(bytes.into_boxed_slice()),
+            )
+            .map_err(|_| format!("'{}' is not a TrueType font", path.display()))
         })
         .clone()
         .map_err(|e| anyhow!(e))
@@ -56,16 +60,27 @@ pub fn face_grid(
     labels: &[(usize, &str)],
     separators: &[usize],
 ) -> Result<()> {
-    let first = columns.first().context("a face grid needs at least one column")?;
+    let first = columns
+        .first()
+        .context("a face grid needs at least one column")?;
     let [rows, _, side, _] = first.size()[..] else {
-        return Err(anyhow!("grid columns must be [R, 3, S, S], got {:?}", first.size()));
+        return Err(anyhow!(
+            "grid columns must be [R, 3, S, S], got {:?}",
+            first.size()
+        ));
     };
     let (rows, side) = (rows as u32, side as u32);
     let mut x_of = Vec::with_capacity(columns.len());
     let mut x = GAP;
     for c in 0..columns.len() {
         x_of.push(x);
-        x += side + GAP + if separators.contains(&c) { SEPARATOR } else { 0 };
+        x += side
+            + GAP
+            + if separators.contains(&c) {
+                SEPARATOR
+            } else {
+                0
+            };
     }
     let (width, height) = (x, HEADER + rows * (side + GAP) + GAP);
     let mut buf = vec![255u8; (width * height * 3) as usize];
@@ -182,7 +197,10 @@ pub fn loss_curves(path: &Path, panels: &[Series]) -> Result<()> {
                     .map_err(|e| draw_err(&e))?;
                 continue;
             }
-            let (x0, x1) = (points[0].0, points[points.len() - 1].0.max(points[0].0 + 1.0));
+            let (x0, x1) = (
+                points[0].0,
+                points[points.len() - 1].0.max(points[0].0 + 1.0),
+            );
             let (y0, y1) = robust_range(&mut points.iter().map(|p| p.1).collect::<Vec<_>>());
             let mut chart = ChartBuilder::on(&area)
                 .caption(&panel.title, title)
@@ -263,12 +281,17 @@ mod tests {
         let img = image::open(&grid).unwrap();
         assert_eq!(
             (img.width(), img.height()),
-            (GAP + 2 * (8 + GAP) + SEPARATOR, HEADER + 2 * (8 + GAP) + GAP)
+            (
+                GAP + 2 * (8 + GAP) + SEPARATOR,
+                HEADER + 2 * (8 + GAP) + GAP
+            )
         );
         let curves = dir.join("curves.png");
         let series = Series {
             title: "loss".into(),
-            points: (0..50).map(|i| (f64::from(i), f64::from(i).sin())).collect(),
+            points: (0..50)
+                .map(|i| (f64::from(i), f64::from(i).sin()))
+                .collect(),
             smooth: true,
         };
         let empty = Series {

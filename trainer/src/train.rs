@@ -198,14 +198,60 @@ pub struct CheckpointMeta {
     pub dataset: String,
     /// Seconds since the Unix epoch when the checkpoint was written.
     pub created_unix: u64,
+    /// Git commit of the trainer source that ran the training ("unknown" outside a git checkout).
+    #[serde(default = "unknown")]
+    pub commit: String,
+}
+
+fn unknown() -> String {
+    "unknown".to_owned()
+}
+
+/// The git commit of the trainer's source tree, or "unknown".
+fn source_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(unknown)
+}
+
+/// `unix` seconds as an RFC 3339 UTC timestamp (`2026-11-25T16:00:00Z`).
+pub fn utc_timestamp(unix: u64) -> String {
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 impl CheckpointMeta {
     /// Reads `<run>/checkpoint.json`.
     pub fn read(run: &Path) -> Result<Self> {
         let path = run.join(CHECKPOINT_FILE);
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("cannot read '{}' (no checkpoint in this run)", path.display()))?;
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read '{}' (no checkpoint in this run)",
+                path.display()
+            )
+        })?;
         let meta: Self = serde_json::from_str(&text)
             .with_context(|| format!("'{}' is not a checkpoint description", path.display()))?;
         ensure!(
@@ -224,7 +270,10 @@ impl CheckpointMeta {
 }
 
 /// Loads the EMA generator of the latest checkpoint of `run` (what samples show and export ships).
-pub fn load_ema_generator(run: &Path, device: Device) -> Result<(nn::VarStore, AVae, CheckpointMeta)> {
+pub fn load_ema_generator(
+    run: &Path,
+    device: Device,
+) -> Result<(nn::VarStore, AVae, CheckpointMeta)> {
     let meta = CheckpointMeta::read(run)?;
     let mut vs = nn::VarStore::new(device);
     let model = AVae::new(&vs.root(), &meta.config);
@@ -268,7 +317,12 @@ pub fn gradient_penalty(
         .set_requires_grad(true);
     let score = critic.forward(&mixed, cond32);
     let grad = Tensor::run_backward(&[score.sum(Kind::Float)], &[&mixed], true, true);
-    let norm = (grad[0].flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Float) + 1e-12).sqrt();
+    let norm = (grad[0]
+        .flatten(1, -1)
+        .square()
+        .sum_dim_intlist(1, false, Kind::Float)
+        + 1e-12)
+        .sqrt();
     (norm - 1.0).square().mean(Kind::Float)
 }
 
@@ -361,10 +415,12 @@ fn save_checkpoint(run: &Path, models: &Models, meta: &CheckpointMeta, keep: usi
     let tmp_dir = run.join(format!("{}.tmp", meta.dir));
     for dir in [&tmp_dir, &final_dir] {
         if dir.exists() {
-            fs::remove_dir_all(dir).with_context(|| format!("cannot remove '{}'", dir.display()))?;
+            fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot remove '{}'", dir.display()))?;
         }
     }
-    fs::create_dir_all(&tmp_dir).with_context(|| format!("cannot create '{}'", tmp_dir.display()))?;
+    fs::create_dir_all(&tmp_dir)
+        .with_context(|| format!("cannot create '{}'", tmp_dir.display()))?;
     for (vs, file) in [
         (&models.gen_vs, GENERATOR_FILE),
         (&models.ema_vs, EMA_FILE),
@@ -375,7 +431,11 @@ fn save_checkpoint(run: &Path, models: &Models, meta: &CheckpointMeta, keep: usi
             .with_context(|| format!("cannot write '{}'", path.display()))?;
     }
     fs::rename(&tmp_dir, &final_dir).with_context(|| {
-        format!("cannot rename '{}' to '{}'", tmp_dir.display(), final_dir.display())
+        format!(
+            "cannot rename '{}' to '{}'",
+            tmp_dir.display(),
+            final_dir.display()
+        )
     })?;
     write_atomic(
         &run.join(CHECKPOINT_FILE),
@@ -438,7 +498,11 @@ impl History {
             series("mean KL per latent dimension", &self.kl, true),
         ];
         if consistency {
-            panels.push(series("consistency MSE at 32x32 (unweighted)", &self.consistency, true));
+            panels.push(series(
+                "consistency MSE at 32x32 (unweighted)",
+                &self.consistency,
+                true,
+            ));
         }
         panels.push(series(
             "nearest-of-8 PSNR on fixed test faces (dB, EMA)",
@@ -483,7 +547,8 @@ impl RunLog {
 
     fn write(&mut self, entry: &serde_json::Value, history: &mut History) -> Result<()> {
         history.record(entry);
-        writeln!(self.file, "{entry}").with_context(|| format!("cannot write '{}'", self.path.display()))
+        writeln!(self.file, "{entry}")
+            .with_context(|| format!("cannot write '{}'", self.path.display()))
     }
 }
 
@@ -508,8 +573,12 @@ impl Probe {
             let d = mu.size()[1];
             let eps = self.eps.get_or_insert_with(|| {
                 let mut rng = StdRng::seed_from_u64(self.seed);
-                let values: Vec<f32> = (0..n * k * d).map(|_| StandardNormal.sample(&mut rng)).collect();
-                Tensor::from_slice(&values).view([n * k, d]).to_device(x.device())
+                let values: Vec<f32> = (0..n * k * d)
+                    .map(|_| StandardNormal.sample(&mut rng))
+                    .collect();
+                Tensor::from_slice(&values)
+                    .view([n * k, d])
+                    .to_device(x.device())
             });
             let z = sample_z(
                 &mu.repeat_interleave_self_int(k, 0, None),
@@ -526,10 +595,17 @@ impl Probe {
                 .mean_dim(2, false, Kind::Float);
             let (best_mse, best) = sq.min_dim(1, false);
             let nearest = candidates
-                .gather(1, &best.view([n, 1, 1, 1, 1]).expand([n, 1, 3, s, s], false), false)
+                .gather(
+                    1,
+                    &best.view([n, 1, 1, 1, 1]).expand([n, 1, 3, s, s], false),
+                    false,
+                )
                 .squeeze_dim(1);
             let psnr = (best_mse.clamp_min(1e-10).reciprocal() * 4.0).log10() * 10.0;
-            let low = models.ema.downsample(x).upsample_nearest2d([s, s], None, None);
+            let low = models
+                .ema
+                .downsample(x)
+                .upsample_nearest2d([s, s], None, None);
             let mut columns = vec![x.shallow_clone(), low];
             columns.extend((0..k).map(|j| candidates.select(1, j)));
             columns.push(nearest);
@@ -635,8 +711,15 @@ pub struct TrainSummary {
 /// Runs `trainer train`.
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let h = &opts.hyper;
-    ensure!(h.batch >= 2, "--batch {} must be at least 2 (the critic's minibatch statistics need two faces)", h.batch);
-    ensure!(opts.ckpt_every > 0 && opts.sample_every > 0, "--ckpt-every and --sample-every must be positive");
+    ensure!(
+        h.batch >= 2,
+        "--batch {} must be at least 2 (the critic's minibatch statistics need two faces)",
+        h.batch
+    );
+    ensure!(
+        opts.ckpt_every > 0 && opts.sample_every > 0,
+        "--ckpt-every and --sample-every must be positive"
+    );
     let device = opts.device.resolve()?;
     if device == Device::Cpu {
         let threads = opts
@@ -677,19 +760,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         "the run is already at step {start}; ask for more --steps (the total to reach)"
     );
 
-    let faces = FaceSet::load(&opts.data, &opts.data_name, usize::try_from(cfg.image_size)?)?;
+    let faces = FaceSet::load(
+        &opts.data,
+        &opts.data_name,
+        usize::try_from(cfg.image_size)?,
+    )?;
     let train_idx = faces.indices(Split::Train);
     let probe_idx = faces.fixed_test_faces(SAMPLE_FACES);
     ensure!(
         !probe_idx.is_empty(),
         "the dataset has no test-split faces for the sample grids"
     );
-    let dataset = format!(
-        "{} ({} training images; {})",
-        faces.index.source,
-        train_idx.len(),
-        faces.index.split_rule
-    );
+    let dataset = faces.index.describe();
+    let commit = source_commit();
 
     tch::manual_seed((h.seed ^ start.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
     let mut models = Models::new(&cfg, opts.objective, device)?;
@@ -700,7 +783,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     opt_g.set_lr_group(MAPPING_GROUP, h.lr * cfg.mapping_lr_mul);
     let mut opt_d = adam(&models.critic_vs, h.lr)?;
 
-    let mut loader = BatchLoader::new(&faces.select(&train_idx), device, h.seed.wrapping_add(start))?;
+    let mut loader = BatchLoader::new(
+        &faces.select(&train_idx),
+        device,
+        h.seed.wrapping_add(start),
+    )?;
     let mut probe = Probe {
         faces: data::to_unit_range(&faces.select(&probe_idx)).to_device(device),
         eps: None,
@@ -763,10 +850,22 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                         "file": grid.strip_prefix(&opts.out).unwrap_or(&grid), "s": t.elapsed().as_secs_f64()}),
                 &mut history,
             )?;
+            bar.suspend(|| {
+                eprintln!(
+                    "step {step}: D {:.3} G {:.3} KL {:.4} C {:.4}, nearest-of-{SAMPLE_CANDIDATES} \
+                     PSNR {psnr:.2} dB, {:.2} s/step",
+                    losses.d_loss,
+                    losses.g_adv,
+                    losses.kl,
+                    losses.consistency,
+                    train_seconds / (step - start) as f64
+                )
+            });
             let tmp = opts.out.join("loss-curves.tmp.png");
             plot::loss_curves(&tmp, &history.panels(opts.objective.consistency()))?;
-            fs::rename(&tmp, opts.out.join(CURVES_FILE))
-                .with_context(|| format!("cannot replace '{}'", opts.out.join(CURVES_FILE).display()))?;
+            fs::rename(&tmp, opts.out.join(CURVES_FILE)).with_context(|| {
+                format!("cannot replace '{}'", opts.out.join(CURVES_FILE).display())
+            })?;
         }
         if step % opts.ckpt_every == 0 || last {
             let t = Instant::now();
@@ -779,6 +878,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 hyper: h.clone(),
                 dataset: dataset.clone(),
                 created_unix: now_unix(),
+                commit: commit.clone(),
             };
             save_checkpoint(&opts.out, &models, &meta, opts.keep_checkpoints)?;
             log.write(
@@ -803,6 +903,8 @@ pub fn provenance(meta: &CheckpointMeta) -> BTreeMap<String, serde_json::Value> 
         ("dataset".to_owned(), json!(meta.dataset)),
         ("steps".to_owned(), json!(meta.step)),
         ("objective".to_owned(), json!(meta.objective.label())),
+        ("commit".to_owned(), json!(meta.commit)),
+        ("created".to_owned(), json!(utc_timestamp(now_unix()))),
         (
             "trainer".to_owned(),
             json!(concat!("avae-trainer ", env!("CARGO_PKG_VERSION"))),
@@ -815,13 +917,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(1_795_622_948), "2026-11-25T16:09:08Z");
+    }
+
+    #[test]
     fn mean_kl_matches_hand_values() {
         let mu = Tensor::from_slice(&[0.0f32, 1.0]).view([1, 2]);
         let lv = Tensor::from_slice(&[0.0f32, 0.0]).view([1, 2]);
         // dims: 0 and 0.5*(1 + 1 - 1 - 0) = 0.5 -> mean 0.25
         assert!((scalar(&mean_kl(&mu, &lv)) - 0.25).abs() < 1e-6);
         let lv2 = Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]);
-        let expected = (0.5 * (std::f64::consts::E - 2.0) + 0.5 * (1.0 + std::f64::consts::E - 2.0)) / 2.0;
+        let expected =
+            (0.5 * (std::f64::consts::E - 2.0) + 0.5 * (1.0 + std::f64::consts::E - 2.0)) / 2.0;
         assert!((scalar(&mean_kl(&mu, &lv2)) - expected).abs() < 1e-5);
     }
 
@@ -860,5 +970,4 @@ mod tests {
         models.update_ema(0.5, 1000);
         assert!((scalar(&e.mean(Kind::Float)) - 0.5).abs() < 1e-6);
     }
-
 }

@@ -27,7 +27,8 @@ fn trainer(args: &[&str], cwd: &Path) -> String {
 /// A small LFW-layout dataset: real LFW images when the shared copy exists, else synthetic PNGs,
 /// plus a `pairs.txt` whose fold 1 names the test people, and one corrupt file to be skipped.
 fn build_dataset(root: &Path) {
-    let lfw = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/lfw/lfw-deepfunneled");
+    let lfw =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/lfw/lfw-deepfunneled");
     let images = root.join("lfw-deepfunneled");
     for (p, person) in FOLD1_PEOPLE.iter().chain(&TRAIN_PEOPLE).enumerate() {
         let dir = images.join(person);
@@ -46,7 +47,11 @@ fn build_dataset(root: &Path) {
             }
         }
     }
-    fs::write(images.join(TRAIN_PEOPLE[0]).join("broken_0001.jpg"), b"not a jpeg").unwrap();
+    fs::write(
+        images.join(TRAIN_PEOPLE[0]).join("broken_0001.jpg"),
+        b"not a jpeg",
+    )
+    .unwrap();
     fs::write(
         root.join("pairs.txt"),
         format!(
@@ -83,13 +88,34 @@ fn prepare_train_and_resume() {
         out.contains("train: 3 identities, 6 images; test: 2 identities, 4 images; 2 fold-1 pairs; 1 unreadable"),
         "{out}"
     );
-    assert!(out.contains("broken_0001.jpg"), "the corrupt file is named:\n{out}");
-    assert_eq!(fs::metadata(tmp.join("data/lfw-64.bin")).unwrap().len(), 10 * 3 * 64 * 64);
+    assert!(
+        out.contains("broken_0001.jpg"),
+        "the corrupt file is named:\n{out}"
+    );
+    assert_eq!(
+        fs::metadata(tmp.join("data/lfw-64.bin")).unwrap().len(),
+        10 * 3 * 64 * 64
+    );
     assert!(tmp.join("data/lfw-64-preview.png").is_file());
 
     let common = [
-        "train", "--preset", "tiny", "--objective", "bc", "--batch", "4", "--out", "run",
-        "--ckpt-every", "2", "--sample-every", "2", "--threads", "2", "--device", "cpu",
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "bc",
+        "--batch",
+        "4",
+        "--out",
+        "run",
+        "--ckpt-every",
+        "2",
+        "--sample-every",
+        "2",
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
     ];
     let first: Vec<&str> = common.iter().copied().chain(["--steps", "3"]).collect();
     trainer(&first, &tmp);
@@ -113,7 +139,11 @@ fn prepare_train_and_resume() {
         .unwrap();
     assert!(!refused.status.success());
 
-    let resumed: Vec<&str> = common.iter().copied().chain(["--steps", "5", "--resume"]).collect();
+    let resumed: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain(["--steps", "5", "--resume"])
+        .collect();
     let out = trainer(&resumed, &tmp);
     assert!(out.contains("trained steps 4..5"), "{out}");
     let meta: serde_json::Value =

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The demo command: one-time set-up (GStreamer with H.264, ONNX Runtime; no trainer), then the
+# shipped street video through `decodebin ! videoconvert ! avaefacedetect ! avaepurify !
+# videoconvert ! x264enc ! mp4mux` into out/demo.mp4, a summary (frames, faces found and
+# purified, fps) and a contact sheet of faces before/after in out/contact-sheet.png.
+# Arguments go to the demo: --input FILE --output FILE --sheet FILE --samples N --faces K
+# --model BUNDLE --backend auto|ort|tract --input-size PIXELS --interval N (see --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+cargo run --release --example demo -- "$@"

@@ -1,0 +1,332 @@
+//! The face recognizer the evaluation attacks and measures: the 512-d ArcFace-style
+//! MobileFaceNet `fr_feature.onnx` of the npm package `faceplugin-face-recognition-js@0.0.1`,
+//! run in tch through [`crate::onnx_tch`] so that gradients reach the input.
+//!
+//! The model is not shipped (its provenance is unclear): `scripts/fetch-recognizer.sh` fetches it
+//! into `models/recognizer/` and checks its sha256 ([`MODEL_SHA256`]).
+//!
+//! The recognizer reads the same `S x S` face crop in [-1, 1] that the purifier acts on. A
+//! differentiable bilinear warp (`affine_grid` + `grid_sample`, border padding) maps the crop to
+//! the 112 x 112 ArcFace input: either aligned to the standard 5-point ArcFace template through
+//! the mean landmarks of LFW deep-funneled images ([`Alignment::Template`]), or plainly resized
+//! ([`Alignment::Resize`]). Pixels are then normalised as the package does, `(p - 127) / 128`
+//! for `p` in [0, 255], RGB.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use gstavaepurify::bundle::sha256_file;
+use gstavaepurify::core::align::{Similarity, estimate_similarity};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::CropSpec;
+use crate::onnx_tch::OnnxGraph;
+
+/// sha256 of `fr_feature.onnx` in `faceplugin-face-recognition-js@0.0.1`.
+pub const MODEL_SHA256: &str = "87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581";
+
+/// Where `scripts/fetch-recognizer.sh` puts the model, relative to the workspace root.
+pub const MODEL_PATH: &str = "models/recognizer/fr_feature.onnx";
+
+/// The script that fetches the model.
+pub const FETCH_SCRIPT: &str = "scripts/fetch-recognizer.sh";
+
+/// Side of the recognizer's input in pixels.
+pub const INPUT_SIZE: i64 = 112;
+
+/// Length of an embedding.
+pub const EMBEDDING_DIM: i64 = 512;
+
+/// The standard ArcFace 5-point template in the 112 x 112 input (left eye, right eye, nose tip,
+/// left and right mouth corners, in image x, y), as the package aligns faces.
+pub const ARCFACE_TEMPLATE: [[f32; 2]; 5] = [
+    [38.2946, 51.6963],
+    [73.5318, 51.5014],
+    [56.0252, 71.7366],
+    [41.5493, 92.3655],
+    [70.7299, 92.2041],
+];
+
+/// Side of an LFW deep-funneled image in pixels.
+pub const LFW_IMAGE_SIDE: f32 = 250.0;
+
+/// Mean CenterFace landmarks of LFW deep-funneled images in their 250 x 250 frame (same order as
+/// [`ARCFACE_TEMPLATE`]), measured over the 807 distinct images of the fold-1 pairs. Deep
+/// funnelling aligns the images, so the per-image standard deviation is only 2.4 to 6.8 pixels.
+pub const LFW_MEAN_LANDMARKS: [[f32; 2]; 5] = [
+    [104.3, 113.8],
+    [147.2, 112.1],
+    [125.7, 138.2],
+    [108.6, 159.0],
+    [144.2, 157.5],
+];
+
+/// How the face crop is mapped to the recognizer's 112 x 112 input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Alignment {
+    /// Similarity warp taking [`LFW_MEAN_LANDMARKS`] (through the crop box) onto
+    /// [`ARCFACE_TEMPLATE`]; parts of the template outside the crop repeat its border.
+    Template,
+    /// The whole crop resized to 112 x 112.
+    Resize,
+}
+
+impl Alignment {
+    /// A short label for reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Alignment::Template => "ArcFace 5-point template via the mean LFW landmarks",
+            Alignment::Resize => "whole crop resized",
+        }
+    }
+}
+
+/// The model path under the workspace root.
+pub fn default_model_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(MODEL_PATH)
+}
+
+/// Checks that the model at `path` exists and is the expected file; the error names the fetch
+/// script when it is missing.
+pub fn check_model(path: &Path) -> Result<()> {
+    if !path.is_file() {
+        bail!(
+            "the face recognizer '{}' is missing: run {FETCH_SCRIPT} from the workspace root \
+             (it fetches fr_feature.onnx from the npm package faceplugin-face-recognition-js@0.0.1)",
+            path.display()
+        );
+    }
+    let digest = sha256_file(path)?;
+    ensure!(
+        digest == MODEL_SHA256,
+        "'{}' has sha256 {digest}, expected {MODEL_SHA256} (run {FETCH_SCRIPT} again)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The similarity taking crop pixels (of an `size x size` crop made with `crop` from a
+/// `LFW_IMAGE_SIDE`-square image) to recognizer-input pixels for `alignment`.
+pub fn crop_to_input(alignment: Alignment, crop: &CropSpec, size: i64) -> Result<Similarity> {
+    let input = INPUT_SIZE as f32;
+    match alignment {
+        Alignment::Resize => Ok(Similarity {
+            a: input / size as f32,
+            b: 0.0,
+            tx: 0.0,
+            ty: 0.0,
+        }),
+        Alignment::Template => {
+            // The same box as `trainer prepare`: side rounded, corner rounded.
+            let side = (crop.side * LFW_IMAGE_SIDE).round().max(1.0);
+            let x0 = (crop.center_x * LFW_IMAGE_SIDE - side / 2.0).round();
+            let y0 = (crop.center_y * LFW_IMAGE_SIDE - side / 2.0).round();
+            let k = size as f32 / side;
+            let in_crop: Vec<[f32; 2]> = LFW_MEAN_LANDMARKS
+                .iter()
+                .map(|p| [(p[0] - x0) * k, (p[1] - y0) * k])
+                .collect();
+            estimate_similarity(&in_crop, &ARCFACE_TEMPLATE)
+                .context("cannot fit the ArcFace template to the mean landmarks")
+        }
+    }
+}
+
+/// The `[1, 2, 3]` `affine_grid` matrix (normalised coordinates, `align_corners = false`) that
+/// samples an `size x size` crop at the preimage of every recognizer-input pixel under `to_input`.
+fn grid_theta(to_input: &Similarity, size: i64) -> Result<Tensor> {
+    let inv = to_input
+        .inverse()
+        .context("degenerate crop-to-input transform")?;
+    let half = INPUT_SIZE as f32 / 2.0;
+    let k = 2.0 / size as f32;
+    let (a, b) = (inv.a, inv.b);
+    let theta = [
+        k * half * a,
+        -k * half * b,
+        k * (half * (a - b) + inv.tx) - 1.0,
+        k * half * b,
+        k * half * a,
+        k * (half * (b + a) + inv.ty) - 1.0,
+    ];
+    Ok(Tensor::from_slice(&theta).view([1, 2, 3]))
+}
+
+/// The recognizer: the ONNX graph in tch plus the crop-to-input warp.
+#[derive(Debug)]
+pub struct Recognizer {
+    graph: OnnxGraph,
+    theta: Tensor,
+    crop_size: i64,
+    alignment: Alignment,
+}
+
+impl Recognizer {
+    /// Loads and checks the model at `path` for `crop_size x crop_size` crops made with `crop`.
+    pub fn load(
+        path: &Path,
+        alignment: Alignment,
+        crop: &CropSpec,
+        crop_size: i64,
+    ) -> Result<Self> {
+        check_model(path)?;
+        let graph = OnnxGraph::load(path)?;
+        ensure!(
+            graph.input_names().len() == 1,
+            "'{}' should have one input, has {:?}",
+            path.display(),
+            graph.input_names()
+        );
+        let theta = grid_theta(&crop_to_input(alignment, crop, crop_size)?, crop_size)?;
+        Ok(Self {
+            graph,
+            theta,
+            crop_size,
+            alignment,
+        })
+    }
+
+    /// The ONNX graph (for op counts and parity checks).
+    pub fn graph(&self) -> &OnnxGraph {
+        &self.graph
+    }
+
+    /// The alignment in use.
+    pub fn alignment(&self) -> Alignment {
+        self.alignment
+    }
+
+    /// Moves the weights to `device`.
+    pub fn to_device(&mut self, device: Device) {
+        self.graph.to_device(device);
+        self.theta = self.theta.to_device(device);
+    }
+
+    /// The recognizer input `[N, 3, 112, 112]` (normalised as the package does) for crops
+    /// `[N, 3, S, S]` in [-1, 1]; differentiable.
+    pub fn preprocess(&self, faces: &Tensor) -> Result<Tensor> {
+        let size = faces.size();
+        ensure!(
+            size.len() == 4
+                && size[1] == 3
+                && size[2] == self.crop_size
+                && size[3] == self.crop_size,
+            "faces must be [N, 3, {s}, {s}], got {size:?}",
+            s = self.crop_size
+        );
+        let n = size[0];
+        let theta = self.theta.expand([n, 2, 3], false).to_kind(faces.kind());
+        let grid = Tensor::affine_grid_generator(&theta, [n, 3, INPUT_SIZE, INPUT_SIZE], false);
+        // Bilinear (mode 0), border padding (mode 1).
+        let warped = faces.grid_sampler(&grid, 0, 1, false);
+        Ok(((warped + 1.0) * 127.5 - 127.0) / 128.0)
+    }
+
+    /// Embeddings `[N, 512]` (not normalised) of recognizer inputs `[N, 3, 112, 112]`.
+    pub fn embed_input(&self, input: &Tensor) -> Result<Tensor> {
+        let out = self
+            .graph
+            .run(&[input])?
+            .into_iter()
+            .next()
+            .context("the recognizer returned no output")?;
+        ensure!(
+            out.size() == [input.size()[0], EMBEDDING_DIM],
+            "the recognizer returned {:?}, expected [N, {EMBEDDING_DIM}]",
+            out.size()
+        );
+        Ok(out)
+    }
+
+    /// Embeddings `[N, 512]` of crops `[N, 3, S, S]` in [-1, 1]; differentiable.
+    pub fn embed(&self, faces: &Tensor) -> Result<Tensor> {
+        self.embed_input(&self.preprocess(faces)?)
+    }
+
+    /// Unit-length embeddings of many crops, `batch` at a time, without autograd.
+    pub fn embed_all(&self, faces: &Tensor, batch: i64) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let n = faces.size()[0];
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = batch.min(n - start);
+            parts.push(normalize(&self.embed(&faces.narrow(0, start, len))?));
+            start += len;
+        }
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(
+                [0, EMBEDDING_DIM],
+                (Kind::Float, faces.device()),
+            ));
+        }
+        Ok(Tensor::cat(&parts, 0))
+    }
+}
+
+/// Rows of `x` scaled to unit L2 norm.
+pub fn normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
+}
+
+/// Row-wise cosine similarity of two `[N, D]` tensors; differentiable.
+pub fn cosine(a: &Tensor, b: &Tensor) -> Tensor {
+    (normalize(a) * normalize(b)).sum_dim_intlist(1, false, Kind::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_theta_is_the_identity() {
+        let s = crop_to_input(Alignment::Resize, &CropSpec::default(), 64).unwrap();
+        let theta = grid_theta(&s, 64).unwrap();
+        let id = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0]).view([1, 2, 3]);
+        assert!(theta.allclose(&id, 1e-6, 1e-6, false), "{theta}");
+    }
+
+    #[test]
+    fn template_maps_mean_eyes_onto_the_template_eyes() {
+        let crop = CropSpec::default();
+        let s = crop_to_input(Alignment::Template, &crop, 64).unwrap();
+        let side = (crop.side * LFW_IMAGE_SIDE).round();
+        let x0 = (crop.center_x * LFW_IMAGE_SIDE - side / 2.0).round();
+        let y0 = (crop.center_y * LFW_IMAGE_SIDE - side / 2.0).round();
+        for k in 0..2 {
+            let p = LFW_MEAN_LANDMARKS[k];
+            let q = s.apply([(p[0] - x0) * 64.0 / side, (p[1] - y0) * 64.0 / side]);
+            let t = ARCFACE_TEMPLATE[k];
+            assert!(
+                (q[0] - t[0]).abs() < 2.0 && (q[1] - t[1]).abs() < 2.0,
+                "{q:?} vs {t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn grid_samples_the_preimage_pixel() {
+        // A crop whose value is its x coordinate: after a pure scale, input pixel j samples the
+        // crop at (j + 0.5) * S / 112 - 0.5.
+        let s = Similarity {
+            a: 112.0 / 64.0,
+            b: 0.0,
+            tx: 0.0,
+            ty: 0.0,
+        };
+        let theta = grid_theta(&s, 64).unwrap();
+        let x = Tensor::arange(64, (Kind::Float, Device::Cpu))
+            .view([1, 1, 1, 64])
+            .expand([1, 1, 64, 64], false)
+            .contiguous();
+        let grid = Tensor::affine_grid_generator(&theta, [1, 1, 112, 112], false);
+        let out = x.grid_sampler(&grid, 0, 1, false);
+        let j = 40;
+        let expected = (j as f64 + 0.5) * 64.0 / 112.0 - 0.5;
+        let got = out.double_value(&[0, 0, 10, j]);
+        assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+    }
+}

@@ -1,0 +1,189 @@
+//! Smoke test of `trainer eval`: a small LFW-layout dataset made of real LFW images and a
+//! 10-fold `pairs.txt` cut from the real one, `trainer prepare` on it, then the whole evaluation
+//! on a handful of pairs with the untrained test bundle and tiny settings. Checks that FGSM and
+//! PGD lower the undefended accuracy and that every report file is written.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Pairs kept per kind and fold of the cut-down `pairs.txt`.
+const PER_KIND: usize = 3;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn trainer(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("the trainer binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "trainer {args:?} failed:\n{text}");
+    text
+}
+
+/// Copies the images of the first `PER_KIND` pairs of each kind of every fold of the shared
+/// LFW copy into `root` and writes the matching `pairs.txt`.
+fn build_dataset(root: &Path) {
+    let lfw = workspace().join("../shared/datasets/lfw");
+    let text = fs::read_to_string(lfw.join("pairs.txt")).unwrap_or_else(|e| {
+        panic!(
+            "the eval smoke test needs the shared LFW copy at {} ({e})",
+            lfw.display()
+        )
+    });
+    let mut lines = text.lines();
+    let header: Vec<usize> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let (folds, per_kind) = (header[0], header[1]);
+    let lines: Vec<&str> = lines.collect();
+    let mut kept = vec![format!("{folds}\t{PER_KIND}")];
+    let mut files = BTreeSet::new();
+    for fold in 0..folds {
+        for kind in 0..2 {
+            let start = fold * 2 * per_kind + kind * per_kind;
+            for line in &lines[start..start + PER_KIND] {
+                let t: Vec<&str> = line.split_whitespace().collect();
+                let refs: Vec<(String, usize)> = if t.len() == 3 {
+                    vec![
+                        (t[0].into(), t[1].parse().unwrap()),
+                        (t[0].into(), t[2].parse().unwrap()),
+                    ]
+                } else {
+                    vec![
+                        (t[0].into(), t[1].parse().unwrap()),
+                        (t[2].into(), t[3].parse().unwrap()),
+                    ]
+                };
+                files.extend(refs.into_iter().map(|(n, k)| format!("{n}/{n}_{k:04}.jpg")));
+                kept.push(line.to_string());
+            }
+        }
+    }
+    for file in &files {
+        let dst = root.join("lfw-deepfunneled").join(file);
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(lfw.join("lfw-deepfunneled").join(file), &dst).unwrap();
+    }
+    fs::write(root.join("pairs.txt"), kept.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
+    let recognizer = avae_trainer::recognizer::default_model_path();
+    if let Err(e) = avae_trainer::recognizer::check_model(&recognizer) {
+        panic!("{e:#}");
+    }
+    let root = std::env::temp_dir().join(format!("avae-eval-smoke-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    build_dataset(&root);
+    let (lfw, data, report) = (root.clone(), root.join("data"), root.join("report"));
+    trainer(&[
+        "prepare",
+        "--data",
+        lfw.to_str().unwrap(),
+        "--size",
+        "64",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    let pairs_file = lfw.join("pairs.txt");
+    let out = trainer(&[
+        "eval",
+        "--bundle",
+        "tests/data/bundle-tiny",
+        "--report",
+        report.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--pairs-file",
+        pairs_file.to_str().unwrap(),
+        "--pairs",
+        "6",
+        "--fast",
+        "--samples",
+        "2",
+        "--eot",
+        "2",
+        "--calib-pairs",
+        "27",
+        "--pgd-steps",
+        "5",
+        "--whitebox-pgd-steps",
+        "3",
+        "--cw-steps",
+        "10",
+        "--grid-rows",
+        "4",
+        "--chunk",
+        "6",
+        "--backend",
+        "tract",
+    ]);
+    assert!(out.contains("M = 2") && out.contains("K = 2"), "{out}");
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(report.join("summary.json")).unwrap()).unwrap();
+    let grey = &summary["tables"][0];
+    assert_eq!(grey["key"], "grey");
+    let none = &grey["rows"][0];
+    assert_eq!(none["key"], "none");
+    let avg = |cond: &str| none["cells"][cond]["average"].as_f64().unwrap();
+    let clean = avg("clean");
+    assert!(
+        clean >= 0.5,
+        "clean accuracy {clean} of real faces is too low"
+    );
+    for attack in ["fgsm8", "pgd8"] {
+        assert!(
+            avg(attack) < clean,
+            "{attack} did not lower the undefended accuracy ({} vs clean {clean})",
+            avg(attack)
+        );
+    }
+    let rows: Vec<&str> = summary["tables"][1]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        rows.contains(&"avae-bpda") && rows.contains(&"avae-eot"),
+        "{rows:?}"
+    );
+    for file in [
+        "README.md",
+        "summary.json",
+        "roc-grey.png",
+        "roc-white.png",
+        "roc-manifold.png",
+        "grid-fgsm8.png",
+        "grid-pgd8.png",
+        "grid-cw.png",
+        "grid-manifold.png",
+        "grid-whitebox-pgd8.png",
+    ] {
+        assert!(
+            report.join(file).is_file(),
+            "{file} missing from the report"
+        );
+    }
+    let readme = fs::read_to_string(report.join("README.md")).unwrap();
+    assert!(
+        readme.contains("Table 1") && readme.contains("paper: A-VAE"),
+        "{readme}"
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
