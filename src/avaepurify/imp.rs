@@ -39,7 +39,8 @@ const DEFAULT_BACKEND: BackendChoice = BackendChoice::Auto;
 const DEFAULT_DEVICE: DeviceChoice = DeviceChoice::Auto;
 const DEFAULT_SAMPLES: u32 = 16;
 const DEFAULT_BATCH: u32 = 16;
-const DEFAULT_TAU: f32 = 0.03;
+/// Negative: use the bundle's calibrated tau (`manifest.json`).
+const DEFAULT_TAU: f32 = -1.0;
 const DEFAULT_SEED: u64 = 0;
 const DEFAULT_ROI_TYPE: &str = "face";
 const DEFAULT_MARGIN: f32 = 0.2;
@@ -140,10 +141,16 @@ struct Stats {
     faces_skipped: u64,
     failures: u64,
     latency_ms_total: f64,
+    engine_ms_total: f64,
 }
 
 impl Stats {
     fn to_structure(&self) -> gst::Structure {
+        let mean_engine_ms = if self.faces_purified > 0 {
+            self.engine_ms_total / self.faces_purified as f64
+        } else {
+            0.0
+        };
         let mean_latency_ms = if self.faces_purified > 0 {
             self.latency_ms_total / self.faces_purified as f64
         } else {
@@ -156,6 +163,7 @@ impl Stats {
             .field("faces-skipped", self.faces_skipped)
             .field("failures", self.failures)
             .field("mean-latency-ms", mean_latency_ms)
+            .field("mean-engine-ms", mean_engine_ms)
             .build()
     }
 }
@@ -212,7 +220,7 @@ fn paste_antialiased(
     let shrink = to_face.scale().floor();
     let factor = (2..=side)
         .take_while(|&k| k as f32 <= shrink)
-        .filter(|&k| side % k == 0)
+        .filter(|&k| side.is_multiple_of(k))
         .last();
     match factor {
         Some(k) => {
@@ -238,6 +246,7 @@ struct FrameReport {
     skipped: u64,
     failed: bool,
     latency_ms: f64,
+    engine_ms: f64,
     warnings: Vec<(Cause, String)>,
 }
 
@@ -387,7 +396,11 @@ impl AvaePurify {
         let params = PurifyParams {
             samples: settings.samples as usize,
             batch: settings.batch as usize,
-            tau: settings.tau,
+            tau: if settings.tau < 0.0 {
+                purifier.default_tau()
+            } else {
+                settings.tau
+            },
         };
         let results = panic::catch_unwind(AssertUnwindSafe(|| {
             purifier.purify(faces.view_mut(), &params, rng)
@@ -494,6 +507,7 @@ impl AvaePurify {
         }
 
         let started = Instant::now();
+        let engine_before = state.purifier.engine_seconds();
         let outcome = match gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info) {
             Ok(mut frame) => Self::purify_frame(state, settings, &mut frame, &targets),
             Err(err) => Err((
@@ -509,6 +523,7 @@ impl AvaePurify {
                     .filter(|t| matches!(t.crop, Crop::Aligned(_)))
                     .count() as u64;
                 report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                report.engine_ms = (state.purifier.engine_seconds() - engine_before) * 1000.0;
                 Self::annotate_rois(buffer, &targets, &results, settings.samples);
             }
             Err((cause, reason)) => {
@@ -593,11 +608,12 @@ impl ObjectImpl for AvaePurify {
                     .nick("KL clip")
                     .blurb(
                         "KL clip tau of the sampled latents (mean KL per latent dimension, \
-                         paper section 3.4): each latent is scaled towards 0 until it fits; 0 decodes z = 0 \
-                         for every sample (no randomness), a very large value (e.g. 1e30) \
-                         disables the clip",
+                         paper section 3.4): each latent is scaled towards 0 until it fits. \
+                         -1 uses the bundle's calibrated tau; 0 decodes the posterior mean (no \
+                         randomness); the paper uses 0.03 on its own KL scale; a very large \
+                         value (e.g. 1e30) disables the clip",
                     )
-                    .minimum(0.0)
+                    .minimum(-1.0)
                     .maximum(f32::MAX)
                     .default_value(DEFAULT_TAU)
                     .mutable_playing()
@@ -677,7 +693,8 @@ impl ObjectImpl for AvaePurify {
                         "Counters since start (avaepurify-stats): frames, faces-purified, \
                          faces-aligned (purified through landmark alignment), faces-skipped (ROI empty, outside the frame or beyond max-faces), \
                          failures (frames passed through unpurified: unreadable frame or engine \
-                         error), mean-latency-ms (per purified face)",
+                         error), mean-latency-ms (per purified face), mean-engine-ms (of it, inside \
+                         the inference engine)",
                     )
                     .read_only()
                     .build(),
@@ -846,6 +863,7 @@ impl BaseTransformImpl for AvaePurify {
             stats.faces_skipped += report.skipped;
             stats.failures += u64::from(report.failed);
             stats.latency_ms_total += report.latency_ms;
+            stats.engine_ms_total += report.engine_ms;
         }
         for (cause, message) in report.warnings {
             gst::warning!(CAT, imp = self, "{message}");

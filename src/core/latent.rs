@@ -17,8 +17,11 @@
 //! a `z` outside is scaled towards the origin to radius `R`. Edge cases:
 //! - `tau = +inf`: nothing is clipped (plain VAE sampling);
 //! - `tau = 0`: only `z = 0` can fit (and only if `sigma = 1`); every sample becomes `z = 0`;
-//! - `tau < K0` (a sigma for which no z fits): the set is empty; we return `z = 0`, the latent of
-//!   least KL, and report it as [`ClipOutcome::Unreachable`].
+//! - `tau < K0` (a sigma for which no z fits): the set is empty. The latent of least KL would be
+//!   `z = 0`, but the decoder never sees a zero latent in training and turns it into a face-less
+//!   colour field (measured on real video faces); we use the posterior mean `z = mu` instead (a
+//!   deterministic reconstruction, no sampling) and report [`ClipOutcome::Unreachable`]. So
+//!   `tau = 0` decodes the posterior mean for every face whose sigma is not exactly 1.
 
 use ndarray::{ArrayView1, ArrayViewMut1, ArrayViewMut2, Zip};
 use rand::Rng;
@@ -34,7 +37,7 @@ pub enum ClipOutcome {
     Kept,
     /// `z` was scaled towards the origin onto the ball's surface.
     Scaled,
-    /// No latent satisfies the bound for this sigma (`tau < K0`); `z` was set to 0.
+    /// No latent satisfies the bound for this sigma (`tau < K0`); `z` was set to `mu`.
     Unreachable,
 }
 
@@ -71,10 +74,15 @@ pub fn mean_kl(z: ArrayView1<'_, f32>, logvar: ArrayView1<'_, f32>) -> f32 {
     (sum / (2.0 * d)) as f32
 }
 
-/// Projects `z` onto the KL ball of squared radius `radius_sq` (from [`kl_ball_radius_sq`]).
-pub fn clip_latent(mut z: ArrayViewMut1<'_, f32>, radius_sq: Option<f32>) -> ClipOutcome {
+/// Projects `z` onto the KL ball of squared radius `radius_sq` (from [`kl_ball_radius_sq`]);
+/// when the ball is empty, sets `z` to the posterior mean `mu` (module docs).
+pub fn clip_latent(
+    mut z: ArrayViewMut1<'_, f32>,
+    radius_sq: Option<f32>,
+    mu: ArrayView1<'_, f32>,
+) -> ClipOutcome {
     let Some(r2) = radius_sq else {
-        z.fill(0.0);
+        z.assign(&mu);
         return ClipOutcome::Unreachable;
     };
     let norm2: f32 = z.iter().map(|v| v * v).sum();
@@ -112,7 +120,7 @@ pub fn sample_latents<R: Rng + ?Sized>(
                 let eps: f32 = rng.sample(StandardNormal);
                 *z = m + sigma * eps;
             });
-        if clip_latent(row, radius_sq) == ClipOutcome::Scaled {
+        if clip_latent(row, radius_sq, mu) == ClipOutcome::Scaled {
             stats.scaled += 1;
         }
     }
@@ -147,14 +155,14 @@ mod tests {
     }
 
     #[test]
-    fn tau_zero_sends_every_latent_to_origin() {
+    fn tau_zero_decodes_the_posterior_mean() {
         let mu = array![3.0f32, -2.0, 0.5];
         let lv = array![-1.0f32, 0.0, 0.3];
         let mut out = Array2::<f32>::zeros((5, 3));
         let mut rng = StdRng::seed_from_u64(7);
         let stats = sample_latents(mu.view(), lv.view(), 0.0, &mut rng, out.view_mut());
         assert!(stats.unreachable);
-        assert!(out.iter().all(|&v| v == 0.0));
+        assert!(out.rows().into_iter().all(|r| r == mu));
     }
 
     #[test]
@@ -199,8 +207,12 @@ mod tests {
         let lv = array![4.0f32];
         assert_eq!(kl_ball_radius_sq(lv.view(), 1.0), None);
         let mut z = array![0.7f32];
-        assert_eq!(clip_latent(z.view_mut(), None), ClipOutcome::Unreachable);
-        assert_eq!(z[0], 0.0);
+        let mu = array![0.2f32];
+        assert_eq!(
+            clip_latent(z.view_mut(), None, mu.view()),
+            ClipOutcome::Unreachable
+        );
+        assert_eq!(z[0], 0.2);
     }
 
     #[test]
@@ -208,12 +220,19 @@ mod tests {
         let lv = array![0.0f32, 0.0];
         let tau = 0.25; // R^2 = 2 * 2 * 0.25 = 1
         let r2 = kl_ball_radius_sq(lv.view(), tau);
+        let mu = array![0.0f32, 0.0];
         let mut z = array![3.0f32, 4.0];
-        assert_eq!(clip_latent(z.view_mut(), r2), ClipOutcome::Scaled);
+        assert_eq!(
+            clip_latent(z.view_mut(), r2, mu.view()),
+            ClipOutcome::Scaled
+        );
         assert!((z[0] - 0.6).abs() < 1e-6 && (z[1] - 0.8).abs() < 1e-6);
         assert!((mean_kl(z.view(), lv.view()) - tau).abs() < 1e-6);
         let mut inside = array![0.3f32, 0.4];
-        assert_eq!(clip_latent(inside.view_mut(), r2), ClipOutcome::Kept);
+        assert_eq!(
+            clip_latent(inside.view_mut(), r2, mu.view()),
+            ClipOutcome::Kept
+        );
         assert_eq!(inside, array![0.3f32, 0.4]);
     }
 }

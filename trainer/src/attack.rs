@@ -35,15 +35,18 @@ pub struct Target {
     pub gallery: Tensor,
     /// `+1` for same-identity pairs, `-1` for different-identity pairs, `[N]`.
     pub sign: Tensor,
+    /// The recognizer's warps `[N, 2, 3]` of the probes (their images' alignment).
+    pub align: Tensor,
 }
 
 impl Target {
-    /// The target for gallery embeddings `gallery` and pair kinds `same`.
-    pub fn new(gallery: &Tensor, same: &[bool]) -> Self {
+    /// The target for gallery embeddings `gallery`, pair kinds `same` and probe warps `align`.
+    pub fn new(gallery: &Tensor, same: &[bool], align: &Tensor) -> Self {
         let sign: Vec<f32> = same.iter().map(|&s| if s { 1.0 } else { -1.0 }).collect();
         Self {
             gallery: normalize(&gallery.detach()),
             sign: Tensor::from_slice(&sign).to_device(gallery.device()),
+            align: align.shallow_clone(),
         }
     }
 
@@ -66,7 +69,7 @@ pub fn recognizer_gradient(
     x: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let x = x.detach().set_requires_grad(true);
-    let loss = target.loss(&recognizer.embed(&x)?);
+    let loss = target.loss(&recognizer.embed(&x, &target.align)?);
     let grad = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&x], false, false)
         .pop()
         .context("no gradient reached the probe")?;
@@ -276,7 +279,7 @@ pub fn on_manifold(
     for _ in 0..steps {
         let zv = z.detach().set_requires_grad(true);
         let image = model.decode(&zv, &skip);
-        let loss = target.loss(&recognizer.embed(&image)?);
+        let loss = target.loss(&recognizer.embed(&image, &target.align)?);
         let grad = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&zv], false, false)
             .pop()
             .context("no gradient reached the latent")?;

@@ -259,9 +259,13 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    /// Two smooth 64 x 64 test crops (a diagonal gradient per channel).
     fn ramp() -> Tensor {
-        (Tensor::arange(2 * 3 * 8 * 8, (Kind::Float, Device::Cpu)).view([2, 3, 8, 8]) / 383.0) * 2.0
-            - 1.0
+        let coords = Tensor::arange(64, (Kind::Float, Device::Cpu)) / 63.0;
+        let diagonal = coords.view([1, 1, 64, 1]) + coords.view([1, 1, 1, 64]);
+        let channels = Tensor::from_slice(&[0.2f32, 0.5, 0.8]).view([1, 3, 1, 1]);
+        let x = (diagonal * channels - 0.8).expand([2, 3, 64, 64], false);
+        x.contiguous()
     }
 
     #[test]

@@ -31,9 +31,10 @@ use tch::{Kind, Tensor};
 use crate::attack::{
     self, Bpda, CwParams, GreyBox, LossGradient, PgdParams, Target, carlini_wagner, fgsm, pgd,
 };
-use crate::data::{FaceSet, progress_bar, to_unit_range};
+use crate::data::{FaceSet, progress_bar, to_unit_range, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
-use crate::recognizer::{Alignment, Recognizer, cosine};
+use crate::model::AVae;
+use crate::recognizer::{Alignment, Landmarks, Recognizer, cosine, detect_landmarks};
 use crate::report;
 
 /// False-accept rate at which every threshold is set.
@@ -42,6 +43,8 @@ pub const TARGET_FAR: f64 = 0.01;
 /// Everything `trainer eval` needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalOptions {
+    /// The command line that asked for this evaluation (for the report).
+    pub command: String,
     /// The A-VAE bundle to evaluate (what ships).
     pub bundle: PathBuf,
     /// Report folder to (re)write.
@@ -90,11 +93,11 @@ pub struct EvalOptions {
 mod defaults {
     pub const PAIRS: usize = 600;
     pub const CALIB_PAIRS: (usize, usize) = (900, 300);
-    pub const SAMPLES: (usize, usize) = (64, 16);
+    pub const SAMPLES: (usize, usize) = (32, 16);
     pub const EOT: (usize, usize) = (4, 2);
     pub const PGD_STEPS: (usize, usize) = (20, 10);
     pub const WHITEBOX_PGD_STEPS: (usize, usize) = (10, 5);
-    pub const CW_STEPS: (usize, usize) = (50, 20);
+    pub const CW_STEPS: (usize, usize) = (30, 20);
 }
 
 /// Arguments of `trainer eval`.
@@ -119,7 +122,7 @@ pub struct EvalArgs {
     #[arg(long)]
     recognizer: Option<PathBuf>,
     /// How face crops are mapped to the recognizer's 112x112 input
-    #[arg(long, value_enum, default_value_t = Alignment::Template)]
+    #[arg(long, value_enum, default_value_t = Alignment::Landmarks)]
     alignment: Alignment,
     /// Fold-1 pairs to evaluate (half same, half different; at most 600)
     #[arg(long, default_value_t = defaults::PAIRS)]
@@ -127,7 +130,7 @@ pub struct EvalArgs {
     /// Different-identity pairs of folds 2-10 for the 1% FAR thresholds [default: 900, --fast 300]
     #[arg(long)]
     calib_pairs: Option<usize>,
-    /// M: A-VAE candidates per face [default: 64, --fast 16]
+    /// M: A-VAE candidates per face [default: 32, --fast 16]
     #[arg(long)]
     samples: Option<usize>,
     /// KL clip tau [default: the bundle's]
@@ -154,7 +157,7 @@ pub struct EvalArgs {
     /// White-box PGD step size in 1/255
     #[arg(long, default_value_t = 2.0)]
     whitebox_pgd_step: f64,
-    /// C&W optimisation steps [default: 50, --fast 20]
+    /// C&W optimisation steps [default: 30, --fast 20]
     #[arg(long)]
     cw_steps: Option<usize>,
     /// C&W L2 bound in [0, 1] pixel units over the whole crop
@@ -209,7 +212,9 @@ impl EvalArgs {
                 .context("no --pairs-file given and ../shared/datasets/lfw/pairs.txt not found")?,
         };
         ensure!(self.chunk > 0, "--chunk must be at least 1");
+        let args: Vec<String> = std::env::args().skip(1).collect();
         Ok(EvalOptions {
+            command: format!("trainer {}", args.join(" ")),
             bundle: self.bundle.clone(),
             report: self.report.clone(),
             data: self.data.clone(),
@@ -375,8 +380,11 @@ fn mix(seed: u64, parts: &[u64]) -> u64 {
     x
 }
 
-/// Different-identity pairs of folds 2 to 10 of `pairs.txt`, as `(name, number)` references.
-fn impostor_pairs_after_fold1(path: &Path) -> Result<Vec<Vec<[(String, usize); 2]>>> {
+/// An image of `pairs.txt`: person name and image number.
+type ImageRef = (String, usize);
+
+/// Different-identity pairs of folds 2 to 10 of `pairs.txt`, one list per fold.
+fn impostor_pairs_after_fold1(path: &Path) -> Result<Vec<Vec<[ImageRef; 2]>>> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
     let mut lines = text.lines();
@@ -541,6 +549,7 @@ fn defended_embeddings(
     recognizer: &Recognizer,
     defense: &mut Defense,
     faces: &Tensor,
+    align: &Tensor,
     seeds: &[u64],
     chunk: usize,
 ) -> Result<Tensor> {
@@ -553,7 +562,8 @@ fn defended_embeddings(
             &faces.narrow(0, start as i64, len as i64),
             &seeds[start..start + len],
         )?;
-        parts.push(recognizer.embed_all(&defended, len as i64)?);
+        let warp = align.narrow(0, start as i64, len as i64);
+        parts.push(recognizer.embed_all(&defended, &warp, len as i64)?);
         start += len;
     }
     Ok(Tensor::cat(&parts, 0))
@@ -564,7 +574,7 @@ fn scores_of(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(&cosine(a, b).to_kind(Kind::Float))?)
 }
 
-/// Grey-box adversarial probes of every condition, `[N, 3, S, S]` each, by condition key.
+/// Probes of every condition (clean and adversarial), `[N, 3, S, S]` each, by condition key.
 type Probes = BTreeMap<&'static str, Tensor>;
 
 /// The grey-box (and on-manifold) conditions: key, column label, table.
@@ -589,6 +599,460 @@ const WHITE_COLUMNS: [(&str, &str); 4] = [
     ("fgsm8", "FGSM eps=8"),
     ("pgd8", "PGD eps=8"),
 ];
+
+/// Landmarks (in image pixels) of the cached images `indices`, for [`Alignment::Landmarks`]:
+/// read from `<data>/<name>-landmarks.json`, detected (and added to that file) where missing.
+/// Every entry is `None` for the other alignments.
+fn image_landmarks(
+    set: &FaceSet,
+    opts: &EvalOptions,
+    indices: &[i64],
+) -> Result<Vec<Option<Landmarks>>> {
+    if opts.alignment != Alignment::Landmarks {
+        return Ok(vec![None; indices.len()]);
+    }
+    let path = opts.data.join(format!("{}-landmarks.json", opts.data_name));
+    let mut known: BTreeMap<String, Option<Landmarks>> = match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("'{}' is not a landmark cache (delete it)", path.display()))?,
+        Err(_) => BTreeMap::new(),
+    };
+    let file_of = |k: i64| -> Result<&str> {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| set.index.images.get(k))
+            .map(|e| e.file.as_str())
+            .with_context(|| format!("image index {k} is not in the crop cache"))
+    };
+    let mut missing: Vec<String> = Vec::new();
+    for &k in indices {
+        let file = file_of(k)?;
+        if !known.contains_key(file) && !missing.iter().any(|m| m == file) {
+            missing.push(file.to_owned());
+        }
+    }
+    if !missing.is_empty() {
+        let root = Path::new(&set.index.source);
+        let paths: Vec<PathBuf> = missing.iter().map(|f| root.join(f)).collect();
+        let found = detect_landmarks(&paths)?;
+        let lost = found.iter().filter(|l| l.is_none()).count();
+        if lost > 0 {
+            println!(
+                "no face found in {lost} of {} images: they use the mean landmarks",
+                paths.len()
+            );
+        }
+        known.extend(missing.into_iter().zip(found));
+        write_atomic(&path, serde_json::to_string(&known)?.as_bytes())?;
+    }
+    indices
+        .iter()
+        .map(|&k| Ok(known.get(file_of(k)?).copied().flatten()))
+        .collect()
+}
+
+/// The faces and settings every stage of one evaluation shares.
+struct Evaluation<'a> {
+    opts: &'a EvalOptions,
+    recognizer: Recognizer,
+    /// Pair kinds, in pair order.
+    same: Vec<bool>,
+    /// Clean gallery and probe crops `[N, 3, S, S]`, and their recognizer warps `[N, 2, 3]`.
+    gallery: Tensor,
+    probe: Tensor,
+    align_gallery: Tensor,
+    align_probe: Tensor,
+    /// Pairs shown in the image grids.
+    grid_rows: Vec<i64>,
+}
+
+/// Grid rows of one attack: the adversarial probes and what the defense made of them.
+type GridPair = (Tensor, Tensor);
+
+/// What evaluating every defense on the grey-box and on-manifold probes produced.
+struct DefenseResults {
+    grey_rows: Vec<Row>,
+    manifold_rows: Vec<Row>,
+    /// Each defense's embeddings of the gallery as the evaluation saw it.
+    defended_gallery: Vec<Tensor>,
+    /// A-VAE outputs of the grid rows, by condition.
+    purified: BTreeMap<&'static str, Tensor>,
+}
+
+impl Evaluation<'_> {
+    fn n(&self) -> usize {
+        self.same.len()
+    }
+
+    /// Seeds of the evaluation's defense draws for every pair, for one stream and condition.
+    fn pair_seeds(&self, stream: u64, cond: u64) -> Vec<u64> {
+        (0..self.n() as u64)
+            .map(|k| mix(self.opts.seed, &[stream, cond, k]))
+            .collect()
+    }
+
+    /// The entries of `seeds` of the grid rows.
+    fn grid_seeds(&self, seeds: &[u64]) -> Vec<u64> {
+        self.grid_rows.iter().map(|&k| seeds[k as usize]).collect()
+    }
+
+    fn grid_index(&self) -> Tensor {
+        Tensor::from_slice(&self.grid_rows)
+    }
+
+    /// Pairs `first..first + len` of a per-pair tensor.
+    fn rows(t: &Tensor, first: usize, len: usize) -> Tensor {
+        t.narrow(0, first as i64, len as i64)
+    }
+
+    /// Each defense's threshold at 1% FAR on the calibration impostor pairs `(a, b)` (crops and
+    /// warps), the defense applied to both images.
+    fn thresholds(
+        &self,
+        defenses: &mut [Defense],
+        a: (&Tensor, &Tensor),
+        b: (&Tensor, &Tensor),
+    ) -> Result<Vec<f64>> {
+        let count = a.0.size()[0] as usize;
+        let seeds = |side: u64| -> Vec<u64> {
+            (0..count as u64)
+                .map(|k| mix(self.opts.seed, &[stream::CALIB, side, k]))
+                .collect()
+        };
+        let bar = progress_bar((defenses.len() * count) as u64, "thresholds");
+        let mut thresholds = Vec::with_capacity(defenses.len());
+        for d in defenses.iter_mut() {
+            let chunk = self.opts.chunk;
+            let ea = defended_embeddings(&self.recognizer, d, a.0, a.1, &seeds(0), chunk)?;
+            let eb = defended_embeddings(&self.recognizer, d, b.0, b.1, &seeds(1), chunk)?;
+            thresholds.push(threshold_at_far(&scores_of(&ea, &eb)?, TARGET_FAR));
+            bar.inc(count as u64);
+        }
+        bar.finish();
+        Ok(thresholds)
+    }
+
+    /// The grey-box adversarial probes (gradient of the undefended recognizer, C&W aiming at the
+    /// undefended `threshold`) and the on-manifold ones, all rounded to 8 bits, by condition.
+    fn grey_box_attacks(&self, generator: &AVae, threshold: f64) -> Result<Probes> {
+        let (n, opts) = (self.n(), self.opts);
+        let clean_gallery =
+            self.recognizer
+                .embed_all(&self.gallery, &self.align_gallery, opts.chunk as i64)?;
+        let mut parts: BTreeMap<&'static str, Vec<Tensor>> = BTreeMap::new();
+        let mut rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK]));
+        let bar = progress_bar(n as u64, "grey-box attacks");
+        for first in (0..n).step_by(opts.chunk) {
+            let len = opts.chunk.min(n - first);
+            let x = Self::rows(&self.probe, first, len);
+            let target = Target::new(
+                &Self::rows(&clean_gallery, first, len),
+                &self.same[first..first + len],
+                &Self::rows(&self.align_probe, first, len),
+            );
+            let mut grey = GreyBox {
+                recognizer: &self.recognizer,
+                target: &target,
+            };
+            let (_, grad) = grey.loss_and_grad(&x)?;
+            let cw = carlini_wagner(&x, &target.sign, threshold, &opts.cw, &mut grey)?;
+            let pgd8 = pgd(&x, &opts.pgd, &mut grey, &mut rng)?;
+            let (manifold, recon) = attack::on_manifold(
+                generator,
+                &self.recognizer,
+                &target,
+                &x,
+                opts.manifold_steps,
+                opts.manifold_eps,
+            )?;
+            for (key, adv) in [
+                ("fgsm4", fgsm(&x, &grad, attack::unit_eps(4.0))),
+                ("fgsm8", fgsm(&x, &grad, attack::unit_eps(8.0))),
+                ("pgd8", pgd8),
+                ("cw", cw),
+                ("manifold", manifold),
+                ("recon", recon),
+            ] {
+                parts.entry(key).or_default().push(quantize(&adv));
+            }
+            bar.inc(len as u64);
+        }
+        bar.finish();
+        let mut probes: Probes = parts
+            .into_iter()
+            .map(|(k, v)| (k, Tensor::cat(&v, 0)))
+            .collect();
+        probes.insert("clean", self.probe.shallow_clone());
+        Ok(probes)
+    }
+
+    /// Every defense on every grey-box and on-manifold condition.
+    fn evaluate_defenses(
+        &self,
+        defenses: &mut [Defense],
+        probes: &Probes,
+        thresholds: &[f64],
+    ) -> Result<DefenseResults> {
+        let n = self.n();
+        let grid_index = self.grid_index();
+        let conditions: Vec<&'static str> = GREY_COLUMNS
+            .iter()
+            .chain(MANIFOLD_COLUMNS.iter())
+            .map(|c| c.0)
+            .collect();
+        let mut out = DefenseResults {
+            grey_rows: Vec::new(),
+            manifold_rows: Vec::new(),
+            defended_gallery: Vec::new(),
+            purified: BTreeMap::new(),
+        };
+        let bar = progress_bar(
+            (defenses.len() * (conditions.len() + 1) * n) as u64,
+            "defenses",
+        );
+        for (d, defense) in defenses.iter_mut().enumerate() {
+            let g = defended_embeddings(
+                &self.recognizer,
+                defense,
+                &self.gallery,
+                &self.align_gallery,
+                &self.pair_seeds(stream::GALLERY, 0),
+                self.opts.chunk,
+            )?;
+            bar.inc(n as u64);
+            let mut cells = BTreeMap::new();
+            for (c, cond) in conditions.iter().enumerate() {
+                let seeds = self.pair_seeds(stream::PROBE, c as u64);
+                let faces = &probes[cond];
+                if defense.is_random() {
+                    let shown = faces.index_select(0, &grid_index);
+                    out.purified
+                        .insert(cond, defense.apply(&shown, &self.grid_seeds(&seeds))?);
+                }
+                let e = defended_embeddings(
+                    &self.recognizer,
+                    defense,
+                    faces,
+                    &self.align_probe,
+                    &seeds,
+                    self.opts.chunk,
+                )?;
+                cells.insert(
+                    cond.to_string(),
+                    verify(&scores_of(&e, &g)?, &self.same, thresholds[d]),
+                );
+                bar.inc(n as u64);
+            }
+            let row = |cols: &[(&str, &str)]| Row {
+                key: defense.key(),
+                label: defense.label(),
+                threshold: thresholds[d],
+                cells: cols
+                    .iter()
+                    .filter_map(|(k, _)| Some((k.to_string(), cells.get(*k)?.clone())))
+                    .collect(),
+            };
+            out.grey_rows.push(row(&GREY_COLUMNS));
+            out.manifold_rows.push(row(&MANIFOLD_COLUMNS));
+            out.defended_gallery.push(g);
+        }
+        bar.finish();
+        Ok(out)
+    }
+
+    /// White-box rows of defense number `d` (BPDA, plus BPDA + EOT for a random defense); also
+    /// returns the grid rows of the strongest PGD variant (adversarial, defended) when the
+    /// defense is random.
+    fn white_box(
+        &self,
+        d: usize,
+        defense: &mut Defense,
+        threshold: f64,
+        clean: &Cell,
+        defended_gallery: &Tensor,
+    ) -> Result<(Vec<Row>, Option<GridPair>)> {
+        let (n, opts) = (self.n(), self.opts);
+        let eot = if defense.is_random() {
+            opts.eot.max(1)
+        } else {
+            1
+        };
+        // (K, key, label) per variant: without EOT, then with EOT for a random defense.
+        let without_eot = if defense.is_random() {
+            "BPDA (K = 1)"
+        } else {
+            "BPDA"
+        };
+        let mut variants = vec![(
+            1,
+            format!("{}-bpda", defense.key()),
+            format!("{}, {without_eot}", defense.label()),
+        )];
+        if defense.is_random() {
+            variants.push((
+                eot,
+                format!("{}-eot", defense.key()),
+                format!("{}, BPDA + EOT (K = {eot})", defense.label()),
+            ));
+        }
+        let mut adv: Vec<BTreeMap<&str, Vec<Tensor>>> =
+            (0..variants.len()).map(|_| BTreeMap::new()).collect();
+        let bar = progress_bar(n as u64, &format!("white-box {}", defense.key()));
+        let mut attack_rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, d as u64]));
+        for first in (0..n).step_by(opts.chunk) {
+            let len = opts.chunk.min(n - first);
+            let x = Self::rows(&self.probe, first, len);
+            let attacker_seed =
+                |extra: u64| mix(opts.seed, &[stream::ATTACK, d as u64, first as u64, extra]);
+            let gallery_seeds: Vec<u64> = (0..len as u64)
+                .map(|k| mix(opts.seed, &[stream::ATTACK, d as u64, first as u64 + k]))
+                .collect();
+            // The white-box attacker aims at the gallery as the defended system sees it.
+            let g = defense.apply(&Self::rows(&self.gallery, first, len), &gallery_seeds)?;
+            let target = Target::new(
+                &self.recognizer.embed_all(
+                    &g,
+                    &Self::rows(&self.align_gallery, first, len),
+                    len as i64,
+                )?,
+                &self.same[first..first + len],
+                &Self::rows(&self.align_probe, first, len),
+            );
+            // FGSM: K defense draws at the clean probe; the variant without EOT uses the first.
+            let draws = Bpda {
+                recognizer: &self.recognizer,
+                target: &target,
+                defense: &mut *defense,
+                samples: eot,
+                rng: StdRng::seed_from_u64(attacker_seed(1)),
+            }
+            .draws(&x)?;
+            for (v, (k, _, _)) in variants.iter().enumerate() {
+                let grad = draws[..*k]
+                    .iter()
+                    .fold(x.zeros_like(), |acc, (_, g)| acc + g);
+                let mut bpda = Bpda {
+                    recognizer: &self.recognizer,
+                    target: &target,
+                    defense: &mut *defense,
+                    samples: *k,
+                    rng: StdRng::seed_from_u64(attacker_seed(2 + v as u64)),
+                };
+                let pgd8 = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
+                for (key, a) in [
+                    ("fgsm4", fgsm(&x, &grad, attack::unit_eps(4.0))),
+                    ("fgsm8", fgsm(&x, &grad, attack::unit_eps(8.0))),
+                    ("pgd8", pgd8),
+                ] {
+                    adv[v].entry(key).or_default().push(quantize(&a));
+                }
+            }
+            bar.inc(len as u64);
+        }
+        bar.finish();
+        let mut rows = Vec::new();
+        let mut grid = None;
+        for (v, (_, key, label)) in variants.iter().enumerate() {
+            let mut cells = BTreeMap::new();
+            cells.insert("clean".to_owned(), clean.clone());
+            for (c, cond) in ["fgsm4", "fgsm8", "pgd8"].iter().enumerate() {
+                let faces = Tensor::cat(&adv[v][cond], 0);
+                let seeds = self.pair_seeds(stream::PROBE, 100 + (v * 10 + c) as u64);
+                let e = defended_embeddings(
+                    &self.recognizer,
+                    defense,
+                    &faces,
+                    &self.align_probe,
+                    &seeds,
+                    opts.chunk,
+                )?;
+                cells.insert(
+                    cond.to_string(),
+                    verify(&scores_of(&e, defended_gallery)?, &self.same, threshold),
+                );
+                if defense.is_random() && *cond == "pgd8" && v + 1 == variants.len() {
+                    let shown = faces.index_select(0, &self.grid_index());
+                    let defended = defense.apply(&shown, &self.grid_seeds(&seeds))?;
+                    grid = Some((shown, defended));
+                }
+            }
+            rows.push(Row {
+                key: key.clone(),
+                label: label.clone(),
+                threshold,
+                cells,
+            });
+        }
+        Ok((rows, grid))
+    }
+
+    /// The image grids: gallery | clean probe | adversarial | A-VAE output, per attack.
+    fn grids(
+        &self,
+        probes: &Probes,
+        purified: &BTreeMap<&str, Tensor>,
+        white: Option<GridPair>,
+    ) -> Vec<Grid> {
+        let index = self.grid_index();
+        let (gallery, probe) = (
+            self.gallery.index_select(0, &index),
+            self.probe.index_select(0, &index),
+        );
+        let labels = || -> Vec<String> {
+            ["gallery", "probe", "adversarial", "A-VAE"]
+                .map(String::from)
+                .to_vec()
+        };
+        let mut grids = Vec::new();
+        for (key, title) in [
+            ("fgsm8", "grey-box FGSM eps=8"),
+            ("pgd8", "grey-box PGD eps=8"),
+            ("cw", "grey-box C&W L2"),
+            ("manifold", "on-manifold attack"),
+        ] {
+            if let Some(p) = purified.get(key) {
+                grids.push(Grid {
+                    key: key.to_owned(),
+                    title: title.to_owned(),
+                    columns: vec![
+                        gallery.shallow_clone(),
+                        probe.shallow_clone(),
+                        probes[key].index_select(0, &index),
+                        p.shallow_clone(),
+                    ],
+                    labels: labels(),
+                });
+            }
+        }
+        if let Some((adv, defended)) = white {
+            grids.push(Grid {
+                key: "whitebox-pgd8".into(),
+                title: format!("white-box PGD eps=8, BPDA + EOT (K = {})", self.opts.eot),
+                columns: vec![gallery, probe, adv, defended],
+                labels: labels(),
+            });
+        }
+        grids
+    }
+}
+
+/// The warps of the gallery, probe and calibration images (`index_sets`), in that order.
+fn warps(
+    set: &FaceSet,
+    opts: &EvalOptions,
+    recognizer: &Recognizer,
+    index_sets: &[&[i64]],
+) -> Result<Vec<Tensor>> {
+    let all: Vec<i64> = index_sets.iter().flat_map(|v| v.iter().copied()).collect();
+    let landmarks = image_landmarks(set, opts, &all)?;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for v in index_sets {
+        out.push(recognizer.align_for(&landmarks[start..start + v.len()])?);
+        start += v.len();
+    }
+    Ok(out)
+}
 
 /// Runs the whole evaluation and writes the report.
 pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
@@ -621,306 +1085,103 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     defenses.extend(Defense::baselines());
 
     let pairs = test_pairs(&set, opts.pairs)?;
-    let same: Vec<bool> = pairs.iter().map(|p| p.2).collect();
-    let n = pairs.len();
     let gallery_idx: Vec<i64> = pairs.iter().map(|p| p.0).collect();
     let probe_idx: Vec<i64> = pairs.iter().map(|p| p.1).collect();
-    let gallery = to_unit_range(&set.select(&gallery_idx));
-    let probe = to_unit_range(&set.select(&probe_idx));
     let calib = calibration_pairs(&set, &opts.pairs_file, opts.calib_pairs)?;
+    let calib_a: Vec<i64> = calib.iter().map(|p| p.0).collect();
+    let calib_b: Vec<i64> = calib.iter().map(|p| p.1).collect();
+    let t = Instant::now();
+    let [align_gallery, align_probe, align_ca, align_cb]: [Tensor; 4] = warps(
+        &set,
+        opts,
+        &recognizer,
+        &[&gallery_idx, &probe_idx, &calib_a, &calib_b],
+    )?
+    .try_into()
+    .map_err(|_| anyhow::anyhow!("internal error: four warp sets expected"))?;
+    seconds.insert("alignment".to_owned(), t.elapsed().as_secs_f64());
+    let same: Vec<bool> = pairs.iter().map(|p| p.2).collect();
     println!(
         "evaluating {} fold-1 pairs ({} same, {} different), thresholds from {} impostor pairs of \
          folds 2-10; A-VAE M = {}, tau = {}, EOT K = {}; purifier {}",
-        n,
+        same.len(),
         same.iter().filter(|&&s| s).count(),
         same.iter().filter(|&&s| !s).count(),
         calib.len(),
         opts.purify.samples,
         opts.purify.tau,
         opts.eot,
-        match &defenses[1] {
-            Defense::AVae(a) => a.purifier().backend_name(),
-            _ => String::new(),
-        }
+        purifier_info["backend"].as_str().unwrap_or_default()
     );
+    let ev = Evaluation {
+        opts,
+        grid_rows: spread(same.len(), opts.grid_rows)
+            .into_iter()
+            .map(|k| k as i64)
+            .collect(),
+        recognizer,
+        same,
+        gallery: to_unit_range(&set.select(&gallery_idx)),
+        probe: to_unit_range(&set.select(&probe_idx)),
+        align_gallery,
+        align_probe,
+    };
 
-    // Thresholds: 1% FAR on clean impostor pairs of folds 2-10, each defense in the loop.
     let t = Instant::now();
-    let calib_a: Vec<i64> = calib.iter().map(|p| p.0).collect();
-    let calib_b: Vec<i64> = calib.iter().map(|p| p.1).collect();
     let (ca, cb) = (
         to_unit_range(&set.select(&calib_a)),
         to_unit_range(&set.select(&calib_b)),
     );
-    let calib_seeds = |side: u64| -> Vec<u64> {
-        (0..calib.len() as u64)
-            .map(|k| mix(opts.seed, &[stream::CALIB, side, k]))
-            .collect()
-    };
-    let bar = progress_bar((defenses.len() * calib.len()) as u64, "thresholds");
-    let mut thresholds = Vec::with_capacity(defenses.len());
-    for d in &mut defenses {
-        let ea = defended_embeddings(&recognizer, d, &ca, &calib_seeds(0), opts.chunk)?;
-        let eb = defended_embeddings(&recognizer, d, &cb, &calib_seeds(1), opts.chunk)?;
-        thresholds.push(threshold_at_far(&scores_of(&ea, &eb)?, TARGET_FAR));
-        bar.inc(calib.len() as u64);
-    }
-    bar.finish();
+    let thresholds = ev.thresholds(&mut defenses, (&ca, &align_ca), (&cb, &align_cb))?;
     seconds.insert("thresholds".to_owned(), t.elapsed().as_secs_f64());
 
-    // Grey-box attacks on the undefended recognizer, and the on-manifold attack.
     let t = Instant::now();
-    let clean_gallery = recognizer.embed_all(&gallery, opts.chunk as i64)?;
-    let mut probes: Probes = BTreeMap::new();
-    let keys = ["fgsm4", "fgsm8", "pgd8", "cw", "manifold", "recon"];
-    let mut parts: BTreeMap<&str, Vec<Tensor>> = keys.iter().map(|k| (*k, Vec::new())).collect();
-    let mut rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK]));
-    let bar = progress_bar(n as u64, "grey-box attacks");
-    for first in (0..n).step_by(opts.chunk) {
-        let len = opts.chunk.min(n - first);
-        let x = probe.narrow(0, first as i64, len as i64);
-        let target = Target::new(
-            &clean_gallery.narrow(0, first as i64, len as i64),
-            &same[first..first + len],
-        );
-        let mut grey = GreyBox {
-            recognizer: &recognizer,
-            target: &target,
-        };
-        let (_, grad) = grey.loss_and_grad(&x)?;
-        let push = |parts: &mut BTreeMap<&str, Vec<Tensor>>, k: &str, v: Tensor| {
-            if let Some(p) = parts.get_mut(k) {
-                p.push(quantize(&v));
-            }
-        };
-        push(&mut parts, "fgsm4", fgsm(&x, &grad, attack::unit_eps(4.0)));
-        push(&mut parts, "fgsm8", fgsm(&x, &grad, attack::unit_eps(8.0)));
-        push(&mut parts, "pgd8", pgd(&x, &opts.pgd, &mut grey, &mut rng)?);
-        push(
-            &mut parts,
-            "cw",
-            carlini_wagner(&x, &target.sign, thresholds[0], &opts.cw, &mut grey)?,
-        );
-        let (adv, recon) = attack::on_manifold(
-            &generator,
-            &recognizer,
-            &target,
-            &x,
-            opts.manifold_steps,
-            opts.manifold_eps,
-        )?;
-        push(&mut parts, "manifold", adv);
-        push(&mut parts, "recon", recon);
-        bar.inc(len as u64);
-    }
-    bar.finish();
-    for (k, v) in parts {
-        probes.insert(k, Tensor::cat(&v, 0));
-    }
-    probes.insert("clean", probe.shallow_clone());
+    let probes = ev.grey_box_attacks(&generator, thresholds[0])?;
     seconds.insert("grey-box attacks".to_owned(), t.elapsed().as_secs_f64());
-    let mut perturbation_l2 = BTreeMap::new();
-    for k in ["fgsm4", "fgsm8", "pgd8", "cw"] {
-        let l2 = attack::l2_norm(&probes[k], &probe)
-            .mean(Kind::Float)
-            .double_value(&[]);
-        perturbation_l2.insert(k.to_owned(), l2);
-    }
-
-    // Every defense on every grey-box and on-manifold condition.
-    let t = Instant::now();
-    let pair_seeds = |stream: u64, cond: u64| -> Vec<u64> {
-        (0..n as u64)
-            .map(|k| mix(opts.seed, &[stream, cond, k]))
-            .collect()
-    };
-    let grid_rows: Vec<i64> = spread(n, opts.grid_rows)
-        .into_iter()
-        .map(|k| k as i64)
-        .collect();
-    let grid_index = Tensor::from_slice(&grid_rows);
-    let pick =
-        |seeds: &[u64]| -> Vec<u64> { grid_rows.iter().map(|&k| seeds[k as usize]).collect() };
-    let mut defended_gallery = Vec::with_capacity(defenses.len());
-    let mut grey_rows = Vec::new();
-    let mut manifold_rows = Vec::new();
-    let mut purified: BTreeMap<&str, Tensor> = BTreeMap::new();
-    let conditions: Vec<&str> = GREY_COLUMNS
+    let perturbation_l2 = ["fgsm4", "fgsm8", "pgd8", "cw"]
         .iter()
-        .chain(MANIFOLD_COLUMNS.iter())
-        .map(|c| c.0)
+        .map(|k| {
+            let l2 = attack::l2_norm(&probes[k], &ev.probe).mean(Kind::Float);
+            (k.to_string(), l2.double_value(&[]))
+        })
         .collect();
-    let bar = progress_bar(
-        (defenses.len() * (conditions.len() + 1) * n) as u64,
-        "defenses",
-    );
-    for (d, defense) in defenses.iter_mut().enumerate() {
-        let g = defended_embeddings(
-            &recognizer,
-            defense,
-            &gallery,
-            &pair_seeds(stream::GALLERY, 0),
-            opts.chunk,
-        )?;
-        bar.inc(n as u64);
-        let mut cells = BTreeMap::new();
-        for (c, cond) in conditions.iter().enumerate() {
-            let seeds = pair_seeds(stream::PROBE, c as u64);
-            let faces = &probes[cond];
-            if defense.is_random() {
-                let shown = faces.index_select(0, &grid_index);
-                purified.insert(cond, defense.apply(&shown, &pick(&seeds))?);
-            }
-            let e = defended_embeddings(&recognizer, defense, faces, &seeds, opts.chunk)?;
-            cells.insert(
-                cond.to_string(),
-                verify(&scores_of(&e, &g)?, &same, thresholds[d]),
-            );
-            bar.inc(n as u64);
-        }
-        let row = |cols: &[(&str, &str)]| Row {
-            key: defense.key(),
-            label: defense.label(),
-            threshold: thresholds[d],
-            cells: cols
-                .iter()
-                .filter_map(|(k, _)| Some((k.to_string(), cells.get(*k)?.clone())))
-                .collect(),
-        };
-        grey_rows.push(row(&GREY_COLUMNS));
-        manifold_rows.push(row(&MANIFOLD_COLUMNS));
-        defended_gallery.push(g);
-    }
-    bar.finish();
+
+    let t = Instant::now();
+    let results = ev.evaluate_defenses(&mut defenses, &probes, &thresholds)?;
     seconds.insert("defenses".to_owned(), t.elapsed().as_secs_f64());
 
-    // White-box: BPDA against each defense (EOT over A-VAE's randomness).
     let t = Instant::now();
     let mut white_rows = Vec::new();
-    let mut white_grid: Option<(Tensor, Tensor)> = None;
+    let mut white_grid = None;
     for (d, defense) in defenses.iter_mut().enumerate() {
+        let grey = &results.grey_rows[d];
         if matches!(defense, Defense::None) {
+            // Without a defense, white-box and grey-box attacks are the same attack.
             white_rows.push(Row {
-                key: "none".into(),
                 label: "No Defense (= grey-box)".into(),
-                threshold: thresholds[d],
-                cells: grey_rows[d]
+                cells: grey
                     .cells
                     .iter()
                     .filter(|(k, _)| WHITE_COLUMNS.iter().any(|c| c.0 == k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                ..grey.clone()
             });
             continue;
         }
-        let variants: Vec<(usize, String, String)> = if defense.is_random() {
-            vec![
-                (
-                    1,
-                    format!("{}-bpda", defense.key()),
-                    format!("{}, BPDA (K = 1)", defense.label()),
-                ),
-                (
-                    opts.eot.max(1),
-                    format!("{}-eot", defense.key()),
-                    format!("{}, BPDA + EOT (K = {})", defense.label(), opts.eot.max(1)),
-                ),
-            ]
-        } else {
-            vec![(
-                1,
-                format!("{}-bpda", defense.key()),
-                format!("{}, BPDA", defense.label()),
-            )]
-        };
-        let eot = variants.iter().map(|v| v.0).max().unwrap_or(1);
-        let mut adv: Vec<BTreeMap<&str, Vec<Tensor>>> =
-            (0..variants.len()).map(|_| BTreeMap::new()).collect();
-        let bar = progress_bar(n as u64, &format!("white-box {}", defense.key()));
-        let mut attack_rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, d as u64]));
-        for first in (0..n).step_by(opts.chunk) {
-            let len = opts.chunk.min(n - first);
-            let x = probe.narrow(0, first as i64, len as i64);
-            let gallery_seeds: Vec<u64> = (0..len as u64)
-                .map(|k| mix(opts.seed, &[stream::ATTACK, d as u64, first as u64 + k]))
-                .collect();
-            // The white-box attacker aims at the gallery as the defended system sees it.
-            let g = defense.apply(&gallery.narrow(0, first as i64, len as i64), &gallery_seeds)?;
-            let target = Target::new(
-                &recognizer.embed_all(&g, len as i64)?,
-                &same[first..first + len],
-            );
-            let draws = {
-                let mut bpda = Bpda {
-                    recognizer: &recognizer,
-                    target: &target,
-                    defense: &mut *defense,
-                    samples: eot,
-                    rng: StdRng::seed_from_u64(mix(
-                        opts.seed,
-                        &[stream::ATTACK, d as u64, first as u64, 1],
-                    )),
-                };
-                bpda.draws(&x)?
-            };
-            for (v, (k, _, _)) in variants.iter().enumerate() {
-                let grad = draws[..*k]
-                    .iter()
-                    .fold(x.zeros_like(), |acc, (_, g)| acc + g);
-                let entry = &mut adv[v];
-                entry.entry("fgsm4").or_default().push(quantize(&fgsm(
-                    &x,
-                    &grad,
-                    attack::unit_eps(4.0),
-                )));
-                entry.entry("fgsm8").or_default().push(quantize(&fgsm(
-                    &x,
-                    &grad,
-                    attack::unit_eps(8.0),
-                )));
-                let mut bpda = Bpda {
-                    recognizer: &recognizer,
-                    target: &target,
-                    defense: &mut *defense,
-                    samples: *k,
-                    rng: StdRng::seed_from_u64(mix(
-                        opts.seed,
-                        &[stream::ATTACK, d as u64, first as u64, 2 + v as u64],
-                    )),
-                };
-                let p = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
-                entry.entry("pgd8").or_default().push(quantize(&p));
-            }
-            bar.inc(len as u64);
-        }
-        bar.finish();
-        for (v, (_, key, label)) in variants.iter().enumerate() {
-            let mut cells = BTreeMap::new();
-            cells.insert("clean".to_owned(), grey_rows[d].cells["clean"].clone());
-            for (c, cond) in ["fgsm4", "fgsm8", "pgd8"].iter().enumerate() {
-                let faces = Tensor::cat(&adv[v][cond], 0);
-                let seeds = pair_seeds(stream::PROBE, 100 + (v * 10 + c) as u64);
-                let e = defended_embeddings(&recognizer, defense, &faces, &seeds, opts.chunk)?;
-                cells.insert(
-                    cond.to_string(),
-                    verify(&scores_of(&e, &defended_gallery[d])?, &same, thresholds[d]),
-                );
-                if defense.is_random() && *cond == "pgd8" && v + 1 == variants.len() {
-                    let shown = faces.index_select(0, &grid_index);
-                    let defended = defense.apply(&shown, &pick(&seeds))?;
-                    white_grid = Some((shown, defended));
-                }
-            }
-            white_rows.push(Row {
-                key: key.clone(),
-                label: label.clone(),
-                threshold: thresholds[d],
-                cells,
-            });
-        }
+        let (rows, grid) = ev.white_box(
+            d,
+            defense,
+            thresholds[d],
+            &grey.cells["clean"],
+            &results.defended_gallery[d],
+        )?;
+        white_rows.extend(rows);
+        white_grid = white_grid.or(grid);
     }
     seconds.insert("white-box".to_owned(), t.elapsed().as_secs_f64());
 
+    let grids = ev.grids(&probes, &results.purified, white_grid);
     let columns = |cols: &[(&str, &str)]| -> Vec<(String, String)> {
         cols.iter()
             .map(|(k, l)| (k.to_string(), l.to_string()))
@@ -931,7 +1192,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
             key: "grey".into(),
             title: "Table 1: grey-box attacks (gradient of the undefended recognizer)".into(),
             columns: columns(&GREY_COLUMNS),
-            rows: grey_rows,
+            rows: results.grey_rows,
         },
         Table {
             key: "white".into(),
@@ -943,67 +1204,23 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
             key: "manifold".into(),
             title: "Table 3: on-manifold attack (paper eq. 8)".into(),
             columns: columns(&MANIFOLD_COLUMNS),
-            rows: manifold_rows,
+            rows: results.manifold_rows,
         },
     ];
-
-    // Image grids: gallery | clean probe | adversarial | A-VAE purified.
-    let shown_gallery = gallery.index_select(0, &grid_index);
-    let shown_probe = probe.index_select(0, &grid_index);
-    let mut grids = Vec::new();
-    for (key, title) in [
-        ("fgsm8", "grey-box FGSM eps=8"),
-        ("pgd8", "grey-box PGD eps=8"),
-        ("cw", "grey-box C&W L2"),
-        ("manifold", "on-manifold attack"),
-    ] {
-        if let Some(p) = purified.get(key) {
-            grids.push(Grid {
-                key: key.to_owned(),
-                title: title.to_owned(),
-                columns: vec![
-                    shown_gallery.shallow_clone(),
-                    shown_probe.shallow_clone(),
-                    probes[key].index_select(0, &grid_index),
-                    p.shallow_clone(),
-                ],
-                labels: vec![
-                    "gallery".into(),
-                    "probe".into(),
-                    "adversarial".into(),
-                    "A-VAE".into(),
-                ],
-            });
-        }
-    }
-    if let Some((adv, defended)) = white_grid {
-        grids.push(Grid {
-            key: "whitebox-pgd8".into(),
-            title: format!("white-box PGD eps=8, BPDA + EOT (K = {})", opts.eot),
-            columns: vec![shown_gallery, shown_probe, adv, defended],
-            labels: vec![
-                "gallery".into(),
-                "probe".into(),
-                "adversarial".into(),
-                "A-VAE".into(),
-            ],
-        });
-    }
-
     let mut recognizer_info = BTreeMap::new();
     recognizer_info.insert("file".into(), opts.recognizer.display().to_string().into());
     recognizer_info.insert("alignment".into(), opts.alignment.label().into());
     recognizer_info.insert(
         "ops".into(),
-        serde_json::to_value(recognizer.graph().op_counts())?,
+        serde_json::to_value(ev.recognizer.graph().op_counts())?,
     );
-    recognizer_info.insert("weights".into(), recognizer.graph().num_weights().into());
+    recognizer_info.insert("weights".into(), ev.recognizer.graph().num_weights().into());
     let summary = EvalSummary {
         options: opts.clone(),
         purifier: purifier_info,
         recognizer: recognizer_info,
         image_size: size,
-        same,
+        same: ev.same.clone(),
         calibration_pairs: calib.len(),
         tables,
         perturbation_l2,

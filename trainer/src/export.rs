@@ -180,14 +180,25 @@ pub fn export_bundle(
 /// crops, measured by `trainer template`) and checks the bundle again; graphs are untouched, so
 /// their checksums stay valid.
 pub fn write_landmark_template(dir: &Path, template: [[f32; 2]; 5]) -> Result<Manifest> {
+    update_manifest(dir, |m| m.landmark_template = Some(template))
+}
+
+/// Sets the bundle's default KL clip (see [`crate::calibrate`]) and re-validates the bundle.
+pub fn write_tau(dir: &Path, tau: f32) -> Result<Manifest> {
+    update_manifest(dir, |m| m.tau = tau)
+}
+
+/// Rewrites `manifest.json` of the bundle in `dir` after `edit` (the manifest carries no
+/// checksum of itself) and checks the result with the plugin's validation.
+fn update_manifest(dir: &Path, edit: impl FnOnce(&mut Manifest)) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let mut manifest = Bundle::load(dir)
         .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?
         .manifest;
-    manifest.landmark_template = Some(template);
+    edit(&mut manifest);
     let json = serde_json::to_string_pretty(&manifest)?;
     fs::write(&path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
-    Bundle::load(dir).context("the bundle with its landmark template does not pass validation")?;
+    Bundle::load(dir).context("the edited manifest does not pass the plugin's validation")?;
     Ok(manifest)
 }
 

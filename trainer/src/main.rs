@@ -5,11 +5,11 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use avae_trainer::data::{self, CropSpec, FaceSet, PrepareOptions};
-use avae_trainer::export;
 use avae_trainer::quality::{self, QualityOptions};
 use avae_trainer::template;
 use avae_trainer::train::{self, DeviceChoice, Hyper, Objective, TrainOptions};
 use avae_trainer::training_report::{self, ReportOptions};
+use avae_trainer::{calibrate, export};
 use clap::{Parser, Subcommand};
 use gstavaepurify::engine::Backend;
 
@@ -38,7 +38,7 @@ enum Command {
     Report(ReportArgs),
     /// Evaluate a bundle against the paper's attacks on LFW fold 1 and regenerate the report
     /// folder (tables, ROC curves, image grids, summary.json).
-    Eval(avae_trainer::eval::EvalArgs),
+    Eval(Box<avae_trainer::eval::EvalArgs>),
     /// Measure where CenterFace puts the 5 landmarks in the training crops (the bundle's
     /// landmark template for `trainer export --landmark-template`).
     Template(TemplateArgs),
@@ -226,6 +226,10 @@ struct ExportArgs {
     /// the element aligns faces to the training crops' geometry
     #[arg(long)]
     landmark_template: Option<PathBuf>,
+    /// Default KL clip stored in the bundle; without it, calibrated on 512 training faces
+    /// (median KL at the posterior mean, see `calibrate.rs`)
+    #[arg(long)]
+    tau: Option<f32>,
 }
 
 fn run_train(args: TrainArgs) -> Result<()> {
@@ -265,6 +269,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Training faces the bundle's default tau is calibrated on.
+const CALIBRATION_FACES: usize = 512;
+
 fn run_export(args: ExportArgs) -> Result<()> {
     let template = args
         .landmark_template
@@ -273,12 +280,44 @@ fn run_export(args: ExportArgs) -> Result<()> {
         .transpose()?;
     let (_vs, model, meta) = train::load_ema_generator(&args.run, tch::Device::Cpu)?;
     let size = usize::try_from(meta.config.image_size)?;
-    let faces = FaceSet::load(&args.data, &args.data_name, size)
-        .map(|set| data::to_unit_range(&set.select(&set.fixed_test_faces(4))))
-        .ok();
+    let set = FaceSet::load(&args.data, &args.data_name, size).ok();
+    let faces = set
+        .as_ref()
+        .map(|set| data::to_unit_range(&set.select(&set.fixed_test_faces(4))));
     let report = export::export_bundle(&model, &args.out, train::provenance(&meta))
         .with_context(|| format!("cannot export '{}'", args.run.display()))?;
     let parity = export::check_parity(&model, &args.out, faces.as_ref())?;
+    let tau = match (args.tau, &set) {
+        (Some(tau), _) => Some(tau),
+        (None, Some(set)) => {
+            let train_idx = set.indices(data::Split::Train);
+            let step = (train_idx.len() / CALIBRATION_FACES).max(1);
+            let chosen: Vec<i64> = train_idx
+                .iter()
+                .step_by(step)
+                .take(CALIBRATION_FACES)
+                .copied()
+                .collect();
+            let tau =
+                calibrate::median_posterior_kl(&model, &data::to_unit_range(&set.select(&chosen)))?;
+            println!(
+                "tau calibrated on {} training faces: {tau:.4}",
+                chosen.len()
+            );
+            Some(tau)
+        }
+        (None, None) => {
+            println!(
+                "no crop cache in '{}': tau left at the preset's {}",
+                args.data.display(),
+                report.manifest.tau
+            );
+            None
+        }
+    };
+    if let Some(tau) = tau {
+        export::write_tau(&args.out, tau)?;
+    }
     if let Some(template) = template {
         export::write_landmark_template(&args.out, template)?;
         println!("landmark template {template:?}");
@@ -427,7 +466,7 @@ fn main() -> Result<()> {
         Command::Export(args) => run_export(args),
         Command::Quality(args) => run_quality(args),
         Command::Report(args) => run_report(args),
-        Command::Eval(args) => avae_trainer::eval::main(args),
+        Command::Eval(args) => avae_trainer::eval::main(*args),
         Command::Template(args) => run_template(args),
     }
 }

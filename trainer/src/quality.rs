@@ -404,7 +404,7 @@ pub struct Diversity {
     pub best_minus_worst_db: [f64; 2],
     /// Share of latents the KL clip scaled onto its ball, clean and noisy.
     pub clipped_latents: [f64; 2],
-    /// Faces whose KL ball was empty (every latent set to 0), clean and noisy.
+    /// Faces whose KL ball was empty (every latent set to the posterior mean), clean and noisy.
     pub empty_ball_faces: [usize; 2],
     /// Mean over faces of the least attainable mean KL (at `z = 0`), clean and noisy: tau below
     /// it leaves the KL ball empty.
@@ -802,7 +802,7 @@ impl QualityReport {
         let _ = writeln!(
             t,
             "KL clip: {:.1}% of latents scaled clean, {:.1}% noisy; empty KL ball (every latent \
-             set to 0) for {} clean and {} noisy of the {} faces",
+             set to mu) for {} clean and {} noisy of the {} faces",
             100.0 * d.clipped_latents[0],
             100.0 * d.clipped_latents[1],
             d.empty_ball_faces[0],
@@ -861,9 +861,9 @@ impl QualityReport {
             format!(
                 "No. At tau = {} the KL ball is empty for {empty} of {} clean faces (the least \
                  attainable mean KL per dimension, at z = 0, averages {:.4}), so every latent is \
-                 set to 0 and every candidate is decode(0, skip): the {} candidates are identical \
-                 (pairwise {pairwise:.1} dB), the output ignores mu, and it is {vs_mean:+.2} dB \
-                 from the mean-latent output.",
+                 set to the posterior mean and every candidate is decode(mu, skip): the {} \
+                 candidates are identical (pairwise {pairwise:.1} dB) and the output is \
+                 {vs_mean:+.2} dB from the mean-latent output.",
                 self.tau, self.faces, d.least_kl[0], self.samples
             )
         } else if pairwise > IDENTICAL_CANDIDATES_DB || vs_mean.abs() < NEGLIGIBLE_GAIN_DB {

@@ -6,20 +6,24 @@
 //! into `models/recognizer/` and checks its sha256 ([`MODEL_SHA256`]).
 //!
 //! The recognizer reads the same `S x S` face crop in [-1, 1] that the purifier acts on. A
-//! differentiable bilinear warp (`affine_grid` + `grid_sample`, border padding) maps the crop to
-//! the 112 x 112 ArcFace input: either aligned to the standard 5-point ArcFace template through
-//! the mean landmarks of LFW deep-funneled images ([`Alignment::Template`]), or plainly resized
-//! ([`Alignment::Resize`]). Pixels are then normalised as the package does, `(p - 127) / 128`
-//! for `p` in [0, 255], RGB.
+//! differentiable bilinear warp (`affine_grid` + `grid_sample`, border padding), one per face,
+//! maps the crop to the 112 x 112 ArcFace input: aligned to the standard 5-point ArcFace
+//! template through each image's own landmarks, found by the project's CenterFace detector on
+//! the original image ([`Alignment::Landmarks`]), or through the mean landmarks of LFW
+//! deep-funneled images ([`Alignment::Template`]), or plainly resized ([`Alignment::Resize`]).
+//! Pixels are then normalised as the package does, `(p - 127) / 128` for `p` in [0, 255], RGB.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+use gstavaepurify::avaefacedetect::{Detector, DetectorParams};
 use gstavaepurify::bundle::sha256_file;
 use gstavaepurify::core::align::{Similarity, estimate_similarity};
+use gstavaepurify::core::image::{FrameRef, PixelLayout};
+use gstavaepurify::engine::{Backend, Device as EngineDevice};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::CropSpec;
+use crate::data::{CropSpec, progress_bar};
 use crate::onnx_tch::OnnxGraph;
 
 /// sha256 of `fr_feature.onnx` in `faceplugin-face-recognition-js@0.0.1`.
@@ -61,10 +65,16 @@ pub const LFW_MEAN_LANDMARKS: [[f32; 2]; 5] = [
     [144.2, 157.5],
 ];
 
+/// 5 landmarks of a face (order of [`ARCFACE_TEMPLATE`]) in pixels of its image.
+pub type Landmarks = [[f32; 2]; 5];
+
 /// How the face crop is mapped to the recognizer's 112 x 112 input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Alignment {
+    /// Per image, the similarity taking its CenterFace landmarks (through the crop box) onto
+    /// [`ARCFACE_TEMPLATE`]; [`Alignment::Template`] where no face was found.
+    Landmarks,
     /// Similarity warp taking [`LFW_MEAN_LANDMARKS`] (through the crop box) onto
     /// [`ARCFACE_TEMPLATE`]; parts of the template outside the crop repeat its border.
     Template,
@@ -76,6 +86,9 @@ impl Alignment {
     /// A short label for reports.
     pub fn label(self) -> &'static str {
         match self {
+            Alignment::Landmarks => {
+                "ArcFace 5-point template via each image's CenterFace landmarks"
+            }
             Alignment::Template => "ArcFace 5-point template via the mean LFW landmarks",
             Alignment::Resize => "whole crop resized",
         }
@@ -108,31 +121,45 @@ pub fn check_model(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The crop box `(x0, y0, side)` of `crop` in a `LFW_IMAGE_SIDE`-square image, rounded as
+/// `trainer prepare` rounds it.
+fn crop_box(crop: &CropSpec) -> (f32, f32, f32) {
+    let side = (crop.side * LFW_IMAGE_SIDE).round().max(1.0);
+    let x0 = (crop.center_x * LFW_IMAGE_SIDE - side / 2.0).round();
+    let y0 = (crop.center_y * LFW_IMAGE_SIDE - side / 2.0).round();
+    (x0, y0, side)
+}
+
 /// The similarity taking crop pixels (of an `size x size` crop made with `crop` from a
-/// `LFW_IMAGE_SIDE`-square image) to recognizer-input pixels for `alignment`.
-pub fn crop_to_input(alignment: Alignment, crop: &CropSpec, size: i64) -> Result<Similarity> {
+/// `LFW_IMAGE_SIDE`-square image) to recognizer-input pixels, for `alignment` and, with
+/// [`Alignment::Landmarks`], the image's `landmarks` (mean landmarks when `None`).
+pub fn crop_to_input(
+    alignment: Alignment,
+    crop: &CropSpec,
+    size: i64,
+    landmarks: Option<&Landmarks>,
+) -> Result<Similarity> {
     let input = INPUT_SIZE as f32;
-    match alignment {
-        Alignment::Resize => Ok(Similarity {
-            a: input / size as f32,
-            b: 0.0,
-            tx: 0.0,
-            ty: 0.0,
-        }),
-        Alignment::Template => {
-            // The same box as `trainer prepare`: side rounded, corner rounded.
-            let side = (crop.side * LFW_IMAGE_SIDE).round().max(1.0);
-            let x0 = (crop.center_x * LFW_IMAGE_SIDE - side / 2.0).round();
-            let y0 = (crop.center_y * LFW_IMAGE_SIDE - side / 2.0).round();
-            let k = size as f32 / side;
-            let in_crop: Vec<[f32; 2]> = LFW_MEAN_LANDMARKS
-                .iter()
-                .map(|p| [(p[0] - x0) * k, (p[1] - y0) * k])
-                .collect();
-            estimate_similarity(&in_crop, &ARCFACE_TEMPLATE)
-                .context("cannot fit the ArcFace template to the mean landmarks")
+    let points = match (alignment, landmarks) {
+        (Alignment::Resize, _) => {
+            return Ok(Similarity {
+                a: input / size as f32,
+                b: 0.0,
+                tx: 0.0,
+                ty: 0.0,
+            });
         }
-    }
+        (Alignment::Landmarks, Some(l)) => l,
+        _ => &LFW_MEAN_LANDMARKS,
+    };
+    let (x0, y0, side) = crop_box(crop);
+    let k = size as f32 / side;
+    let in_crop: Vec<[f32; 2]> = points
+        .iter()
+        .map(|p| [(p[0] - x0) * k, (p[1] - y0) * k])
+        .collect();
+    estimate_similarity(&in_crop, &ARCFACE_TEMPLATE)
+        .context("cannot fit the ArcFace template to the landmarks")
 }
 
 /// The `[1, 2, 3]` `affine_grid` matrix (normalised coordinates, `align_corners = false`) that
@@ -159,7 +186,7 @@ fn grid_theta(to_input: &Similarity, size: i64) -> Result<Tensor> {
 #[derive(Debug)]
 pub struct Recognizer {
     graph: OnnxGraph,
-    theta: Tensor,
+    crop: CropSpec,
     crop_size: i64,
     alignment: Alignment,
 }
@@ -180,10 +207,9 @@ impl Recognizer {
             path.display(),
             graph.input_names()
         );
-        let theta = grid_theta(&crop_to_input(alignment, crop, crop_size)?, crop_size)?;
         Ok(Self {
             graph,
-            theta,
+            crop: *crop,
             crop_size,
             alignment,
         })
@@ -202,12 +228,32 @@ impl Recognizer {
     /// Moves the weights to `device`.
     pub fn to_device(&mut self, device: Device) {
         self.graph.to_device(device);
-        self.theta = self.theta.to_device(device);
+    }
+
+    /// The warps `[N, 2, 3]` of N crops whose images have `landmarks` (used with
+    /// [`Alignment::Landmarks`]; a `None` falls back to the mean landmarks).
+    pub fn align_for(&self, landmarks: &[Option<Landmarks>]) -> Result<Tensor> {
+        let thetas = landmarks
+            .iter()
+            .map(|l| {
+                let s = crop_to_input(self.alignment, &self.crop, self.crop_size, l.as_ref())?;
+                grid_theta(&s, self.crop_size)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if thetas.is_empty() {
+            return Ok(Tensor::zeros([0, 2, 3], (Kind::Float, Device::Cpu)));
+        }
+        Ok(Tensor::cat(&thetas, 0))
+    }
+
+    /// The same warp `[n, 2, 3]` for every crop: the mean landmarks (or the resize).
+    pub fn default_align(&self, n: i64) -> Result<Tensor> {
+        self.align_for(&vec![None; usize::try_from(n)?])
     }
 
     /// The recognizer input `[N, 3, 112, 112]` (normalised as the package does) for crops
-    /// `[N, 3, S, S]` in [-1, 1]; differentiable.
-    pub fn preprocess(&self, faces: &Tensor) -> Result<Tensor> {
+    /// `[N, 3, S, S]` in [-1, 1] and their warps `align` `[N, 2, 3]`; differentiable.
+    pub fn preprocess(&self, faces: &Tensor, align: &Tensor) -> Result<Tensor> {
         let size = faces.size();
         ensure!(
             size.len() == 4
@@ -218,7 +264,12 @@ impl Recognizer {
             s = self.crop_size
         );
         let n = size[0];
-        let theta = self.theta.expand([n, 2, 3], false).to_kind(faces.kind());
+        ensure!(
+            align.size() == [n, 2, 3],
+            "the warps must be [{n}, 2, 3], got {:?}",
+            align.size()
+        );
+        let theta = align.to_device(faces.device()).to_kind(faces.kind());
         let grid = Tensor::affine_grid_generator(&theta, [n, 3, INPUT_SIZE, INPUT_SIZE], false);
         // Bilinear (mode 0), border padding (mode 1).
         let warped = faces.grid_sampler(&grid, 0, 1, false);
@@ -241,20 +292,24 @@ impl Recognizer {
         Ok(out)
     }
 
-    /// Embeddings `[N, 512]` of crops `[N, 3, S, S]` in [-1, 1]; differentiable.
-    pub fn embed(&self, faces: &Tensor) -> Result<Tensor> {
-        self.embed_input(&self.preprocess(faces)?)
+    /// Embeddings `[N, 512]` of crops `[N, 3, S, S]` in [-1, 1] warped by `align` `[N, 2, 3]`;
+    /// differentiable.
+    pub fn embed(&self, faces: &Tensor, align: &Tensor) -> Result<Tensor> {
+        self.embed_input(&self.preprocess(faces, align)?)
     }
 
     /// Unit-length embeddings of many crops, `batch` at a time, without autograd.
-    pub fn embed_all(&self, faces: &Tensor, batch: i64) -> Result<Tensor> {
+    pub fn embed_all(&self, faces: &Tensor, align: &Tensor, batch: i64) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let n = faces.size()[0];
         let mut parts = Vec::new();
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
-            parts.push(normalize(&self.embed(&faces.narrow(0, start, len))?));
+            parts.push(normalize(&self.embed(
+                &faces.narrow(0, start, len),
+                &align.narrow(0, start, len),
+            )?));
             start += len;
         }
         if parts.is_empty() {
@@ -265,6 +320,58 @@ impl Recognizer {
         }
         Ok(Tensor::cat(&parts, 0))
     }
+}
+
+/// A decoded RGB image as a packed frame for the plugin's image and detection code.
+pub fn rgb_frame(rgb: &image::RgbImage) -> FrameRef<'_> {
+    FrameRef {
+        data: rgb.as_raw(),
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        stride: 3 * rgb.width() as usize,
+        layout: PixelLayout::Rgb,
+    }
+}
+
+/// Landmarks of the central face of each image in `paths` (LFW's 250 x 250 images), found by
+/// the project's CenterFace detector (`models/centerface`); `None` where no face is found.
+pub fn detect_landmarks(paths: &[PathBuf]) -> Result<Vec<Option<Landmarks>>> {
+    let model = gstavaepurify::avaefacedetect::default_model_path();
+    let mut detector = Detector::open(&model, Backend::Auto, EngineDevice::Cpu)
+        .with_context(|| format!("cannot open the face detector '{}'", model.display()))?;
+    let params = DetectorParams {
+        input_size: 256,
+        ..DetectorParams::default()
+    };
+    let bar = progress_bar(paths.len() as u64, "landmarks");
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        let rgb = image::open(path)
+            .with_context(|| format!("cannot read '{}'", path.display()))?
+            .into_rgb8();
+        ensure!(
+            rgb.width() as f32 == LFW_IMAGE_SIDE && rgb.height() as f32 == LFW_IMAGE_SIDE,
+            "'{}' is {}x{}, the landmark alignment expects LFW's {LFW_IMAGE_SIDE}x{LFW_IMAGE_SIDE} images",
+            path.display(),
+            rgb.width(),
+            rgb.height()
+        );
+        let faces = detector
+            .detect(&rgb_frame(&rgb), &params)
+            .with_context(|| format!("face detection failed on '{}'", path.display()))?;
+        let centre = LFW_IMAGE_SIDE / 2.0;
+        let central = faces.iter().min_by(|a, b| {
+            let d = |f: &gstavaepurify::core::detect::Face| {
+                let c = f.centre();
+                (c[0] - centre).hypot(c[1] - centre)
+            };
+            d(a).total_cmp(&d(b))
+        });
+        out.push(central.map(|f| f.landmarks));
+        bar.inc(1);
+    }
+    bar.finish();
+    Ok(out)
 }
 
 /// Rows of `x` scaled to unit L2 norm.
@@ -283,7 +390,7 @@ mod tests {
 
     #[test]
     fn resize_theta_is_the_identity() {
-        let s = crop_to_input(Alignment::Resize, &CropSpec::default(), 64).unwrap();
+        let s = crop_to_input(Alignment::Resize, &CropSpec::default(), 64, None).unwrap();
         let theta = grid_theta(&s, 64).unwrap();
         let id = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0]).view([1, 2, 3]);
         assert!(theta.allclose(&id, 1e-6, 1e-6, false), "{theta}");
@@ -292,19 +399,28 @@ mod tests {
     #[test]
     fn template_maps_mean_eyes_onto_the_template_eyes() {
         let crop = CropSpec::default();
-        let s = crop_to_input(Alignment::Template, &crop, 64).unwrap();
-        let side = (crop.side * LFW_IMAGE_SIDE).round();
-        let x0 = (crop.center_x * LFW_IMAGE_SIDE - side / 2.0).round();
-        let y0 = (crop.center_y * LFW_IMAGE_SIDE - side / 2.0).round();
+        let (x0, y0, side) = crop_box(&crop);
+        let to_crop = |p: [f32; 2]| [(p[0] - x0) * 64.0 / side, (p[1] - y0) * 64.0 / side];
+        let s = crop_to_input(Alignment::Template, &crop, 64, None).unwrap();
         for k in 0..2 {
-            let p = LFW_MEAN_LANDMARKS[k];
-            let q = s.apply([(p[0] - x0) * 64.0 / side, (p[1] - y0) * 64.0 / side]);
+            let q = s.apply(to_crop(LFW_MEAN_LANDMARKS[k]));
             let t = ARCFACE_TEMPLATE[k];
             assert!(
                 (q[0] - t[0]).abs() < 2.0 && (q[1] - t[1]).abs() < 2.0,
                 "{q:?} vs {t:?}"
             );
         }
+        // Landmarks shifted by (10, -10) pixels map onto the template as the mean ones did.
+        let shifted = LFW_MEAN_LANDMARKS.map(|p| [p[0] + 10.0, p[1] - 10.0]);
+        let s2 = crop_to_input(Alignment::Landmarks, &crop, 64, Some(&shifted)).unwrap();
+        let (q, q0) = (
+            s2.apply(to_crop(shifted[2])),
+            s.apply(to_crop(LFW_MEAN_LANDMARKS[2])),
+        );
+        assert!(
+            (q[0] - q0[0]).abs() < 1e-3 && (q[1] - q0[1]).abs() < 1e-3,
+            "{q:?} vs {q0:?}"
+        );
     }
 
     #[test]

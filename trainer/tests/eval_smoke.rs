@@ -131,6 +131,8 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         "6",
         "--backend",
         "tract",
+        "--threads",
+        "1",
     ]);
     assert!(out.contains("M = 2") && out.contains("K = 2"), "{out}");
 

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use avae_trainer::recognizer::{self, Alignment, LFW_MEAN_LANDMARKS, Recognizer};
 use gstavaepurify::core::align::{aligned_crop, estimate_similarity};
-use gstavaepurify::core::image::{FrameRef, PixelLayout};
 use gstavaepurify::engine::{Backend, Device, open_graph};
 use ndarray::{Array4, Axis};
 use tch::{Kind, Tensor};
@@ -52,14 +51,7 @@ fn aligned_inputs() -> Array4<f32> {
     for (k, person) in PEOPLE.iter().enumerate() {
         let path = lfw.join(person).join(format!("{person}_0001.jpg"));
         let rgb = image::open(&path).unwrap().into_rgb8();
-        let frame = FrameRef {
-            data: rgb.as_raw(),
-            width: rgb.width() as usize,
-            height: rgb.height() as usize,
-            stride: 3 * rgb.width() as usize,
-            layout: PixelLayout::Rgb,
-        };
-        let face = aligned_crop(&frame, &to_face, 112).unwrap();
+        let face = aligned_crop(&recognizer::rgb_frame(&rgb), &to_face, 112).unwrap();
         // [-1, 1] -> [0, 255] -> (p - 127) / 128.
         out.index_axis_mut(Axis(0), k)
             .assign(&face.mapv(|v| ((v + 1.0) * 127.5 - 127.0) / 128.0));
@@ -131,7 +123,9 @@ fn gradients_reach_the_face_crop() {
     .unwrap();
     let x = (Tensor::rand([2, 3, 64, 64], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0)
         .set_requires_grad(true);
-    let e = recognizer.embed(&x).unwrap();
+    let e = recognizer
+        .embed(&x, &recognizer.default_align(2).unwrap())
+        .unwrap();
     let g = Tensor::run_backward(&[e.sum(Kind::Float)], &[&x], false, false).remove(0);
     assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
