@@ -2,7 +2,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use gst::glib;
@@ -16,7 +16,7 @@ use gst_video::subclass::prelude::*;
 use super::{DETECTION_PARAM, Detector, DetectorParams, ROI_TYPE, detection_structure};
 use crate::avaepurify::{BackendChoice, DeviceChoice};
 use crate::core::detect::Face;
-use crate::core::image::{FrameRef, PixelLayout};
+use crate::core::image::FrameRef;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -145,27 +145,7 @@ pub struct AvaeFaceDetect {
     stats: Mutex<Stats>,
 }
 
-/// Locks `mutex`, recovering the data if a panic poisoned it: every value behind these
-/// mutexes stays consistent between statements.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The packed layout of a negotiated format (the pad templates allow no other).
-fn pixel_layout(format: gst_video::VideoFormat) -> Option<PixelLayout> {
-    use gst_video::VideoFormat as F;
-    match format {
-        F::Rgb => Some(PixelLayout::Rgb),
-        F::Bgr => Some(PixelLayout::Bgr),
-        F::Rgba => Some(PixelLayout::Rgba),
-        F::Bgra => Some(PixelLayout::Bgra),
-        F::Rgbx => Some(PixelLayout::Rgbx),
-        F::Bgrx => Some(PixelLayout::Bgrx),
-        _ => None,
-    }
-}
+use crate::avaepurify::{lock, packed_rgb_pad_templates, pixel_layout};
 
 impl AvaeFaceDetect {
     /// Runs the detector on `buffer`; faces come back normalised to the frame.
@@ -398,30 +378,8 @@ impl ElementImpl for AvaeFaceDetect {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst_video::VideoCapsBuilder::new()
-                .format_list([
-                    gst_video::VideoFormat::Rgb,
-                    gst_video::VideoFormat::Bgr,
-                    gst_video::VideoFormat::Rgba,
-                    gst_video::VideoFormat::Bgra,
-                    gst_video::VideoFormat::Rgbx,
-                    gst_video::VideoFormat::Bgrx,
-                ])
-                .build();
-            [gst::PadDirection::Src, gst::PadDirection::Sink]
-                .into_iter()
-                .map(|direction| {
-                    let name = if direction == gst::PadDirection::Src {
-                        "src"
-                    } else {
-                        "sink"
-                    };
-                    gst::PadTemplate::new(name, direction, gst::PadPresence::Always, &caps)
-                        .expect("static pad template is valid")
-                })
-                .collect()
-        });
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(packed_rgb_pad_templates);
         PAD_TEMPLATES.as_ref()
     }
 }

@@ -1054,6 +1054,14 @@ fn warps(
     Ok(out)
 }
 
+/// Records and prints how long a stage took (progress bars are hidden when the output is not a
+/// terminal, so long runs still log their progress).
+fn stage_done(seconds: &mut BTreeMap<String, f64>, stage: &str, since: Instant) {
+    let s = since.elapsed().as_secs_f64();
+    println!("{stage}: {s:.0} s");
+    seconds.insert(stage.to_owned(), s);
+}
+
 /// Runs the whole evaluation and writes the report.
 pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let start = Instant::now();
@@ -1099,7 +1107,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     )?
     .try_into()
     .map_err(|_| anyhow::anyhow!("internal error: four warp sets expected"))?;
-    seconds.insert("alignment".to_owned(), t.elapsed().as_secs_f64());
+    stage_done(&mut seconds, "alignment", t);
     let same: Vec<bool> = pairs.iter().map(|p| p.2).collect();
     println!(
         "evaluating {} fold-1 pairs ({} same, {} different), thresholds from {} impostor pairs of \
@@ -1133,11 +1141,11 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         to_unit_range(&set.select(&calib_b)),
     );
     let thresholds = ev.thresholds(&mut defenses, (&ca, &align_ca), (&cb, &align_cb))?;
-    seconds.insert("thresholds".to_owned(), t.elapsed().as_secs_f64());
+    stage_done(&mut seconds, "thresholds", t);
 
     let t = Instant::now();
     let probes = ev.grey_box_attacks(&generator, thresholds[0])?;
-    seconds.insert("grey-box attacks".to_owned(), t.elapsed().as_secs_f64());
+    stage_done(&mut seconds, "grey-box attacks", t);
     let perturbation_l2 = ["fgsm4", "fgsm8", "pgd8", "cw"]
         .iter()
         .map(|k| {
@@ -1148,7 +1156,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
 
     let t = Instant::now();
     let results = ev.evaluate_defenses(&mut defenses, &probes, &thresholds)?;
-    seconds.insert("defenses".to_owned(), t.elapsed().as_secs_f64());
+    stage_done(&mut seconds, "defenses", t);
 
     let t = Instant::now();
     let mut white_rows = Vec::new();
@@ -1179,7 +1187,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         white_rows.extend(rows);
         white_grid = white_grid.or(grid);
     }
-    seconds.insert("white-box".to_owned(), t.elapsed().as_secs_f64());
+    stage_done(&mut seconds, "white-box", t);
 
     let grids = ev.grids(&probes, &results.purified, white_grid);
     let columns = |cols: &[(&str, &str)]| -> Vec<(String, String)> {
