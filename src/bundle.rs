@@ -352,7 +352,7 @@ fn check_values(
 }
 
 /// Static dims of a tensor value (`None` for symbolic ones), or `None` without a shape.
-fn tensor_dims(value: &pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
+pub(crate) fn tensor_dims(value: &pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
     use pb::tensor_shape_proto::dimension::Value as D;
     let Some(pb::type_proto::Value::TensorType(t)) = value.r#type.as_ref()?.value.as_ref() else {
         return None;

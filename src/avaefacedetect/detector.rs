@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 
 use crate::Error;
+use crate::bundle::tensor_dims;
 use crate::core::detect::{self, CenterFaceMaps, Face, Letterbox};
 use crate::core::image::FrameRef;
 use crate::engine::{self, Backend, Device, Engine};
@@ -91,25 +92,6 @@ fn model_error(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Static size of each dim of a tensor value (`None` where symbolic), or `None` without a shape.
-fn dims(value: &pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
-    use pb::tensor_shape_proto::dimension::Value as D;
-    let Some(pb::type_proto::Value::TensorType(t)) = value.r#type.as_ref()?.value.as_ref() else {
-        return None;
-    };
-    Some(
-        t.shape
-            .as_ref()?
-            .dim
-            .iter()
-            .map(|d| match d.value {
-                Some(D::DimValue(v)) => Some(v),
-                _ => None,
-            })
-            .collect(),
-    )
-}
-
 /// Replaces the shape of `value` by `[N, channels, <h>, <w>]` with symbolic `N`, `<h>`, `<w>`.
 fn set_dynamic_shape(value: &mut pb::ValueInfoProto, channels: i64, h: &str, w: &str) {
     use pb::tensor_shape_proto::{Dimension, dimension::Value as D};
@@ -143,7 +125,7 @@ pub fn dynamic_shape_model(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> 
     let weights: std::collections::HashSet<String> =
         graph.initializer.iter().map(|t| t.name.clone()).collect();
     graph.input.retain(|i| !weights.contains(&i.name));
-    let shape_of = |v: &pb::ValueInfoProto| match dims(v) {
+    let shape_of = |v: &pb::ValueInfoProto| match tensor_dims(v) {
         Some(d) => format!("{d:?}"),
         None => "no shape".to_owned(),
     };
@@ -157,7 +139,7 @@ pub fn dynamic_shape_model(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> 
             ),
         ));
     };
-    let input_ok = dims(input).is_some_and(|d| d.len() == 4 && d[1].is_none_or(|c| c == 3));
+    let input_ok = tensor_dims(input).is_some_and(|d| d.len() == 4 && d[1].is_none_or(|c| c == 3));
     if !input_ok {
         return Err(model_error(
             path,
@@ -171,7 +153,7 @@ pub fn dynamic_shape_model(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> 
     set_dynamic_shape(input, 3, "H", "W");
     let outputs_ok = graph.output.len() == OUTPUT_CHANNELS.len()
         && graph.output.iter().zip(OUTPUT_CHANNELS).all(|(o, c)| {
-            dims(o).is_none_or(|d| d.len() == 4 && d[1].is_none_or(|have| have == c))
+            tensor_dims(o).is_none_or(|d| d.len() == 4 && d[1].is_none_or(|have| have == c))
         });
     if !outputs_ok {
         let found: Vec<String> = graph

@@ -265,6 +265,9 @@ pub fn l2_norm(adv: &Tensor, x: &Tensor) -> Tensor {
 /// feature, take `steps` steps `z <- z - eps * grad_z L(Dec(z))` (the paper's ascent of the
 /// cosine loss J, with our sign convention), and return `(Dec(z_n), Dec(z_0))`: the adversarial
 /// image and the unattacked reconstruction.
+///
+/// With `unit_steps` each step is instead `eps * g / |g|` (g per face): a step of fixed latent
+/// length, for models whose latent gradients are too small for the raw step to move `z` far.
 pub fn on_manifold(
     model: &AVae,
     recognizer: &Recognizer,
@@ -272,6 +275,7 @@ pub fn on_manifold(
     x: &Tensor,
     steps: usize,
     eps: f64,
+    unit_steps: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (mu, _, skip) = tch::no_grad(|| model.encode(x));
     let recon = tch::no_grad(|| model.decode(&mu, &skip));
@@ -283,7 +287,13 @@ pub fn on_manifold(
         let grad = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&zv], false, false)
             .pop()
             .context("no gradient reached the latent")?;
-        z = zv.detach() - grad * eps;
+        let step = if unit_steps {
+            let norm = grad.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+            grad / norm * eps
+        } else {
+            grad * eps
+        };
+        z = zv.detach() - step;
     }
     let adv = tch::no_grad(|| model.decode(&z, &skip));
     Ok((adv, recon))

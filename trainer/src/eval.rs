@@ -81,6 +81,8 @@ pub struct EvalOptions {
     pub manifold_steps: usize,
     /// On-manifold attack: latent step size epsilon.
     pub manifold_eps: f64,
+    /// Stronger on-manifold variant: latent L2 length of each (normalised) step.
+    pub manifold_unit_step: f64,
     /// Pairs per attack batch.
     pub chunk: usize,
     /// Rows of each image grid.
@@ -178,6 +180,9 @@ pub struct EvalArgs {
     /// On-manifold latent step epsilon (paper: 20)
     #[arg(long, default_value_t = 20.0)]
     manifold_eps: f64,
+    /// Latent L2 length of each step of the normalised on-manifold variant
+    #[arg(long, default_value_t = 4.0)]
+    manifold_unit_step: f64,
     /// Purifier backend on the CPU (auto, ort, tract)
     #[arg(long, default_value = "auto")]
     backend: String,
@@ -260,6 +265,7 @@ impl EvalArgs {
             },
             manifold_steps: self.manifold_steps,
             manifold_eps: self.manifold_eps,
+            manifold_unit_step: self.manifold_unit_step,
             chunk: self.chunk,
             grid_rows: self.grid_rows,
             seed: self.seed,
@@ -587,8 +593,9 @@ const GREY_COLUMNS: [(&str, &str); 5] = [
 ];
 
 /// The on-manifold table's columns.
-const MANIFOLD_COLUMNS: [(&str, &str); 2] = [
+const MANIFOLD_COLUMNS: [(&str, &str); 3] = [
     ("manifold", "On-manifold attack"),
+    ("manifold_unit", "On-manifold, unit steps"),
     ("recon", "Dec(E(x)), no attack"),
 ];
 
@@ -764,6 +771,16 @@ impl Evaluation<'_> {
                 &x,
                 opts.manifold_steps,
                 opts.manifold_eps,
+                false,
+            )?;
+            let (manifold_unit, _) = attack::on_manifold(
+                generator,
+                &self.recognizer,
+                &target,
+                &x,
+                opts.manifold_steps,
+                opts.manifold_unit_step,
+                true,
             )?;
             for (key, adv) in [
                 ("fgsm4", fgsm(&x, &grad, attack::unit_eps(4.0))),
@@ -771,6 +788,7 @@ impl Evaluation<'_> {
                 ("pgd8", pgd8),
                 ("cw", cw),
                 ("manifold", manifold),
+                ("manifold_unit", manifold_unit),
                 ("recon", recon),
             ] {
                 parts.entry(key).or_default().push(quantize(&adv));
@@ -1009,6 +1027,7 @@ impl Evaluation<'_> {
             ("pgd8", "grey-box PGD eps=8"),
             ("cw", "grey-box C&W L2"),
             ("manifold", "on-manifold attack"),
+            ("manifold_unit", "on-manifold attack, unit steps"),
         ] {
             if let Some(p) = purified.get(key) {
                 grids.push(Grid {
@@ -1146,13 +1165,21 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let t = Instant::now();
     let probes = ev.grey_box_attacks(&generator, thresholds[0])?;
     stage_done(&mut seconds, "grey-box attacks", t);
-    let perturbation_l2 = ["fgsm4", "fgsm8", "pgd8", "cw"]
-        .iter()
-        .map(|k| {
-            let l2 = attack::l2_norm(&probes[k], &ev.probe).mean(Kind::Float);
-            (k.to_string(), l2.double_value(&[]))
-        })
-        .collect();
+    let perturbation_l2 = [
+        "fgsm4",
+        "fgsm8",
+        "pgd8",
+        "cw",
+        "manifold",
+        "manifold_unit",
+        "recon",
+    ]
+    .iter()
+    .map(|k| {
+        let l2 = attack::l2_norm(&probes[k], &ev.probe).mean(Kind::Float);
+        (k.to_string(), l2.double_value(&[]))
+    })
+    .collect();
 
     let t = Instant::now();
     let results = ev.evaluate_defenses(&mut defenses, &probes, &thresholds)?;

@@ -200,7 +200,8 @@ impl Recognizer {
         crop_size: i64,
     ) -> Result<Self> {
         check_model(path)?;
-        let graph = OnnxGraph::load(path)?;
+        let mut graph = OnnxGraph::load(path)?;
+        graph.optimize_for_cpu();
         ensure!(
             graph.input_names().len() == 1,
             "'{}' should have one input, has {:?}",
@@ -278,9 +279,12 @@ impl Recognizer {
 
     /// Embeddings `[N, 512]` (not normalised) of recognizer inputs `[N, 3, 112, 112]`.
     pub fn embed_input(&self, input: &Tensor) -> Result<Tensor> {
+        // Channels-last strides: libtorch's CPU convolutions of this network run several
+        // times faster on them than on NCHW (and the layout carries through every layer).
+        let input = channels_last(input);
         let out = self
             .graph
-            .run(&[input])?
+            .run(&[&input])?
             .into_iter()
             .next()
             .context("the recognizer returned no output")?;
@@ -320,6 +324,11 @@ impl Recognizer {
         }
         Ok(Tensor::cat(&parts, 0))
     }
+}
+
+/// The same values as `x` `[N, C, H, W]` with channels-last strides (differentiable).
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// A decoded RGB image as a packed frame for the plugin's image and detection code.

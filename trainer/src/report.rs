@@ -4,22 +4,14 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
 
 use crate::data::write_atomic;
 use crate::eval::{Cell, EvalSummary, Grid, Table};
-use crate::plot::face_grid;
-
-/// Font file used when `AVAE_TRAINER_FONT` is not set (as in [`crate::plot`]).
-const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
-/// Font family under which the report registers its font.
-const FAMILY: &str = "avae-report";
+use crate::plot::{FAMILY, ensure_font, face_grid};
 
 /// The paper's Table 1 (grey-box; same / different / average): clean, FGSM 4, FGSM 8, PGD 8,
 /// C&W.
@@ -190,27 +182,6 @@ pub const PAPER_MANIFOLD: [(&str, [f64; 3]); 9] = [
 
 /// A row of one of the paper's tables: defense and its (same, different, average) cells.
 type PaperRow<'a> = (&'a str, Vec<[f64; 3]>);
-
-/// Registers the report's label font once per process.
-fn ensure_font() -> Result<()> {
-    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
-    LOADED
-        .get_or_init(|| {
-            let path = std::env::var_os("AVAE_TRAINER_FONT")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_FONT));
-            let bytes = fs::read(&path)
-                .map_err(|e| format!("cannot read the plot font '{}' ({e})", path.display()))?;
-            register_font(
-                FAMILY,
-                FontStyle::Normal,
-                Box::leak(bytes.into_boxed_slice()),
-            )
-            .map_err(|_| format!("'{}' is not a TrueType font", path.display()))
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
 
 fn fmt_cell(c: &[f64; 3]) -> String {
     format!("{:.3} / {:.3} / {:.3}", c[0], c[1], c[2])
@@ -453,8 +424,15 @@ fn readme(summary: &EvalSummary, grids: &[Grid]) -> Result<String> {
         "- **On-manifold** (Table 3, paper eq. 8): z = the encoder's posterior mean of the probe, \
          {} steps z <- z - {} grad_z L(Dec(z)) through the bundle's own generator weights \
          (rebuilt in tch from `encoder.onnx` and `decoder.onnx`), adversarial image Dec(z_n). \
-         The second column is Dec(z_0) without any attack: what the reconstruction alone does.",
-        o.manifold_steps, o.manifold_eps
+         The second column (ours, not in the paper) takes {} steps of fixed latent length {} \
+         along the normalised gradient, z <- z - {} g/|g|, because this model's latent \
+         gradients are small enough that the paper's raw step barely moves z. The third column \
+         is Dec(z_0) without any attack: what the reconstruction alone does.",
+        o.manifold_steps,
+        o.manifold_eps,
+        o.manifold_steps,
+        o.manifold_unit_step,
+        o.manifold_unit_step
     );
     let _ = writeln!(
         s,
@@ -499,7 +477,9 @@ fn readme(summary: &EvalSummary, grids: &[Grid]) -> Result<String> {
     }
     let _ = writeln!(
         s,
-        "Mean L2 norm of the grey-box perturbations ([0, 1] pixel units):"
+        "Mean L2 distance of the adversarial probes from the clean ones ([0, 1] pixel units; \
+         for the on-manifold attacks and the reconstruction this includes the reconstruction's \
+         own error):"
     );
     for (k, v) in &summary.perturbation_l2 {
         let _ = write!(s, " {k} {v:.3};");

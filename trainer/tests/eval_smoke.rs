@@ -3,10 +3,11 @@
 //! on a handful of pairs with the untrained test bundle and tiny settings. Checks that FGSM and
 //! PGD lower the undefended accuracy and that every report file is written.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Pairs kept per kind and fold of the cut-down `pairs.txt`.
 const PER_KIND: usize = 3;
@@ -15,19 +16,9 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The trainer binary run from the workspace root.
 fn trainer(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .current_dir(workspace())
-        .output()
-        .expect("the trainer binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "trainer {args:?} failed:\n{text}");
-    text
+    common::trainer(args, &workspace())
 }
 
 /// Copies the images of the first `PER_KIND` pairs of each kind of every fold of the shared
@@ -165,6 +156,13 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         rows.contains(&"avae-bpda") && rows.contains(&"avae-eot"),
         "{rows:?}"
     );
+    let manifold = &summary["tables"][2]["rows"][0]["cells"];
+    for cond in ["manifold", "manifold_unit", "recon"] {
+        assert!(
+            manifold[cond]["average"].is_f64(),
+            "{cond} missing: {manifold}"
+        );
+    }
     for file in [
         "README.md",
         "summary.json",
@@ -175,6 +173,7 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         "grid-pgd8.png",
         "grid-cw.png",
         "grid-manifold.png",
+        "grid-manifold_unit.png",
         "grid-whitebox-pgd8.png",
     ] {
         assert!(

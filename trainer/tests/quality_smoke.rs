@@ -1,9 +1,11 @@
 //! Smoke test of `trainer quality` and `trainer report`: a synthetic LFW-layout dataset, two
 //! training steps of the tiny preset for a run folder, and the untrained test bundle.
 
+mod common;
+
+use common::trainer;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -11,21 +13,6 @@ use serde_json::Value;
 const TEST_PEOPLE: [(&str, u32); 4] = [("Ann_A", 2), ("Bob_B", 2), ("Cid_C", 1), ("Dee_D", 1)];
 /// Training people.
 const TRAIN_PEOPLE: [(&str, u32); 2] = [("Eve_E", 2), ("Fay_F", 2)];
-
-fn trainer(args: &[&str], cwd: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the trainer binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "trainer {args:?} failed:\n{text}");
-    text
-}
 
 /// Synthetic 250x250 "faces": a coloured disc on a gradient, different for every image.
 fn build_dataset(root: &Path) {

@@ -1,6 +1,9 @@
 //! End-to-end smoke test of the `trainer` binary: `prepare` on a handful of identities, three
 //! training steps of the tiny preset, then a resume for two more.
 
+mod common;
+
+use common::trainer;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,21 +11,6 @@ use std::process::Command;
 /// Identities of the temporary dataset: fold-1 people first (they form the test split).
 const FOLD1_PEOPLE: [&str; 2] = ["Abel_Pacheco", "Akhmed_Zakayev"];
 const TRAIN_PEOPLE: [&str; 3] = ["Aaron_Peirsol", "Aaron_Sorkin", "Abdullah_Gul"];
-
-fn trainer(args: &[&str], cwd: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the trainer binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "trainer {args:?} failed:\n{text}");
-    text
-}
 
 /// A small LFW-layout dataset: real LFW images when the shared copy exists, else synthetic PNGs,
 /// plus a `pairs.txt` whose fold 1 names the test people, and one corrupt file to be skipped.
