@@ -268,23 +268,20 @@ impl OnnxGraph {
     /// beyond 1e-38: subnormal weights (this recognizer has about 4,500, mostly in its 1x1
     /// expansion convolutions) become 0, because arithmetic on subnormals is many times slower
     /// on x86, and 4-D weights get channels-last strides, the layout libtorch's CPU
-    /// convolutions are fastest on. Returns how many weights were flushed.
-    pub fn optimize_for_cpu(&mut self) -> i64 {
-        let mut flushed = 0;
+    /// convolutions are fastest on.
+    pub fn optimize_for_cpu(&mut self) {
         for t in self.constants.values_mut() {
             if t.is_floating_point() {
                 let subnormal = t
                     .abs()
                     .lt(f64::from(f32::MIN_POSITIVE))
                     .logical_and(&t.not_equal(0.0));
-                flushed += subnormal.sum(Kind::Int64).int64_value(&[]);
                 *t = t.where_self(&subnormal.logical_not(), &t.zeros_like());
             }
             if t.dim() == 4 {
-                *t = crate::recognizer::channels_last(t);
+                *t = channels_last(t);
             }
         }
-        flushed
     }
 
     /// Runs the graph on `inputs` (in declared input order) and returns its outputs in declared
@@ -348,6 +345,11 @@ impl OnnxGraph {
             })
             .collect()
     }
+}
+
+/// The same values as `x` `[N, C, H, W]` with channels-last strides (differentiable).
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 fn arg<'a>(args: &[&'a Tensor], k: usize, what: &str) -> Result<&'a Tensor> {

@@ -24,7 +24,7 @@ use gstavaepurify::engine::{Backend, Device as EngineDevice};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{CropSpec, progress_bar};
-use crate::onnx_tch::OnnxGraph;
+use crate::onnx_tch::{OnnxGraph, channels_last};
 
 /// sha256 of `fr_feature.onnx` in `faceplugin-face-recognition-js@0.0.1`.
 pub const MODEL_SHA256: &str = "87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581";
@@ -324,11 +324,6 @@ impl Recognizer {
         }
         Ok(Tensor::cat(&parts, 0))
     }
-}
-
-/// The same values as `x` `[N, C, H, W]` with channels-last strides (differentiable).
-pub fn channels_last(x: &Tensor) -> Tensor {
-    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// A decoded RGB image as a packed frame for the plugin's image and detection code.
