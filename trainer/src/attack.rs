@@ -261,42 +261,53 @@ pub fn l2_norm(adv: &Tensor, x: &Tensor) -> Tensor {
         .norm_scalaropt_dim(2, [1], false)
 }
 
-/// The on-manifold attack (paper eq. 8): encode the probe to its posterior mean `z` and skip
-/// feature, take `steps` steps `z <- z - eps * grad_z L(Dec(z))` (the paper's ascent of the
-/// cosine loss J, with our sign convention), and return `(Dec(z_n), Dec(z_0))`: the adversarial
-/// image and the unattacked reconstruction.
-///
-/// With `unit_steps` each step is instead `eps * g / |g|` (g per face): a step of fixed latent
-/// length, for models whose latent gradients are too small for the raw step to move `z` far.
+/// How one on-manifold attack steps through the latent space.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LatentStep {
+    /// The paper's raw step `z <- z - eps * g`.
+    Gradient(f64),
+    /// A step of fixed latent length, `z <- z - eps * g / |g|` (g per face), for models whose
+    /// latent gradients are too small for the raw step to move `z` far.
+    Unit(f64),
+}
+
+/// The on-manifold attack (paper eq. 8): encode the probe once to its posterior mean `z` and
+/// skip feature, then for each entry of `variants` take `steps` steps of that kind down the
+/// attack loss `L(Dec(z))` (the paper's ascent of the cosine loss J, with our sign convention).
+/// Returns `Dec(z_n)` per variant (the adversarial images) and `Dec(z_0)` (the unattacked
+/// reconstruction).
 pub fn on_manifold(
     model: &AVae,
     recognizer: &Recognizer,
     target: &Target,
     x: &Tensor,
     steps: usize,
-    eps: f64,
-    unit_steps: bool,
-) -> Result<(Tensor, Tensor)> {
+    variants: &[LatentStep],
+) -> Result<(Vec<Tensor>, Tensor)> {
     let (mu, _, skip) = tch::no_grad(|| model.encode(x));
     let recon = tch::no_grad(|| model.decode(&mu, &skip));
-    let mut z = mu;
-    for _ in 0..steps {
-        let zv = z.detach().set_requires_grad(true);
-        let image = model.decode(&zv, &skip);
-        let loss = target.loss(&recognizer.embed(&image, &target.align)?);
-        let grad = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&zv], false, false)
-            .pop()
-            .context("no gradient reached the latent")?;
-        let step = if unit_steps {
-            let norm = grad.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
-            grad / norm * eps
-        } else {
-            grad * eps
-        };
-        z = zv.detach() - step;
+    let mut adversarial = Vec::with_capacity(variants.len());
+    for variant in variants {
+        let mut z = mu.shallow_clone();
+        for _ in 0..steps {
+            let zv = z.detach().set_requires_grad(true);
+            let image = model.decode(&zv, &skip);
+            let loss = target.loss(&recognizer.embed(&image, &target.align)?);
+            let grad = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&zv], false, false)
+                .pop()
+                .context("no gradient reached the latent")?;
+            let step = match *variant {
+                LatentStep::Gradient(eps) => grad * eps,
+                LatentStep::Unit(eps) => {
+                    let norm = grad.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+                    grad / norm * eps
+                }
+            };
+            z = zv.detach() - step;
+        }
+        adversarial.push(tch::no_grad(|| model.decode(&z, &skip)));
     }
-    let adv = tch::no_grad(|| model.decode(&z, &skip));
-    Ok((adv, recon))
+    Ok((adversarial, recon))
 }
 
 /// Rebuilds the tch generator of a bundle from the weights of its `encoder.onnx` and

@@ -29,7 +29,8 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::attack::{
-    self, Bpda, CwParams, GreyBox, LossGradient, PgdParams, Target, carlini_wagner, fgsm, pgd,
+    self, Bpda, CwParams, GreyBox, LatentStep, LossGradient, PgdParams, Target, carlini_wagner,
+    fgsm, pgd,
 };
 use crate::data::{FaceSet, progress_bar, to_unit_range, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
@@ -764,24 +765,20 @@ impl Evaluation<'_> {
             let (_, grad) = grey.loss_and_grad(&x)?;
             let cw = carlini_wagner(&x, &target.sign, threshold, &opts.cw, &mut grey)?;
             let pgd8 = pgd(&x, &opts.pgd, &mut grey, &mut rng)?;
-            let (manifold, recon) = attack::on_manifold(
+            let (latent_attacks, recon) = attack::on_manifold(
                 generator,
                 &self.recognizer,
                 &target,
                 &x,
                 opts.manifold_steps,
-                opts.manifold_eps,
-                false,
+                &[
+                    LatentStep::Gradient(opts.manifold_eps),
+                    LatentStep::Unit(opts.manifold_unit_step),
+                ],
             )?;
-            let (manifold_unit, _) = attack::on_manifold(
-                generator,
-                &self.recognizer,
-                &target,
-                &x,
-                opts.manifold_steps,
-                opts.manifold_unit_step,
-                true,
-            )?;
+            let [manifold, manifold_unit]: [Tensor; 2] = latent_attacks
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("internal error: two on-manifold attacks expected"))?;
             for (key, adv) in [
                 ("fgsm4", fgsm(&x, &grad, attack::unit_eps(4.0))),
                 ("fgsm8", fgsm(&x, &grad, attack::unit_eps(8.0))),
