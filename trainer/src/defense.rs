@@ -186,7 +186,7 @@ impl Defense {
 }
 
 /// JPEG round trip of every crop at `quality`.
-fn jpeg(x: &Tensor, quality: u8) -> Result<Tensor> {
+pub fn jpeg(x: &Tensor, quality: u8) -> Result<Tensor> {
     let size = x.size();
     let (n, s) = (size[0], size[2]);
     let side = u32::try_from(s)?;

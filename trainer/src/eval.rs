@@ -34,6 +34,7 @@ use crate::attack::{
 };
 use crate::data::{FaceSet, progress_bar, to_unit_range, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
+use crate::lab;
 use crate::model::AVae;
 use crate::recognizer::{Alignment, Landmarks, Recognizer, cosine, detect_landmarks};
 use crate::report;
@@ -48,6 +49,8 @@ pub struct EvalOptions {
     pub command: String,
     /// The A-VAE bundle to evaluate (what ships).
     pub bundle: PathBuf,
+    /// With `--lab`: every bundle of the side-by-side table (else empty).
+    pub lab_bundles: Vec<PathBuf>,
     /// Report folder to (re)write.
     pub report: PathBuf,
     /// Folder of the crop cache.
@@ -70,6 +73,8 @@ pub struct EvalOptions {
     /// Inference backend of the purifier.
     #[serde(skip)]
     pub backend: Backend,
+    /// `--tau` as given (the lab uses each bundle's own tau without it).
+    pub tau_given: Option<f32>,
     /// K: draws of the purifier's randomness per white-box gradient (EOT).
     pub eot: usize,
     /// Grey-box PGD.
@@ -106,9 +111,13 @@ mod defaults {
 /// Arguments of `trainer eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// A-VAE bundle folder to evaluate
+    /// A-VAE bundle folder to evaluate (with --lab: repeat it, one table row per bundle)
     #[arg(long, default_value = "models/avae-cpu")]
-    bundle: PathBuf,
+    bundle: Vec<PathBuf>,
+    /// The robustness lab: a quick side-by-side table of the given bundles (200 pairs; clean,
+    /// FGSM 8, PGD 8, BPDA PGD 8, PSNR, ms/face) instead of the full report
+    #[arg(long)]
+    lab: bool,
     /// Report folder to (re)write
     #[arg(long, default_value = "reports")]
     report: PathBuf,
@@ -127,9 +136,9 @@ pub struct EvalArgs {
     /// How face crops are mapped to the recognizer's 112x112 input
     #[arg(long, value_enum, default_value_t = Alignment::Landmarks)]
     alignment: Alignment,
-    /// Fold-1 pairs to evaluate (half same, half different; at most 600)
-    #[arg(long, default_value_t = defaults::PAIRS)]
-    pairs: usize,
+    /// Fold-1 pairs to evaluate (half same, half different; at most 600) [default: 600, --lab 200]
+    #[arg(long)]
+    pairs: Option<usize>,
     /// Different-identity pairs of folds 2-10 for the 1% FAR thresholds [default: 900, --fast 300]
     #[arg(long)]
     calib_pairs: Option<usize>,
@@ -209,8 +218,23 @@ impl EvalArgs {
     pub fn into_options(self) -> Result<EvalOptions> {
         let pick =
             |v: Option<usize>, d: (usize, usize)| v.unwrap_or(if self.fast { d.1 } else { d.0 });
-        let bundle = Bundle::load(&self.bundle)
-            .with_context(|| format!("cannot load the bundle '{}'", self.bundle.display()))?;
+        let first = self
+            .bundle
+            .first()
+            .cloned()
+            .context("--bundle: at least one bundle folder is needed")?;
+        ensure!(
+            self.lab || self.bundle.len() == 1,
+            "--bundle was given {} times: only --lab compares several bundles",
+            self.bundle.len()
+        );
+        let bundle = Bundle::load(&first)
+            .with_context(|| format!("cannot load the bundle '{}'", first.display()))?;
+        let lab_pairs = if self.lab {
+            lab::PAIRS
+        } else {
+            defaults::PAIRS
+        };
         let pairs_file = match self.pairs_file.clone() {
             Some(p) => p,
             None => crate::data::default_dataset_dir()
@@ -221,7 +245,12 @@ impl EvalArgs {
         let args: Vec<String> = std::env::args().skip(1).collect();
         Ok(EvalOptions {
             command: format!("trainer {}", args.join(" ")),
-            bundle: self.bundle.clone(),
+            bundle: first,
+            lab_bundles: if self.lab {
+                self.bundle.clone()
+            } else {
+                Vec::new()
+            },
             report: self.report.clone(),
             data: self.data.clone(),
             data_name: self.data_name.clone(),
@@ -231,10 +260,23 @@ impl EvalArgs {
                 .clone()
                 .unwrap_or_else(crate::recognizer::default_model_path),
             alignment: self.alignment,
-            pairs: self.pairs,
-            calib_pairs: pick(self.calib_pairs, defaults::CALIB_PAIRS),
+            pairs: self.pairs.unwrap_or(lab_pairs),
+            calib_pairs: pick(
+                self.calib_pairs,
+                if self.lab {
+                    (lab::CALIB_PAIRS, lab::CALIB_PAIRS)
+                } else {
+                    defaults::CALIB_PAIRS
+                },
+            ),
             purify: PurifyParams {
-                samples: pick(self.samples, defaults::SAMPLES),
+                samples: self.samples.unwrap_or(if self.lab {
+                    lab::SAMPLES
+                } else if self.fast {
+                    defaults::SAMPLES.1
+                } else {
+                    defaults::SAMPLES.0
+                }),
                 batch: self.batch,
                 tau: self.tau.unwrap_or(bundle.manifest.tau),
             },
@@ -242,6 +284,7 @@ impl EvalArgs {
                 .backend
                 .parse()
                 .with_context(|| format!("--backend '{}'", self.backend))?,
+            tau_given: self.tau,
             eot: pick(self.eot, defaults::EOT),
             pgd: PgdParams {
                 eps: 8.0,
@@ -280,6 +323,9 @@ pub fn main(args: EvalArgs) -> Result<()> {
         tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(i32::MAX));
     }
     let opts = args.into_options()?;
+    if !opts.lab_bundles.is_empty() {
+        return lab::run(&opts);
+    }
     let summary = run(&opts)?;
     let avae = summary
         .tables
@@ -376,7 +422,7 @@ pub struct EvalSummary {
 
 /// A 64-bit mix of a seed and a few integers (splitmix64 steps), for per-face seeds that do not
 /// depend on batching.
-fn mix(seed: u64, parts: &[u64]) -> u64 {
+pub(crate) fn mix(seed: u64, parts: &[u64]) -> u64 {
     let mut x = seed;
     for &p in parts {
         x ^= p.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -451,7 +497,7 @@ fn spread(len: usize, count: usize) -> Vec<usize> {
 }
 
 /// The evaluation pairs: `(gallery index, probe index, same)`.
-fn test_pairs(set: &FaceSet, count: usize) -> Result<Vec<(i64, i64, bool)>> {
+pub(crate) fn test_pairs(set: &FaceSet, count: usize) -> Result<Vec<(i64, i64, bool)>> {
     let all = &set.index.pairs;
     ensure!(
         !all.is_empty(),
@@ -474,7 +520,11 @@ fn test_pairs(set: &FaceSet, count: usize) -> Result<Vec<(i64, i64, bool)>> {
 }
 
 /// Calibration impostor pairs `(a, b)` as cache indices, spread over folds 2 to 10.
-fn calibration_pairs(set: &FaceSet, pairs_file: &Path, count: usize) -> Result<Vec<(i64, i64)>> {
+pub(crate) fn calibration_pairs(
+    set: &FaceSet,
+    pairs_file: &Path,
+    count: usize,
+) -> Result<Vec<(i64, i64)>> {
     let by_file: BTreeMap<&str, i64> = set
         .index
         .images
@@ -544,7 +594,7 @@ pub fn verify(scores: &[f32], same: &[bool], threshold: f64) -> Cell {
 }
 
 /// Seed streams of the evaluation (mixed with the pair index).
-mod stream {
+pub(crate) mod stream {
     pub const GALLERY: u64 = 1;
     pub const PROBE: u64 = 2;
     pub const CALIB: u64 = 3;
@@ -552,7 +602,7 @@ mod stream {
 }
 
 /// Defended unit embeddings of `faces`, a chunk at a time; `seeds[i]` seeds face i.
-fn defended_embeddings(
+pub(crate) fn defended_embeddings(
     recognizer: &Recognizer,
     defense: &mut Defense,
     faces: &Tensor,
@@ -577,7 +627,7 @@ fn defended_embeddings(
 }
 
 /// Per-pair cosine similarities as a vector.
-fn scores_of(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn scores_of(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(&cosine(a, b).to_kind(Kind::Float))?)
 }
 
@@ -1053,7 +1103,7 @@ impl Evaluation<'_> {
 }
 
 /// The warps of the gallery, probe and calibration images (`index_sets`), in that order.
-fn warps(
+pub(crate) fn warps(
     set: &FaceSet,
     opts: &EvalOptions,
     recognizer: &Recognizer,
@@ -1072,7 +1122,7 @@ fn warps(
 
 /// Records and prints how long a stage took (progress bars are hidden when the output is not a
 /// terminal, so long runs still log their progress).
-fn stage_done(seconds: &mut BTreeMap<String, f64>, stage: &str, since: Instant) {
+pub(crate) fn stage_done(seconds: &mut BTreeMap<String, f64>, stage: &str, since: Instant) {
     let s = since.elapsed().as_secs_f64();
     println!("{stage}: {s:.0} s");
     seconds.insert(stage.to_owned(), s);

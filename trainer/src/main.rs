@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use avae_trainer::data::{self, CropSpec, FaceSet, PrepareOptions};
+use avae_trainer::denoise::Denoise;
 use avae_trainer::quality::{self, QualityOptions};
 use avae_trainer::template;
 use avae_trainer::train::{self, DeviceChoice, Hyper, Objective, TrainOptions};
@@ -206,6 +207,19 @@ struct TrainArgs {
     /// Name prefix of the crop cache
     #[arg(long, default_value = "lfw")]
     data_name: String,
+    /// Denoising training: probability that a step's encoder input is perturbed (sign noise,
+    /// blur, JPEG or a signed-gradient step against the encoder); 0 = off
+    #[arg(long, default_value_t = 0.0)]
+    denoise: f64,
+    /// Largest L-inf size of the denoising perturbations, in 1/255
+    #[arg(long, default_value_t = 8.0)]
+    denoise_eps: f64,
+    /// Gaussian noise on the skip feature in training, relative to its standard deviation
+    #[arg(long, default_value_t = 0.0)]
+    skip_noise: f64,
+    /// Start a new run from this bundle's generator weights (fine-tuning; fresh critic)
+    #[arg(long)]
+    init_bundle: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -253,8 +267,14 @@ fn run_train(args: TrainArgs) -> Result<()> {
             lambda_c: args.lambda_c,
             ema_decay: args.ema_decay,
             seed: args.seed,
+            denoise: Denoise {
+                p: args.denoise,
+                eps_255: args.denoise_eps,
+            },
+            skip_noise: args.skip_noise,
             ..Hyper::default()
         },
+        init_bundle: args.init_bundle,
     };
     let summary = train::train(&opts)?;
     println!(

@@ -25,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
 use crate::data::{self, BatchLoader, FaceSet, Split, write_atomic};
+use crate::denoise::Denoise;
 use crate::model::{AVae, Discriminator, MAPPING_GROUP};
 use crate::plot::{self, Series};
 
@@ -131,6 +132,13 @@ pub struct Hyper {
     pub ema_decay: f64,
     /// Seed of every random draw (batches, flips, latents, initial weights).
     pub seed: u64,
+    /// Denoising training: what the encoder sees (see `denoise.rs`; off by default).
+    #[serde(default)]
+    pub denoise: Denoise,
+    /// Standard deviation of the Gaussian noise added to the skip feature in training, relative
+    /// to the batch's skip standard deviation (0 = off).
+    #[serde(default)]
+    pub skip_noise: f64,
 }
 
 impl Default for Hyper {
@@ -144,6 +152,8 @@ impl Default for Hyper {
             drift_weight: 1e-3,
             ema_decay: 0.999,
             seed: 0,
+            denoise: Denoise::default(),
+            skip_noise: 0.0,
         }
     }
 }
@@ -177,6 +187,9 @@ pub struct TrainOptions {
     pub data_name: String,
     /// Loss and optimiser settings.
     pub hyper: Hyper,
+    /// Start a new run from the generator weights of this bundle (fine-tuning; the critic
+    /// starts fresh).
+    pub init_bundle: Option<PathBuf>,
 }
 
 /// Contents of `checkpoint.json`: the latest complete checkpoint of a run.
@@ -385,6 +398,23 @@ impl Models {
                 let _ = e.lerp_(g, 1.0 - d);
             }
         });
+    }
+
+    /// Copies the generator weights of a bundle into the generator and its EMA copy.
+    fn init_from_bundle(&mut self, dir: &Path, cfg: &Config) -> Result<()> {
+        let bundle = gstavaepurify::bundle::Bundle::load(dir)
+            .with_context(|| format!("--init-bundle '{}'", dir.display()))?;
+        ensure!(
+            bundle.manifest.preset == cfg.name,
+            "--init-bundle '{}' holds a '{}' model, not '{}'",
+            dir.display(),
+            bundle.manifest.preset,
+            cfg.name
+        );
+        let (src_vs, _) = crate::attack::generator_from_bundle(&bundle)?;
+        self.gen_vs.copy(&src_vs)?;
+        self.ema_vs.copy(&src_vs)?;
+        Ok(())
     }
 
     fn load(&mut self, run: &Path, meta: &CheckpointMeta) -> Result<()> {
@@ -636,12 +666,21 @@ fn train_step(
     opt_g: &mut nn::Optimizer,
     opt_d: &mut nn::Optimizer,
     x: &Tensor,
+    x_in: &Tensor,
     objective: Objective,
     h: &Hyper,
 ) -> Losses {
+    // The critic and the consistency target always see the clean face `x`; the encoder sees
+    // `x_in` (the same face, perturbed under denoising training).
     let x32 = models.generator.downsample(x);
     let cond = objective.conditional().then_some(&x32);
-    let (mu, logvar, skip) = models.generator.encode(x);
+    let (mu, logvar, skip) = models.generator.encode(x_in);
+    let skip = if h.skip_noise > 0.0 {
+        let scale = skip.std(true).detach() * h.skip_noise;
+        &skip + skip.randn_like() * scale
+    } else {
+        skip
+    };
     let z = sample_z(&mu, &logvar, &mu.randn_like());
     let fake = models.generator.decode(&z, &skip);
 
@@ -778,7 +817,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let mut models = Models::new(&cfg, opts.objective, device)?;
     if let Some(meta) = &resumed {
         models.load(&opts.out, meta)?;
+    } else if let Some(dir) = &opts.init_bundle {
+        models.init_from_bundle(dir, &cfg)?;
     }
+    let mut denoise_rng = StdRng::seed_from_u64(h.seed ^ 0xD3_0153 ^ start);
     let mut opt_g = adam(&models.gen_vs, h.lr)?;
     opt_g.set_lr_group(MAPPING_GROUP, h.lr * cfg.mapping_lr_mul);
     let mut opt_d = adam(&models.critic_vs, h.lr)?;
@@ -814,7 +856,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     for step in start + 1..=opts.steps {
         let t0 = Instant::now();
         let x = loader.next_batch(h.batch);
-        let losses = train_step(&mut models, &mut opt_g, &mut opt_d, &x, opts.objective, h);
+        let family = h.denoise.draw(&mut denoise_rng);
+        let x_in = h
+            .denoise
+            .perturb(family, &x, &models.generator, &mut denoise_rng)?;
+        let losses = train_step(
+            &mut models,
+            &mut opt_g,
+            &mut opt_d,
+            &x,
+            &x_in,
+            opts.objective,
+            h,
+        );
         models.update_ema(h.ema_decay, step);
         let dt = t0.elapsed().as_secs_f64();
         train_seconds += dt;
@@ -830,6 +884,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 "kind": "train", "step": step, "d_loss": losses.d_loss, "d_wgan": losses.d_wgan,
                 "gp": losses.gp, "drift": losses.drift, "g_adv": losses.g_adv, "kl": losses.kl,
                 "consistency": losses.consistency, "g_loss": losses.g_loss, "s_per_step": dt,
+                "denoise": family.index(),
                 "elapsed_s": started.elapsed().as_secs_f64(),
             }),
             &mut history,

@@ -186,5 +186,53 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         readme.contains("Table 1") && readme.contains("paper: A-VAE"),
         "{readme}"
     );
+
+    // The robustness lab on the same data: two bundles side by side, one row each.
+    let lab = root.join("lab");
+    let out = trainer(&[
+        "eval",
+        "--lab",
+        "--bundle",
+        "tests/data/bundle-tiny",
+        "--bundle",
+        "tests/data/bundle-tiny",
+        "--report",
+        lab.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--pairs-file",
+        pairs_file.to_str().unwrap(),
+        "--pairs",
+        "6",
+        "--samples",
+        "2",
+        "--calib-pairs",
+        "27",
+        "--pgd-steps",
+        "3",
+        "--whitebox-pgd-steps",
+        "2",
+        "--chunk",
+        "6",
+        "--backend",
+        "tract",
+        "--threads",
+        "1",
+    ]);
+    assert!(out.contains("| defense |"), "{out}");
+    let lab_json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(lab.join("lab.json")).unwrap()).unwrap();
+    let rows = lab_json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "none, down-up and two bundles: {lab_json}");
+    let none_lab = &rows[0]["accuracy"];
+    assert!(
+        none_lab["pgd8"].as_f64().unwrap() < none_lab["clean"].as_f64().unwrap(),
+        "PGD did not lower the undefended accuracy in the lab: {none_lab}"
+    );
+    for row in &rows[2..] {
+        assert!(row["accuracy"]["bpda_pgd8"].is_f64(), "{row}");
+        assert!(row["ms_per_face"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    assert!(lab.join("lab.md").is_file());
     fs::remove_dir_all(&root).unwrap();
 }
