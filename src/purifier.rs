@@ -144,6 +144,13 @@ impl Purifier {
         all
     }
 
+    /// The decoder batch actually used for a requested `batch`: at most [`batch_limit`] of
+    /// this bundle, so that a huge `batch` cannot exhaust memory (the result does not depend
+    /// on the batch).
+    pub fn effective_batch(&self, batch: usize) -> usize {
+        batch.min(batch_limit(&self.bundle.manifest))
+    }
+
     /// Seconds spent inside engine calls since load (for overhead measurements).
     pub fn engine_seconds(&self) -> f64 {
         self.engine_seconds
@@ -239,7 +246,7 @@ impl Purifier {
         let (m, s) = (params.samples, self.image_size());
         let (d, c) = (enc.mu.ncols(), enc.skip.dim().1);
         let total = n * m;
-        let chunk = params.batch.min(total);
+        let chunk = self.effective_batch(params.batch).min(total);
         let mut z = Array2::<f32>::zeros((chunk, d));
         let mut skip = Array4::<f32>::zeros((chunk, c, 16, 16));
         let mut tracker = NearestTracker::new(n, s);
@@ -311,7 +318,7 @@ impl Purifier {
             return Err(Error::bundle(&path, "fused purifier graph not loaded"));
         };
         let (m, d) = (params.samples, enc.mu.ncols());
-        let chunk = params.batch.min(m);
+        let chunk = params.batch.min(batch_limit(&self.bundle.manifest)).min(m);
         let mut z = Array2::<f32>::zeros((chunk, d));
         let mut result = Vec::with_capacity(faces.dim().0);
         for (face, mut pixels) in faces.outer_iter_mut().enumerate() {
@@ -372,6 +379,31 @@ impl Purifier {
         }
         Ok(result)
     }
+}
+
+/// Memory budget of one decoder call's activations, in bytes (see [`batch_limit`]).
+pub const DECODER_MEMORY_BUDGET: usize = 512 << 20;
+
+/// The largest decoder batch whose estimated activations stay under
+/// [`DECODER_MEMORY_BUDGET`] for `manifest`'s bundle, at least 1.
+///
+/// One candidate's activations are estimated as 48 times its skip feature (`skip_channels` x
+/// 16 x 16) plus its output face (3 x S x S), in f32: the factor matches what tract allocates
+/// for the shipped bundle (about 5 MB per candidate; `batch=4096` took about 21 GB). The
+/// estimate does not depend on the engine, so every backend is bounded the same way.
+pub fn batch_limit(manifest: &crate::bundle::Manifest) -> usize {
+    let per_candidate = manifest
+        .skip_channels
+        .saturating_mul(16 * 16)
+        .saturating_add(
+            manifest
+                .image_size
+                .saturating_mul(manifest.image_size)
+                .saturating_mul(3),
+        )
+        .saturating_mul(4 * 48)
+        .max(1);
+    (DECODER_MEMORY_BUDGET / per_candidate).max(1)
 }
 
 /// Checks `samples >= 1`, `batch >= 1` and `tau >= 0` (not NaN).

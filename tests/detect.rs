@@ -768,3 +768,151 @@ fn a_model_that_is_not_centerface_is_refused_naming_the_file() {
     );
     std::fs::remove_file(&garbage).ok();
 }
+
+// ---- issue 11: bounded candidates, the verified cache, the per-user cache folder ----
+
+/// The first LFW image as a packed RGB frame.
+fn lfw_frame() -> (Vec<u8>, usize, usize) {
+    let rgb = load_rgb(&lfw_images(1, 1)[0]);
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    (rgb.into_raw(), w, h)
+}
+
+fn frame_ref(data: &[u8], width: usize, height: usize) -> gstavaepurify::core::image::FrameRef<'_> {
+    gstavaepurify::core::image::FrameRef {
+        data,
+        width,
+        height,
+        stride: width * 3,
+        layout: gstavaepurify::core::image::PixelLayout::Rgb,
+    }
+}
+
+fn private_temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("avae-detect-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+#[test]
+fn threshold_zero_stays_bounded_and_returns_at_most_max_faces() {
+    use gstavaepurify::avaefacedetect::{Detector, DetectorParams};
+    let cache = private_temp_dir("threshold0");
+    let mut detector = Detector::open_with_cache(
+        &gstavaepurify::avaefacedetect::default_model_path(),
+        gstavaepurify::engine::Backend::Tract,
+        gstavaepurify::engine::Device::Cpu,
+        &cache,
+    )
+    .expect("the shipped detector loads");
+    let (data, w, h) = lfw_frame();
+    // At 1280 every one of the 320 x 320 heatmap cells is a candidate at threshold 0; without a
+    // cap, suppression compares ~10^10 pairs.
+    let params = DetectorParams {
+        threshold: 0.0,
+        max_faces: 64,
+        input_size: 1280,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let faces = detector
+        .detect(&frame_ref(&data, w, h), &params)
+        .expect("detection runs");
+    let took = started.elapsed();
+    assert!(faces.len() <= 64, "{} faces", faces.len());
+    assert!(!faces.is_empty());
+    assert!(took.as_secs_f64() < 60.0, "threshold=0 took {took:?}");
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+#[test]
+fn candidates_are_capped_before_suppression() {
+    use gstavaepurify::avaefacedetect::candidate_limit;
+    assert_eq!(candidate_limit(64), 2048);
+    assert_eq!(candidate_limit(1), 256);
+    assert_eq!(candidate_limit(usize::MAX), 4096);
+    let mut faces: Vec<Face> = (0..10_000)
+        .map(|i| Face {
+            x_min: i as f32,
+            y_min: 0.0,
+            x_max: i as f32 + 1.0,
+            y_max: 1.0,
+            confidence: (i % 1000) as f32 / 1000.0,
+            landmarks: [[0.0; 2]; 5],
+        })
+        .collect();
+    gstavaepurify::core::detect::keep_most_confident(&mut faces, 2048);
+    assert_eq!(faces.len(), 2048);
+    assert!(faces.windows(2).all(|p| p[0].confidence >= p[1].confidence));
+    // Ten faces per score: the 2048 kept are those of the 205 highest scores, 0.999 to 0.795.
+    assert!(
+        faces.iter().all(|f| f.confidence >= 0.795),
+        "the most confident are kept"
+    );
+}
+
+#[test]
+fn a_bogus_file_under_the_cached_copys_name_is_replaced() {
+    use gstavaepurify::avaefacedetect::{Detector, DetectorParams};
+    let cache = private_temp_dir("bogus-cache");
+    let model = gstavaepurify::avaefacedetect::default_model_path();
+    let open = || {
+        Detector::open_with_cache(
+            &model,
+            gstavaepurify::engine::Backend::Tract,
+            gstavaepurify::engine::Device::Cpu,
+            &cache,
+        )
+    };
+    drop(open().expect("the shipped detector loads"));
+    let copies: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .expect("the cache folder exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-dynamic.onnx"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    std::fs::write(&copies[0], b"planted: not the derived graph").unwrap();
+    let mut detector = open().expect("a planted cache file does not break loading");
+    let (data, w, h) = lfw_frame();
+    let faces = detector
+        .detect(&frame_ref(&data, w, h), &DetectorParams::default())
+        .expect("detection runs");
+    assert!(!faces.is_empty(), "the LFW face is found");
+    assert_ne!(
+        std::fs::read(&copies[0]).unwrap(),
+        b"planted: not the derived graph"
+    );
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+#[test]
+fn the_default_cache_folder_is_per_user_and_private() {
+    use gstavaepurify::avaefacedetect::{create_private_dir, default_cache_dir};
+    use std::ffi::OsStr;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        default_cache_dir(Some(OsStr::new("/x/cache")), Some(OsStr::new("/home/u"))),
+        PathBuf::from("/x/cache/avae-purify")
+    );
+    for xdg in [None, Some(OsStr::new("")), Some(OsStr::new("relative"))] {
+        assert_eq!(
+            default_cache_dir(xdg, Some(OsStr::new("/home/u"))),
+            PathBuf::from("/home/u/.cache/avae-purify")
+        );
+    }
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let fallback = default_cache_dir(None, None);
+    assert_eq!(
+        fallback,
+        std::env::temp_dir().join(format!("avae-purify-{uid}"))
+    );
+    assert_ne!(fallback, std::env::temp_dir().join("avae-purify"));
+
+    let root = private_temp_dir("private");
+    let dir = root.join("a/b");
+    create_private_dir(&dir).expect("created");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "mode {mode:o}");
+    create_private_dir(&dir).expect("an existing folder of ours is fine");
+    std::fs::remove_dir_all(&root).ok();
+}

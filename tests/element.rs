@@ -785,3 +785,352 @@ fn feather_blends_the_crop_border_into_the_frame() {
         "the centre is fully replaced either way"
     );
 }
+
+// ---- on-failure, batch, roi-type, device (issue 11) ----
+
+/// A `[N, dims...]` f32 tensor value for a hand-built ONNX graph.
+fn value_info(name: &str, dims: &[i64]) -> tract_onnx::pb::ValueInfoProto {
+    use tract_onnx::pb;
+    use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension::Value as D};
+    let mut dim = vec![Dimension {
+        value: Some(D::DimParam("N".into())),
+        ..Default::default()
+    }];
+    dim.extend(dims.iter().map(|&d| Dimension {
+        value: Some(D::DimValue(d)),
+        ..Default::default()
+    }));
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A copy of the tiny bundle whose decoder passes the bundle checks (names, declared shapes,
+/// checksum) but fails when it runs: it returns its skip input, `[N, 8, 16, 16]`, as the
+/// `[N, 3, 64, 64]` image. Every face then fails in the engine.
+fn bundle_with_failing_decoder(name: &str) -> std::path::PathBuf {
+    use prost::Message;
+    use tract_onnx::pb;
+    let dir = std::env::temp_dir().join(format!("avae-element-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary bundle folder");
+    let source = std::path::PathBuf::from(common::tiny_bundle());
+    for entry in std::fs::read_dir(&source).expect("tiny bundle readable") {
+        let path = entry.expect("bundle entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("file name"))).expect("copy");
+    }
+    let model = pb::ModelProto {
+        ir_version: 7,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "failing-decoder".into(),
+            node: vec![pb::NodeProto {
+                op_type: "Identity".into(),
+                input: vec!["skip".into()],
+                output: vec!["image".into()],
+                ..Default::default()
+            }],
+            input: vec![value_info("z", &[64]), value_info("skip", &[8, 16, 16])],
+            output: vec![value_info("image", &[3, 64, 64])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let decoder = dir.join("decoder.onnx");
+    std::fs::write(&decoder, model.encode_to_vec()).unwrap();
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest")).unwrap();
+    manifest["graphs"]["decoder"]["sha256"] =
+        serde_json::json!(gstavaepurify::bundle::sha256_file(&decoder).unwrap());
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// Messages of `kind` on `bus`, as their error texts (the others are popped and dropped).
+fn bus_texts(bus: &gst::Bus, kind: gst::MessageType) -> Vec<String> {
+    bus.iter()
+        .filter(|m| m.type_() == kind)
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pushes one 64x64 RGB frame with a face ROI at (8, 8, 32, 32) through an element on the
+/// failing-decoder bundle with `on-failure=policy`: the input bytes, the push result, the
+/// warnings and errors posted, and the harness.
+#[allow(clippy::type_complexity)]
+fn run_failing(
+    policy: &str,
+) -> (
+    gst_video::VideoInfo,
+    Vec<u8>,
+    Result<gst::Buffer, gst::FlowError>,
+    Vec<String>,
+    Vec<String>,
+    Harness,
+) {
+    let bundle = bundle_with_failing_decoder(&format!("failing-{policy}"));
+    let props = [
+        ("model", bundle.to_str().expect("utf-8 temp path")),
+        ("on-failure", policy),
+        ("margin", "0"),
+    ];
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 64, 64, &props);
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    let input = frame(&info, 40, &[("face", 8, 8, 32, 32)]);
+    let before = bytes(&input);
+    let result = h
+        .push(input)
+        .and_then(|_| h.pull().map_err(|_| gst::FlowError::Error));
+    let (mut warnings, mut errors) = (Vec::new(), Vec::new());
+    for message in bus.iter() {
+        match message.view() {
+            gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+            gst::MessageView::Error(e) => errors.push(e.error().to_string()),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir_all(&bundle).ok();
+    (info, before, result, warnings, errors, h)
+}
+
+#[test]
+fn on_failure_pass_lets_the_unpurified_face_through_unchanged() {
+    let (_, before, result, warnings, errors, h) = run_failing("pass");
+    let output = result.expect("the frame comes out");
+    assert!(bytes(&output) == before, "the frame changed");
+    assert_eq!(purify_params(&output), vec![None]);
+    assert_eq!(stat(&stats(&h), "failures"), 1);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("unpurified"), "{warnings:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn on_failure_mark_flags_the_roi_purified_false() {
+    let (_, before, result, warnings, errors, _h) = run_failing("mark");
+    let output = result.expect("the frame comes out");
+    assert!(bytes(&output) == before, "the frame changed");
+    let params = purify_params(&output);
+    let param = params[0].as_ref().expect("the ROI is marked");
+    assert!(!param.get::<bool>("purified").unwrap(), "{param}");
+    assert_eq!(param.get::<&str>("reason").unwrap(), "engine-failed");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn on_failure_mark_flags_purified_faces_true() {
+    let (mut h, info) = harness(
+        gst_video::VideoFormat::Rgb,
+        64,
+        64,
+        &[("on-failure", "mark"), ("max-faces", "1")],
+    );
+    let output = h
+        .push_and_pull(frame(
+            &info,
+            41,
+            &[("face", 4, 4, 20, 20), ("face", 30, 30, 20, 20)],
+        ))
+        .expect("frame out");
+    let params = purify_params(&output);
+    let first = params[0].as_ref().expect("purified ROI has a param");
+    assert!(first.get::<bool>("purified").unwrap(), "{first}");
+    assert!(first.get::<f64>("distance").is_ok(), "{first}");
+    let second = params[1]
+        .as_ref()
+        .expect("the ROI beyond max-faces is marked");
+    assert!(!second.get::<bool>("purified").unwrap(), "{second}");
+    assert_eq!(second.get::<&str>("reason").unwrap(), "max-faces");
+}
+
+#[test]
+fn on_failure_conceal_pixelates_the_face_region_only() {
+    let (info, before, result, warnings, errors, _h) = run_failing("conceal");
+    let output = result.expect("the frame comes out");
+    let after = bytes(&output);
+    let face = region(&info, 8, 8, 32, 32, 0.0);
+    assert_changed_only_inside(&info, &before, &after, &[face]);
+    // A 4 x 4 mosaic: each 8 x 8 block of the 32-pixel face is one flat colour.
+    let stride = info.stride()[0] as usize;
+    for by in 0..4 {
+        for bx in 0..4 {
+            let (x0, y0) = (face.x + bx * 8, face.y + by * 8);
+            let first = &after[y0 * stride + x0 * 3..][..3];
+            for y in y0..y0 + 8 {
+                for x in x0..x0 + 8 {
+                    assert_eq!(&after[y * stride + x * 3..][..3], first, "({x}, {y})");
+                }
+            }
+        }
+    }
+    assert_eq!(purify_params(&output), vec![None]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("concealed"), "{warnings:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn on_failure_conceal_drops_a_frame_it_cannot_map() {
+    let (mut h, info) = harness(
+        gst_video::VideoFormat::Rgb,
+        32,
+        32,
+        &[("on-failure", "conceal")],
+    );
+    let mut buffer = gst::Buffer::from_mut_slice(common::pattern(info.size() - 1, 1));
+    VideoRegionOfInterestMeta::add(buffer.get_mut().unwrap(), "face", (4, 4, 16, 16));
+    assert_eq!(h.push(buffer), Ok(gst::FlowSuccess::Ok));
+    assert!(
+        h.try_pull().is_none(),
+        "the unconcealable frame was dropped"
+    );
+    assert_eq!(stat(&stats(&h), "failures"), 1);
+}
+
+#[test]
+fn on_failure_error_posts_an_error_and_fails_the_flow() {
+    let (_, _, result, _, errors, _h) = run_failing("error");
+    assert_eq!(result.err(), Some(gst::FlowError::Error));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("on-failure=error"), "{errors:?}");
+}
+
+#[test]
+fn on_failure_defaults_to_pass() {
+    common::init();
+    let element = gst::ElementFactory::make("avaepurify").build().unwrap();
+    assert_eq!(
+        element
+            .property_value("on-failure")
+            .get::<gstavaepurify::avaepurify::OnFailure>()
+            .unwrap(),
+        gstavaepurify::avaepurify::OnFailure::Pass
+    );
+}
+
+#[test]
+fn a_huge_batch_is_clamped_by_memory_and_warned_about_once() {
+    let manifest = gstavaepurify::bundle::Bundle::load(common::tiny_bundle())
+        .unwrap()
+        .manifest;
+    let limit = gstavaepurify::purifier::batch_limit(&manifest);
+    assert!(
+        (16..4096).contains(&limit),
+        "the tiny bundle's limit {limit} must clamp 4096 and keep the default 16"
+    );
+    let samples = (limit + 8).to_string();
+    let (mut h, info) = harness(
+        gst_video::VideoFormat::Rgb,
+        64,
+        64,
+        &[("batch", "4096"), ("samples", &samples)],
+    );
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    for seed in [50, 51] {
+        let output = h
+            .push_and_pull(frame(&info, seed, &[("face", 8, 8, 40, 40)]))
+            .expect("frame out");
+        assert!(purify_params(&output)[0].is_some(), "the face is purified");
+    }
+    let warnings = bus_texts(&bus, gst::MessageType::Warning);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert!(
+        w.contains("batch=4096") && w.contains(&format!("batch={limit}")),
+        "{w}"
+    );
+}
+
+#[test]
+fn an_empty_roi_type_is_refused() {
+    common::init();
+    let element = element(&[]);
+    element.set_property("roi-type", "");
+    assert_eq!(element.property::<String>("roi-type"), "face");
+    element.set_property("roi-type", "head");
+    assert_eq!(element.property::<String>("roi-type"), "head");
+}
+
+#[test]
+fn rois_of_other_types_only_warn_once_naming_them() {
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 64, 64, &[]);
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    for seed in [60, 61] {
+        h.push_and_pull(frame(
+            &info,
+            seed,
+            &[("person", 4, 4, 20, 20), ("Face", 30, 30, 20, 20)],
+        ))
+        .expect("frame out");
+    }
+    // A frame without any ROI says nothing.
+    h.push_and_pull(frame(&info, 62, &[])).expect("frame out");
+    let warnings = bus_texts(&bus, gst::MessageType::Warning);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert!(
+        w.contains("'person'") && w.contains("'Face'") && w.contains("roi-type 'face'"),
+        "{w}"
+    );
+}
+
+#[test]
+fn an_explicit_unavailable_device_is_a_bus_warning() {
+    common::ensure_ort_library();
+    common::init();
+    let on_cuda = gstavaepurify::purifier::Purifier::load(
+        std::path::Path::new(&common::tiny_bundle()),
+        gstavaepurify::engine::Backend::Ort,
+        gstavaepurify::engine::Device::Cuda,
+    )
+    .expect("the tiny bundle loads on ort")
+    .backend_name();
+    if on_cuda.contains("CUDA") {
+        eprintln!("CUDA is available here: nothing to warn about");
+        return;
+    }
+    for (device, warned) in [("cuda", true), ("tensorrt", true), ("auto", false)] {
+        let element = element(&[("backend", "ort"), ("device", device)]);
+        let bus = gst::Bus::new();
+        element.set_bus(Some(&bus));
+        element
+            .set_state(gst::State::Paused)
+            .expect("starts on the CPU");
+        let warnings = bus_texts(&bus, gst::MessageType::Warning);
+        element.set_state(gst::State::Null).unwrap();
+        if warned {
+            assert_eq!(warnings.len(), 1, "{device}: {warnings:?}");
+            let w = &warnings[0];
+            assert!(
+                w.contains(&format!("device={device}")) && w.contains("unavailable"),
+                "{w}"
+            );
+            assert!(w.contains("CPU"), "names where it runs instead: {w}");
+        } else {
+            assert!(warnings.is_empty(), "auto stays at INFO: {warnings:?}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 14] = [
+const PROPERTIES: [&str; 15] = [
     "align",
     "feather",
     "model",
@@ -22,6 +22,7 @@ const PROPERTIES: [&str; 14] = [
     "margin",
     "full-frame",
     "max-faces",
+    "on-failure",
     "stats",
 ];
 

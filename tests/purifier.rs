@@ -151,17 +151,44 @@ fn auto_backend_on_a_bad_ort_path_falls_back_to_tract_with_a_reason() {
         return;
     }
     let exe = std::env::current_exe().unwrap();
-    let status = std::process::Command::new(exe)
+    let output = std::process::Command::new(exe)
         .args([
             "--exact",
             "auto_backend_on_a_bad_ort_path_falls_back_to_tract_with_a_reason",
             "--nocapture",
+            "--test-threads=1",
         ])
         .env("AVAE_TEST_CHILD", "1")
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert_child_ran_one_test(&stdout);
+}
+
+/// Asserts that a child test run's output shows exactly one test run and passed, so that a
+/// renamed test cannot make the `--exact` filter match nothing and pass vacuously.
+fn assert_child_ran_one_test(stdout: &str) {
+    assert!(
+        stdout.lines().any(|l| l.trim() == "running 1 test"),
+        "the child did not run exactly one test:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("test result: ok. 1 passed;"),
+        "the child did not pass exactly one test:\n{stdout}"
+    );
+}
+
+#[test]
+fn the_child_check_rejects_a_run_of_no_test() {
+    let vacuous = "\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored\n";
+    let caught = std::panic::catch_unwind(|| assert_child_ran_one_test(vacuous));
+    assert!(caught.is_err(), "a run of zero tests was accepted");
+    assert_child_ran_one_test(
+        "\nrunning 1 test\ntest x ... ok\n\ntest result: ok. 1 passed; 0 failed\n",
+    );
 }
 
 #[test]

@@ -41,13 +41,87 @@ pub fn default_model_path() -> PathBuf {
     }
 }
 
-/// Where the dynamic-shape model copies and TensorRT caches go: `AVAE_CACHE_DIR`, else
-/// `avae-purify` in the system's temporary folder.
+/// Where the dynamic-shape model copies and TensorRT caches go: `AVAE_CACHE_DIR`, else the
+/// user's own cache folder (see [`default_cache_dir`]).
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os(CACHE_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => std::env::temp_dir().join("avae-purify"),
+        _ => default_cache_dir(
+            std::env::var_os("XDG_CACHE_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        ),
     }
+}
+
+/// The per-user default cache folder: `$XDG_CACHE_HOME/avae-purify` when that is an absolute
+/// path, else `$HOME/.cache/avae-purify`, else `avae-purify-<uid>` in the system's temporary
+/// folder. Never a folder shared between users, so that nobody else can plant a file there
+/// that this user's detector would run.
+pub fn default_cache_dir(
+    xdg_cache_home: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+) -> PathBuf {
+    let absolute = |p: Option<&std::ffi::OsStr>| {
+        p.filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(xdg) = absolute(xdg_cache_home) {
+        return xdg.join("avae-purify");
+    }
+    if let Some(home) = absolute(home) {
+        return home.join(".cache").join("avae-purify");
+    }
+    std::env::temp_dir().join(format!("avae-purify-{}", current_uid()))
+}
+
+/// The real user id of this process (the owner of `/proc/self`), or `unknown`.
+fn current_uid() -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = fs::metadata("/proc/self") {
+            return meta.uid().to_string();
+        }
+    }
+    "unknown".to_owned()
+}
+
+/// Creates `dir` (and missing parents) readable and writable by its owner only (mode 0700).
+/// An existing folder is kept as it is, but must belong to this user: one that another user
+/// created first (e.g. in the shared temporary folder) is refused.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        let owner = fs::metadata(dir)?.uid().to_string();
+        let me = current_uid();
+        if me != "unknown" && owner != me {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "cache folder {} belongs to uid {owner}, not to this user (uid {me}): set \
+                     {CACHE_ENV} to a folder of your own",
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
+/// Most decoded candidates kept for non-maximum suppression per frame: the most confident
+/// `32 * max_faces`, between 256 and 4096. Bounds one frame's work at any `threshold` (at 0
+/// every heatmap cell is a candidate, 25 600 of them at `input-size=640`, and suppression is
+/// quadratic in their number).
+pub fn candidate_limit(max_faces: usize) -> usize {
+    max_faces.saturating_mul(32).clamp(256, 4096)
 }
 
 /// Detection settings: the element's properties of the same names.
@@ -176,16 +250,18 @@ pub fn dynamic_shape_model(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> 
     Ok(model.encode_to_vec())
 }
 
-/// Writes `bytes` to `dir/name` unless a file of that name exists (names carry a content hash),
+/// Writes `bytes` to `dir/name` unless a file of that name already holds exactly `bytes`,
 /// through a temporary file renamed into place, so that concurrent writers (threads or
-/// processes) never expose a partial file.
+/// processes) never expose a partial file. A file found under the name is trusted only after
+/// its whole content is compared with `bytes` (the name's content hash alone proves nothing:
+/// anyone who can write to the folder can plant a file under it); a mismatch is replaced.
 fn write_once(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let target = dir.join(name);
-    if target.is_file() {
+    if target.is_file() && fs::read(&target).is_ok_and(|found| found == bytes) {
         return Ok(target);
     }
     static WRITES: AtomicU64 = AtomicU64::new(0);
-    fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     // Unique per process and call, so that two threads never write the same partial file.
     let partial = dir.join(format!(
         "{name}.{}-{}.partial",
@@ -198,8 +274,19 @@ fn write_once(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> 
 }
 
 impl Detector {
-    /// Loads the CenterFace graph at `model` on `backend` / `device`. Errors name the file.
+    /// Loads the CenterFace graph at `model` on `backend` / `device`, its derived copy and
+    /// engine caches in [`cache_dir`]. Errors name the file.
     pub fn open(model: &Path, backend: Backend, device: Device) -> Result<Self, Error> {
+        Self::open_with_cache(model, backend, device, &cache_dir())
+    }
+
+    /// [`Detector::open`] with the derived copy and engine caches in `cache`.
+    pub fn open_with_cache(
+        model: &Path,
+        backend: Backend,
+        device: Device,
+        cache: &Path,
+    ) -> Result<Self, Error> {
         if !model.is_file() {
             return Err(model_error(
                 model,
@@ -215,9 +302,8 @@ impl Detector {
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("detector");
-        let cache = cache_dir();
         let copy =
-            write_once(&cache, &format!("{stem}-{hash}-dynamic.onnx"), &dynamic).map_err(|e| {
+            write_once(cache, &format!("{stem}-{hash}-dynamic.onnx"), &dynamic).map_err(|e| {
                 model_error(
                     model,
                     format!(
@@ -226,7 +312,7 @@ impl Detector {
                     ),
                 )
             })?;
-        let engine = engine::open_graph(&copy, backend, device, &cache).map_err(|e| match e {
+        let engine = engine::open_graph(&copy, backend, device, cache).map_err(|e| match e {
             Error::Engine {
                 backend, reason, ..
             } => Error::Engine {
@@ -296,8 +382,9 @@ impl Detector {
             placement.content_width as f32,
             placement.content_height as f32,
         );
-        let faces = detect::decode_centerface(&maps, params.threshold, bounds)
+        let mut faces = detect::decode_centerface(&maps, params.threshold, bounds)
             .map_err(|e| model_error(&self.model, e.to_string()))?;
+        detect::keep_most_confident(&mut faces, candidate_limit(params.max_faces));
         let faces = detect::non_max_suppression(faces, params.nms_iou)
             .iter()
             .map(|f| placement.to_frame(f))

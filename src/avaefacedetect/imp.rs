@@ -416,6 +416,14 @@ impl BaseTransformImpl for AvaeFaceDetect {
         for fallback in detector.fallbacks() {
             gst::info!(CAT, imp = self, "Engine fallback: {fallback}");
         }
+        if let Some(message) = crate::engine::explicit_device_unavailable(
+            settings.device.into(),
+            &detector.describe(),
+            detector.fallbacks(),
+        ) {
+            gst::warning!(CAT, imp = self, "{message}");
+            gst::element_imp_warning!(self, gst::LibraryError::Init, ("{}", message));
+        }
         *lock(&self.state) = Some(State {
             detector,
             info: None,

@@ -21,8 +21,8 @@ mod detector;
 mod imp;
 
 pub use detector::{
-    CACHE_ENV, Detector, DetectorParams, MODEL_ENV, cache_dir, default_model_path,
-    dynamic_shape_model,
+    CACHE_ENV, Detector, DetectorParams, MODEL_ENV, cache_dir, candidate_limit, create_private_dir,
+    default_cache_dir, default_model_path, dynamic_shape_model,
 };
 
 /// Name of the param structure attached to each face ROI.

@@ -16,7 +16,7 @@ use ndarray::{ArrayView3, ArrayViewMut4, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::{BackendChoice, DeviceChoice, lock, pixel_layout};
+use super::{BackendChoice, DeviceChoice, OnFailure, lock, pixel_layout};
 use crate::avaefacedetect::{DETECTION_PARAM, face_from_detection};
 use crate::core::align::{self, Similarity};
 use crate::core::image::{self, FrameMut, FrameRef, Region};
@@ -48,6 +48,7 @@ const DEFAULT_FULL_FRAME: bool = false;
 const DEFAULT_MAX_FACES: u32 = 16;
 const DEFAULT_FEATHER: f32 = 0.15;
 const DEFAULT_ALIGN: bool = true;
+const DEFAULT_ON_FAILURE: OnFailure = OnFailure::Pass;
 
 const MAX_SAMPLES: u32 = 4096;
 const MAX_BATCH: u32 = 4096;
@@ -71,6 +72,7 @@ struct Settings {
     max_faces: u32,
     feather: f32,
     align: bool,
+    on_failure: OnFailure,
 }
 
 impl Default for Settings {
@@ -91,6 +93,7 @@ impl Default for Settings {
             max_faces: DEFAULT_MAX_FACES,
             feather: DEFAULT_FEATHER,
             align: DEFAULT_ALIGN,
+            on_failure: DEFAULT_ON_FAILURE,
         }
     }
 }
@@ -106,6 +109,24 @@ enum Cause {
     FrameUnreadable,
     /// The purifier returned an error or panicked.
     EngineFailed,
+    /// `batch` was above the bundle's memory bound and was clamped.
+    BatchClamped,
+    /// A frame had ROI metas, but none of `roi-type`.
+    NoMatchingRoi,
+}
+
+impl Cause {
+    /// The `reason` of a `purified=false` mark.
+    fn reason(self) -> &'static str {
+        match self {
+            Cause::RoiOutsideFrame => "roi-outside-frame",
+            Cause::TooManyFaces => "max-faces",
+            Cause::FrameUnreadable => "frame-unreadable",
+            Cause::EngineFailed => "engine-failed",
+            Cause::BatchClamped => "batch",
+            Cause::NoMatchingRoi => "roi-type",
+        }
+    }
 }
 
 /// The set of causes already warned about in this run.
@@ -248,6 +269,10 @@ struct FrameReport {
     latency_ms: f64,
     engine_ms: f64,
     warnings: Vec<(Cause, String)>,
+    /// `on-failure=error`: the message of the element error to post; the frame fails.
+    error: Option<String>,
+    /// `on-failure=conceal` on a frame that could not be concealed: drop it.
+    drop: bool,
 }
 
 impl FrameReport {
@@ -268,7 +293,7 @@ pub struct AvaePurify {
 
 impl AvaePurify {
     /// The faces of this frame: the whole frame, or each matching ROI in the order they were
-    /// attached, up to `max-faces`.
+    /// attached, up to `max-faces`; and, second, those beyond `max-faces` (not purified).
     #[allow(clippy::too_many_arguments)]
     fn targets(
         buffer: &gst::BufferRef,
@@ -279,12 +304,15 @@ impl AvaePurify {
         height: usize,
         warned: &mut Warned,
         report: &mut FrameReport,
-    ) -> Vec<Target> {
+    ) -> (Vec<Target>, Vec<Target>) {
         if settings.full_frame {
-            return vec![Target {
-                roi: None,
-                crop: Crop::Frame(Region::full(width, height)),
-            }];
+            return (
+                vec![Target {
+                    roi: None,
+                    crop: Crop::Frame(Region::full(width, height)),
+                }],
+                Vec::new(),
+            );
         }
         let template = template.filter(|_| settings.align);
         let mut rois: Vec<_> = buffer
@@ -299,6 +327,27 @@ impl AvaePurify {
             })
             .collect();
         rois.sort_by_key(|(seqnum, ..)| *seqnum);
+        if rois.is_empty() {
+            let mut seen: Vec<String> = buffer
+                .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+                .map(|meta| meta.roi_type().to_string())
+                .collect();
+            seen.sort();
+            seen.dedup();
+            if !seen.is_empty() {
+                report.note(warned, Cause::NoMatchingRoi, || {
+                    format!(
+                        "A frame has ROI metas of type {} but none of roi-type '{}': nothing \
+                         is purified (set roi-type to the type your detector attaches)",
+                        seen.iter()
+                            .map(|t| format!("'{t}'"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        settings.roi_type,
+                    )
+                });
+            }
+        }
 
         let max_faces = settings.max_faces as usize;
         if rois.len() > max_faces {
@@ -312,8 +361,26 @@ impl AvaePurify {
                     settings.roi_type,
                 )
             });
-            rois.truncate(max_faces);
         }
+        let beyond = rois.split_off(max_faces.min(rois.len()));
+        let extras = beyond
+            .into_iter()
+            .filter_map(|(seqnum, (x, y, w, h), aligned)| {
+                let square = image::square_box(
+                    i64::from(x),
+                    i64::from(y),
+                    w,
+                    h,
+                    settings.margin,
+                    width,
+                    height,
+                )?;
+                Some(Target {
+                    roi: Some(seqnum),
+                    crop: aligned.map_or(Crop::Box(square.into()), Crop::Aligned),
+                })
+            })
+            .collect();
 
         let mut targets = Vec::with_capacity(rois.len());
         for (seqnum, (x, y, w, h), aligned) in rois {
@@ -342,7 +409,7 @@ impl AvaePurify {
                 }
             }
         }
-        targets
+        (targets, extras)
     }
 
     /// Reads, purifies and writes back every target of `frame` in one purifier call. On error
@@ -458,6 +525,7 @@ impl AvaePurify {
         targets: &[Target],
         results: &[Purified],
         samples: u32,
+        mark: bool,
     ) {
         for mut meta in buffer.iter_meta_mut::<gst_video::VideoRegionOfInterestMeta>() {
             let seqnum = meta.seqnum();
@@ -465,8 +533,14 @@ impl AvaePurify {
                 continue;
             };
             let result = &results[found];
+            let builder = gst::Structure::builder(PARAM_NAME);
+            let builder = if mark {
+                builder.field("purified", true)
+            } else {
+                builder
+            };
             meta.add_param(
-                gst::Structure::builder(PARAM_NAME)
+                builder
                     .field("distance", f64::from(result.distance))
                     .field(
                         "candidate",
@@ -492,7 +566,19 @@ impl AvaePurify {
         let mut report = FrameReport::default();
         let side = state.purifier.image_size();
         let template = state.purifier.bundle().manifest.landmark_template;
-        let targets = Self::targets(
+        let asked = settings.batch as usize;
+        let used = state.purifier.effective_batch(asked);
+        if used < asked {
+            report.note(&mut state.warned, Cause::BatchClamped, || {
+                format!(
+                    "batch={asked} would need more than {} MiB of decoder activations for this \
+                     bundle (image_size {}): using batch={used}",
+                    crate::purifier::DECODER_MEMORY_BUDGET >> 20,
+                    side,
+                )
+            });
+        }
+        let (targets, extras) = Self::targets(
             buffer,
             settings,
             template.as_ref(),
@@ -502,44 +588,195 @@ impl AvaePurify {
             &mut state.warned,
             &mut report,
         );
-        if targets.is_empty() {
+        if targets.is_empty() && extras.is_empty() {
             return Ok(report);
         }
 
-        let started = Instant::now();
-        let engine_before = state.purifier.engine_seconds();
-        let outcome = match gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info) {
-            Ok(mut frame) => Self::purify_frame(state, settings, &mut frame, &targets),
-            Err(err) => Err((
-                Cause::FrameUnreadable,
-                format!("cannot map the buffer: {err}"),
-            )),
-        };
-        match outcome {
-            Ok(results) => {
-                report.purified = targets.len() as u64;
-                report.aligned = targets
-                    .iter()
-                    .filter(|t| matches!(t.crop, Crop::Aligned(_)))
-                    .count() as u64;
-                report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                report.engine_ms = (state.purifier.engine_seconds() - engine_before) * 1000.0;
-                Self::annotate_rois(buffer, &targets, &results, settings.samples);
+        let policy = settings.on_failure;
+        let mut failure: Option<(Cause, String)> = None;
+        if !targets.is_empty() {
+            let started = Instant::now();
+            let engine_before = state.purifier.engine_seconds();
+            let outcome = match gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info) {
+                Ok(mut frame) => Self::purify_frame(state, settings, &mut frame, &targets),
+                Err(err) => Err((
+                    Cause::FrameUnreadable,
+                    format!("cannot map the buffer: {err}"),
+                )),
+            };
+            match outcome {
+                Ok(results) => {
+                    report.purified = targets.len() as u64;
+                    report.aligned = targets
+                        .iter()
+                        .filter(|t| matches!(t.crop, Crop::Aligned(_)))
+                        .count() as u64;
+                    report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    report.engine_ms = (state.purifier.engine_seconds() - engine_before) * 1000.0;
+                    Self::annotate_rois(
+                        buffer,
+                        &targets,
+                        &results,
+                        settings.samples,
+                        policy == OnFailure::Mark,
+                    );
+                }
+                Err((cause, reason)) => {
+                    gst::debug!(CAT, imp = self, "Frame not purified: {reason}");
+                    report.failed = true;
+                    let fate = match policy {
+                        OnFailure::Pass => "frames pass through unpurified",
+                        OnFailure::Mark => {
+                            "frames pass through unpurified, their ROIs marked purified=false"
+                        }
+                        OnFailure::Conceal => "the faces are concealed (pixelated)",
+                        OnFailure::Error => "stopping (on-failure=error)",
+                    };
+                    if policy != OnFailure::Error {
+                        report.note(&mut state.warned, cause, || {
+                            format!(
+                                "Purification failed, {fate} (model '{}'): {reason}",
+                                settings.model
+                            )
+                        });
+                    }
+                    failure = Some((cause, reason));
+                }
             }
-            Err((cause, reason)) => {
-                gst::debug!(CAT, imp = self, "Frame passed through unpurified: {reason}");
-                report.failed = true;
-                report.note(&mut state.warned, cause, || {
-                    format!(
-                        "Purification failed, frames pass through unpurified \
-                         (model '{}'): {reason}",
-                        settings.model
-                    )
-                });
+        }
+
+        // The faces that go on unpurified: all of them when the frame failed, and those beyond
+        // max-faces; `on-failure` decides what becomes of them.
+        let unpurified: Vec<(&Target, Cause)> = match &failure {
+            Some((cause, _)) => targets.iter().map(|t| (t, *cause)).collect(),
+            None => Vec::new(),
+        }
+        .into_iter()
+        .chain(extras.iter().map(|t| (t, Cause::TooManyFaces)))
+        .collect();
+        if unpurified.is_empty() {
+            return Ok(report);
+        }
+        match policy {
+            OnFailure::Pass => {}
+            OnFailure::Mark => Self::mark_unpurified(buffer, &unpurified),
+            OnFailure::Conceal => {
+                match gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info) {
+                    Ok(mut frame) => {
+                        if let Err(reason) = Self::conceal(&mut frame, &unpurified, side) {
+                            gst::debug!(CAT, imp = self, "Cannot conceal: {reason}");
+                            report.drop = true;
+                        }
+                    }
+                    Err(err) => {
+                        gst::debug!(CAT, imp = self, "Cannot conceal: {err}");
+                        report.drop = true;
+                    }
+                }
+            }
+            OnFailure::Error => {
+                let reason = match &failure {
+                    Some((_, reason)) => format!("purification failed: {reason}"),
+                    None => format!(
+                        "{} '{}' ROIs beyond max-faces={} cannot be purified",
+                        extras.len(),
+                        settings.roi_type,
+                        settings.max_faces
+                    ),
+                };
+                report.error = Some(format!(
+                    "A face could not be purified and on-failure=error (model '{}'): {reason}",
+                    settings.model
+                ));
             }
         }
         Ok(report)
     }
+
+    /// Adds `avae-purify` params with `purified=false` and the reason to the ROIs of
+    /// `unpurified` (`on-failure=mark`).
+    fn mark_unpurified(buffer: &mut gst::BufferRef, unpurified: &[(&Target, Cause)]) {
+        for mut meta in buffer.iter_meta_mut::<gst_video::VideoRegionOfInterestMeta>() {
+            let seqnum = meta.seqnum();
+            let Some((_, cause)) = unpurified.iter().find(|(t, _)| t.roi == Some(seqnum)) else {
+                continue;
+            };
+            meta.add_param(
+                gst::Structure::builder(PARAM_NAME)
+                    .field("purified", false)
+                    .field("reason", cause.reason())
+                    .build(),
+            );
+        }
+    }
+
+    /// Pixelates the frame region of each of `unpurified` (`on-failure=conceal`).
+    fn conceal(
+        frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+        unpurified: &[(&Target, Cause)],
+        side: usize,
+    ) -> Result<(), String> {
+        let info = frame.info();
+        let (width, height) = (info.width() as usize, info.height() as usize);
+        let layout =
+            pixel_layout(info.format()).ok_or_else(|| format!("format {}", info.format()))?;
+        let stride =
+            usize::try_from(frame.plane_stride()[0]).map_err(|_| "negative stride".to_owned())?;
+        let data = frame
+            .plane_data_mut(0)
+            .map_err(|err| format!("cannot access plane 0: {err}"))?;
+        let mut dest = FrameMut {
+            data,
+            width,
+            height,
+            stride,
+            layout,
+        };
+        for (target, _) in unpurified {
+            let region = match target.crop {
+                Crop::Frame(region) | Crop::Box(region) => Some(region),
+                Crop::Aligned(to_face) => aligned_bounds(&to_face, side, width, height),
+            };
+            let Some(region) = region else { continue };
+            // Blocks of a quarter of the face: a 4 x 4 mosaic, beyond any recogniser.
+            let block = region.width.max(region.height).div_ceil(4).max(2);
+            image::pixelate(&mut dest, region, block).map_err(|err| err.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The frame region covered by the `side` x `side` face of an aligned crop (`to_face` maps
+/// frame to face), clipped to the frame; `None` when it misses the frame.
+fn aligned_bounds(
+    to_face: &Similarity,
+    side: usize,
+    width: usize,
+    height: usize,
+) -> Option<Region> {
+    let back = to_face.inverse()?;
+    let side = side as f32;
+    let corners = [[0.0, 0.0], [side, 0.0], [0.0, side], [side, side]].map(|p| back.apply(p));
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for [x, y] in corners {
+        if !x.is_finite() || !y.is_finite() {
+            return None;
+        }
+        x0 = x0.min(x);
+        y0 = y0.min(y);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    let x0 = x0.floor().max(0.0) as usize;
+    let y0 = y0.floor().max(0.0) as usize;
+    let x1 = (x1.ceil().max(0.0) as usize).min(width);
+    let y1 = (y1.ceil().max(0.0) as usize).min(height);
+    (x1 > x0 && y1 > y0).then_some(Region {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    })
 }
 
 #[glib::object_subclass]
@@ -687,6 +924,18 @@ impl ObjectImpl for AvaePurify {
                     .default_value(DEFAULT_ALIGN)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("on-failure", DEFAULT_ON_FAILURE)
+                    .nick("On failure")
+                    .blurb(
+                        "What becomes of a face that cannot be purified (engine error, \
+                         unmappable frame, beyond max-faces): pass (goes on unchanged), mark \
+                         (goes on, its ROI's avae-purify param says purified=false; purified \
+                         ones say purified=true), conceal (pixelated beyond recognition; a \
+                         frame that cannot be mapped is dropped) or error (element error, \
+                         the stream stops)",
+                    )
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -720,16 +969,37 @@ impl ObjectImpl for AvaePurify {
             "tau" => settings.tau = value.get().expect("type checked upstream"),
             "seed" => settings.seed = value.get().expect("type checked upstream"),
             "roi-type" => {
-                settings.roi_type = value
+                let roi_type = value
                     .get::<Option<String>>()
                     .expect("type checked upstream")
                     .unwrap_or_else(|| DEFAULT_ROI_TYPE.to_owned());
+                if roi_type.trim().is_empty() {
+                    drop(settings);
+                    gst::error!(
+                        CAT,
+                        imp = self,
+                        "Refused roi-type '{roi_type}': expected the non-empty type of the ROI \
+                         metas to purify (e.g. face); keeping the previous value"
+                    );
+                    gst::element_imp_warning!(
+                        self,
+                        gst::LibraryError::Settings,
+                        (
+                            "Refused roi-type '{}': expected the non-empty type of the ROI \
+                             metas to purify (e.g. face); keeping the previous value",
+                            roi_type
+                        )
+                    );
+                    return;
+                }
+                settings.roi_type = roi_type;
             }
             "margin" => settings.margin = value.get().expect("type checked upstream"),
             "full-frame" => settings.full_frame = value.get().expect("type checked upstream"),
             "max-faces" => settings.max_faces = value.get().expect("type checked upstream"),
             "feather" => settings.feather = value.get().expect("type checked upstream"),
             "align" => settings.align = value.get().expect("type checked upstream"),
+            "on-failure" => settings.on_failure = value.get().expect("type checked upstream"),
             _ => unimplemented!("property {name}"),
         }
         drop(settings);
@@ -762,6 +1032,7 @@ impl ObjectImpl for AvaePurify {
             "max-faces" => settings.max_faces.to_value(),
             "feather" => settings.feather.to_value(),
             "align" => settings.align.to_value(),
+            "on-failure" => settings.on_failure.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -825,6 +1096,14 @@ impl BaseTransformImpl for AvaePurify {
         for fallback in purifier.fallbacks() {
             gst::info!(CAT, imp = self, "Engine fallback: {fallback}");
         }
+        if let Some(message) = crate::engine::explicit_device_unavailable(
+            settings.device.into(),
+            &purifier.backend_name(),
+            &purifier.fallbacks(),
+        ) {
+            gst::warning!(CAT, imp = self, "{message}");
+            gst::element_imp_warning!(self, gst::LibraryError::Init, ("{}", message));
+        }
         let rng = if settings.seed == 0 {
             StdRng::from_os_rng()
         } else {
@@ -854,7 +1133,9 @@ impl BaseTransformImpl for AvaePurify {
 
     fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
         let settings = lock(&self.settings).clone();
-        let report = self.process(buf, &settings)?;
+        let mut report = self.process(buf, &settings)?;
+        let error = report.error.take();
+        let drop_frame = report.drop;
         {
             let mut stats = lock(&self.stats);
             stats.frames += 1;
@@ -871,10 +1152,22 @@ impl BaseTransformImpl for AvaePurify {
                 Cause::EngineFailed | Cause::FrameUnreadable => {
                     gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", message));
                 }
-                Cause::RoiOutsideFrame | Cause::TooManyFaces => {
+                Cause::RoiOutsideFrame | Cause::TooManyFaces | Cause::NoMatchingRoi => {
                     gst::element_imp_warning!(self, gst::StreamError::Failed, ("{}", message));
                 }
+                Cause::BatchClamped => {
+                    gst::element_imp_warning!(self, gst::ResourceError::Settings, ("{}", message));
+                }
             }
+        }
+        if let Some(message) = error {
+            gst::error!(CAT, imp = self, "{message}");
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", message));
+            return Err(gst::FlowError::Error);
+        }
+        if drop_frame {
+            // on-failure=conceal and the frame could not even be mapped: fail closed.
+            return Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED);
         }
         Ok(gst::FlowSuccess::Ok)
     }

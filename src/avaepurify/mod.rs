@@ -90,6 +90,35 @@ impl From<DeviceChoice> for crate::engine::Device {
     }
 }
 
+/// What `avaepurify` does with a face it could not purify (the `on-failure` property): the
+/// engine failed, the frame could not be mapped, or the face is beyond `max-faces`.
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstAvaePurifyOnFailure")]
+pub enum OnFailure {
+    /// The unpurified face goes on as it came (the behaviour before this property existed).
+    #[default]
+    #[enum_value(name = "Pass: the unpurified face goes on unchanged", nick = "pass")]
+    Pass = 0,
+    /// As `pass`, and each ROI's `avae-purify` param says `purified=false` (purified ones
+    /// `purified=true`).
+    #[enum_value(
+        name = "Mark: the face goes on, its ROI's avae-purify param says purified=false",
+        nick = "mark"
+    )]
+    Mark = 1,
+    /// Fail closed: the face region is pixelated beyond recognition (a frame that cannot be
+    /// mapped is dropped).
+    #[enum_value(
+        name = "Conceal: pixelate the unpurified face (drop a frame that cannot be mapped)",
+        nick = "conceal"
+    )]
+    Conceal = 2,
+    /// Post an element error and stop the stream with a flow error.
+    #[enum_value(name = "Error: post an error and stop the stream", nick = "error")]
+    Error = 3,
+}
+
 /// The packed 8-bit RGB video formats the elements accept, and their pixel layouts.
 const PACKED_RGB: [(gst_video::VideoFormat, PixelLayout); 6] = [
     (gst_video::VideoFormat::Rgb, PixelLayout::Rgb),
@@ -138,6 +167,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     BackendChoice::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     DeviceChoice::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    OnFailure::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "avaepurify",

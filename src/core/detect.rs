@@ -367,6 +367,15 @@ pub fn decode_centerface(
     Ok(faces)
 }
 
+/// Keeps the `limit` most confident of `faces` (ties keep their order), sorted by decreasing
+/// confidence as [`non_max_suppression`] would sort them; a no-op below the limit.
+pub fn keep_most_confident(faces: &mut Vec<Face>, limit: usize) {
+    if faces.len() > limit {
+        faces.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        faces.truncate(limit);
+    }
+}
+
 /// Greedy non-maximum suppression: faces by decreasing confidence (ties keep their order), each
 /// kept unless its IoU with a face already kept is at least `iou_threshold`.
 pub fn non_max_suppression(mut faces: Vec<Face>, iou_threshold: f32) -> Vec<Face> {

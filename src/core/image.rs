@@ -325,6 +325,50 @@ pub fn write_region(
     Ok(())
 }
 
+/// Conceals `region` of `frame` by pixelating it into blocks of `block` x `block` pixels, each
+/// filled with its mean colour, leaving alpha or padding bytes untouched. With `block` a
+/// quarter of the face or more, no identity survives (the `conceal` failure policy).
+pub fn pixelate(frame: &mut FrameMut<'_>, region: Region, block: usize) -> Result<(), Error> {
+    check_frame(
+        frame.data.len(),
+        frame.width,
+        frame.height,
+        frame.stride,
+        frame.layout,
+        region,
+    )?;
+    let block = block.max(1);
+    let bpp = frame.layout.bytes_per_pixel();
+    let offsets = frame.layout.rgb_offsets();
+    let (x_end, y_end) = (region.x + region.width, region.y + region.height);
+    for by in (region.y..y_end).step_by(block) {
+        for bx in (region.x..x_end).step_by(block) {
+            let (ys, xs) = (by..(by + block).min(y_end), bx..(bx + block).min(x_end));
+            let mut sum = [0u64; 3];
+            let mut count = 0u64;
+            for y in ys.clone() {
+                for x in xs.clone() {
+                    let px = y * frame.stride + x * bpp;
+                    for (c, off) in offsets.iter().enumerate() {
+                        sum[c] += u64::from(frame.data[px + off]);
+                    }
+                    count += 1;
+                }
+            }
+            let mean = sum.map(|v| (v / count.max(1)) as u8);
+            for y in ys.clone() {
+                for x in xs.clone() {
+                    let px = y * frame.stride + x * bpp;
+                    for (c, off) in offsets.iter().enumerate() {
+                        frame.data[px + off] = mean[c];
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `face` into the square `b` of `frame` (see [`write_region`]).
 pub fn write_face(
     frame: &mut FrameMut<'_>,

@@ -126,6 +126,36 @@ impl FromStr for Device {
     }
 }
 
+/// When `device` was asked for explicitly (`cuda` or `tensorrt`) but the engine runs elsewhere
+/// (`running`, an [`Engine::describe`]), the warning to give: it names the device, where the
+/// engine runs instead, and why (`fallbacks`). `None` for `auto` and `cpu`, whose fallbacks are
+/// expected and only worth an INFO line.
+pub fn explicit_device_unavailable(
+    device: Device,
+    running: &str,
+    fallbacks: &[String],
+) -> Option<String> {
+    let (property, provider) = match device {
+        Device::Cuda => ("cuda", "CUDA"),
+        Device::TensorRt => ("tensorrt", "TensorRT"),
+        Device::Auto | Device::Cpu => return None,
+    };
+    if running.contains(&format!("({provider})")) {
+        return None;
+    }
+    let reason = if running.starts_with("tract") {
+        "the tract backend runs on the CPU only (use backend=ort)".to_owned()
+    } else if fallbacks.is_empty() {
+        "no reason given".to_owned()
+    } else {
+        fallbacks.join("; ")
+    };
+    Some(format!(
+        "device={property} was requested but {provider} is unavailable, running on {running} \
+         instead: {reason}"
+    ))
+}
+
 /// Opens the ONNX graph at `path` with the requested backend and device. `cache_dir` receives
 /// TensorRT engine and timing caches (normally the bundle folder).
 pub fn open_graph(

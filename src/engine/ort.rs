@@ -176,6 +176,15 @@ impl OrtEngine {
                 if !ep::TensorRT::is_available().unwrap_or(false) {
                     return Err("not in this ONNX Runtime build".to_string());
                 }
+                // What protects this cache: ONNX Runtime names each serialized TensorRT engine
+                // after a hash of the graph, the TensorRT version and the GPU, so a stale
+                // engine is not picked up for another graph or GPU, but it does NOT verify the
+                // content of a file found under that name: TensorRT deserializes whatever is
+                // there. The only protection is who can write the folder: the bundle folder
+                // for the purifier, and for the detector the per-user cache folder, created
+                // with mode 0700 and refused when owned by another user
+                // (`avaefacedetect::create_private_dir`). Never point either at a folder other
+                // users can write.
                 let cache = cache_dir.join("trt-cache");
                 std::fs::create_dir_all(&cache)
                     .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
