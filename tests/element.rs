@@ -817,6 +817,14 @@ fn value_info(name: &str, dims: &[i64]) -> tract_onnx::pb::ValueInfoProto {
 /// checksum) but fails when it runs: it returns its skip input, `[N, 8, 16, 16]`, as the
 /// `[N, 3, 64, 64]` image. Every face then fails in the engine.
 fn bundle_with_failing_decoder(name: &str) -> std::path::PathBuf {
+    bundle_with_failing_decoder_and(name, None)
+}
+
+/// [`bundle_with_failing_decoder`], with `template` as the manifest's landmark template.
+fn bundle_with_failing_decoder_and(
+    name: &str,
+    template: Option<[[f32; 2]; 5]>,
+) -> std::path::PathBuf {
     use prost::Message;
     use tract_onnx::pb;
     let dir = std::env::temp_dir().join(format!("avae-element-{name}-{}", std::process::id()));
@@ -853,6 +861,9 @@ fn bundle_with_failing_decoder(name: &str) -> std::path::PathBuf {
         serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest")).unwrap();
     manifest["graphs"]["decoder"]["sha256"] =
         serde_json::json!(gstavaepurify::bundle::sha256_file(&decoder).unwrap());
+    if let Some(template) = template {
+        manifest["landmark_template"] = serde_json::json!(template);
+    }
     std::fs::write(
         &manifest_path,
         serde_json::to_vec_pretty(&manifest).unwrap(),
@@ -1133,4 +1144,65 @@ fn an_explicit_unavailable_device_is_a_bus_warning() {
             assert!(warnings.is_empty(), "auto stays at INFO: {warnings:?}");
         }
     }
+}
+
+#[test]
+fn on_failure_conceal_covers_the_aligned_face_not_the_roi_box() {
+    let bundle = bundle_with_failing_decoder_and("failing-aligned", Some(TEMPLATE));
+    let props = [
+        ("model", bundle.to_str().expect("utf-8 temp path")),
+        ("on-failure", "conceal"),
+    ];
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, 128, 96, &props);
+    let mut input = frame(&info, 31, &[]);
+    add_face_with_landmarks(
+        input.get_mut().unwrap(),
+        &info,
+        (4, 4, 20, 20),
+        &rotated_landmarks(),
+    );
+    let before = bytes(&input);
+    let after = bytes(&h.push_and_pull(input).expect("frame out"));
+    std::fs::remove_dir_all(&bundle).ok();
+    let stride = info.stride()[0] as usize;
+    let changed = |x0: usize, y0: usize, x1: usize, y1: usize| {
+        (y0..y1)
+            .flat_map(|y| (x0 * 3..x1 * 3).map(move |i| y * stride + i))
+            .filter(|&i| before[i] != after[i])
+            .count()
+    };
+    // The landmarks put the face around (90, 60), 40 pixels wide; the ROI box is elsewhere.
+    assert!(
+        changed(80, 50, 100, 70) > 0,
+        "the aligned face was not concealed"
+    );
+    assert_eq!(changed(0, 0, 30, 30), 0, "the ROI box is not the face");
+}
+
+#[test]
+fn explicit_device_warnings_name_the_device_and_the_reason() {
+    use gstavaepurify::engine::{Device, explicit_device_unavailable};
+    let tract = explicit_device_unavailable(Device::Cuda, "tract (CPU)", &[]).unwrap();
+    assert!(
+        tract.contains("device=cuda") && tract.contains("tract") && tract.contains("CPU"),
+        "{tract}"
+    );
+    let why = vec!["CUDA execution provider unavailable (no GPU)".to_owned()];
+    let ort = explicit_device_unavailable(Device::TensorRt, "ort (CUDA)", &why).unwrap();
+    assert!(
+        ort.contains("device=tensorrt") && ort.contains("no GPU"),
+        "{ort}"
+    );
+    assert_eq!(
+        explicit_device_unavailable(Device::Cuda, "ort (CUDA)", &[]),
+        None
+    );
+    assert_eq!(
+        explicit_device_unavailable(Device::Auto, "ort (CPU)", &why),
+        None
+    );
+    assert_eq!(
+        explicit_device_unavailable(Device::Cpu, "tract (CPU)", &[]),
+        None
+    );
 }

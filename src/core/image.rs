@@ -137,7 +137,10 @@ pub fn square_box(
         return None;
     }
     let (fw, fh) = (frame_w as i64, frame_h as i64);
-    let (x1, y1) = (roi_x + i64::from(roi_w), roi_y + i64::from(roi_h));
+    let (x1, y1) = (
+        roi_x.saturating_add(i64::from(roi_w)),
+        roi_y.saturating_add(i64::from(roi_h)),
+    );
     if x1 <= 0 || y1 <= 0 || roi_x >= fw || roi_y >= fh {
         return None;
     }
