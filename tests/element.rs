@@ -1009,6 +1009,8 @@ fn on_failure_conceal_drops_a_frame_it_cannot_map() {
         32,
         &[("on-failure", "conceal")],
     );
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
     let mut buffer = gst::Buffer::from_mut_slice(common::pattern(info.size() - 1, 1));
     VideoRegionOfInterestMeta::add(buffer.get_mut().unwrap(), "face", (4, 4, 16, 16));
     assert_eq!(h.push(buffer), Ok(gst::FlowSuccess::Ok));
@@ -1017,6 +1019,9 @@ fn on_failure_conceal_drops_a_frame_it_cannot_map() {
         "the unconcealable frame was dropped"
     );
     assert_eq!(stat(&stats(&h), "failures"), 1);
+    let warnings = bus_texts(&bus, gst::MessageType::Warning);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("dropped"), "{warnings:?}");
 }
 
 #[test]

@@ -629,6 +629,9 @@ impl AvaePurify {
                         OnFailure::Mark => {
                             "frames pass through unpurified, their ROIs marked purified=false"
                         }
+                        OnFailure::Conceal if matches!(cause, Cause::FrameUnreadable) => {
+                            "frames that cannot be mapped are dropped (on-failure=conceal)"
+                        }
                         OnFailure::Conceal => "the faces are concealed (pixelated)",
                         OnFailure::Error => "stopping (on-failure=error)",
                     };
