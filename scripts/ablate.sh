@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The defense ablations of issue 10, resumable: each run fine-tunes the shipped generator
+# (models/avae-cpu) for the same number of steps, one CPU thread each, niced, in
+# $AVAE_RUNS (default $HOME/avae-runs); re-running resumes every run from its last checkpoint.
+# Then export each run and compare them with `trainer eval --lab` (see the README).
+#   bash scripts/ablate.sh [STEPS] [RUN ...]     (default: 2000 steps, runs ft-base ft-denoise)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+steps="${1:-2000}"; shift || true
+runs=("$@"); [ ${#runs[@]} -gt 0 ] || runs=(ft-base ft-denoise)
+root="${AVAE_RUNS:-$HOME/avae-runs}"
+mkdir -p "$root"
+cargo build --release -p avae-trainer
+bin="$root/trainer-bin"; cp target/release/trainer "$bin"
+[ -f "$root/data/lfw-64.bin" ] || "$bin" prepare --size 64 --out "$root/data"
+for r in "${runs[@]}"; do
+  case "$r" in
+    ft-base) extra=() ;;
+    ft-denoise) extra=(--denoise 0.75 --denoise-eps 8) ;;
+    ft-skipnoise) extra=(--skip-noise 0.5) ;;
+    ft-denoise-skipnoise) extra=(--denoise 0.75 --denoise-eps 8 --skip-noise 0.5) ;;
+    ft-critic-only) extra=(--lambda-c 0) ;;
+    *) echo "ablate.sh: unknown run '$r'" >&2; exit 2 ;;
+  esac
+  resume=(); [ -f "$root/$r/checkpoint.json" ] && resume=(--resume)
+  lc=(--lambda-c 300); [ "$r" = ft-critic-only ] && lc=()
+  nohup nice -n 10 "$bin" train --preset cpu --objective bc "${lc[@]}" --steps "$steps" \
+    --ckpt-every 100 --sample-every 250 --threads 1 --data "$root/data" \
+    --init-bundle "$PWD/models/avae-cpu" --out "$root/$r" "${resume[@]}" "${extra[@]}" \
+    >> "$root/$r.log" 2>&1 &
+  echo "ablate: $r -> $root/$r (log $root/$r.log)"
+done
