@@ -1128,6 +1128,65 @@ pub(crate) fn stage_done(seconds: &mut BTreeMap<String, f64>, stage: &str, since
     seconds.insert(stage.to_owned(), s);
 }
 
+/// The fold-1 test pairs and the calibration impostor pairs of folds 2-10 as crops in [-1, 1]
+/// with their recognizer warps, and the recognizer: what the full evaluation and the lab share.
+pub(crate) struct PairSets {
+    pub recognizer: Recognizer,
+    /// Pair kinds, in pair order.
+    pub same: Vec<bool>,
+    pub gallery: Tensor,
+    pub probe: Tensor,
+    pub align_gallery: Tensor,
+    pub align_probe: Tensor,
+    pub calib_a: Tensor,
+    pub calib_b: Tensor,
+    pub align_calib_a: Tensor,
+    pub align_calib_b: Tensor,
+    /// Calibration pairs actually found in the crop cache.
+    pub calib_len: usize,
+}
+
+impl PairSets {
+    /// Loads the crop cache of side `size`, the recognizer, the pairs and their warps.
+    pub(crate) fn load(opts: &EvalOptions, size: usize) -> Result<Self> {
+        let set = FaceSet::load(&opts.data, &opts.data_name, size)?;
+        let recognizer = Recognizer::load(
+            &opts.recognizer,
+            opts.alignment,
+            &set.index.crop,
+            size as i64,
+        )?;
+        let pairs = test_pairs(&set, opts.pairs)?;
+        let gallery_idx: Vec<i64> = pairs.iter().map(|p| p.0).collect();
+        let probe_idx: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+        let calib = calibration_pairs(&set, &opts.pairs_file, opts.calib_pairs)?;
+        let calib_a: Vec<i64> = calib.iter().map(|p| p.0).collect();
+        let calib_b: Vec<i64> = calib.iter().map(|p| p.1).collect();
+        let [align_gallery, align_probe, align_calib_a, align_calib_b]: [Tensor; 4] = warps(
+            &set,
+            opts,
+            &recognizer,
+            &[&gallery_idx, &probe_idx, &calib_a, &calib_b],
+        )?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("internal error: four warp sets expected"))?;
+        let crops = |idx: &[i64]| to_unit_range(&set.select(idx));
+        Ok(Self {
+            same: pairs.iter().map(|p| p.2).collect(),
+            gallery: crops(&gallery_idx),
+            probe: crops(&probe_idx),
+            calib_a: crops(&calib_a),
+            calib_b: crops(&calib_b),
+            align_gallery,
+            align_probe,
+            align_calib_a,
+            align_calib_b,
+            calib_len: calib.len(),
+            recognizer,
+        })
+    }
+}
+
 /// Runs the whole evaluation and writes the report.
 pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let start = Instant::now();
@@ -1135,13 +1194,9 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let bundle = Bundle::load(&opts.bundle)
         .with_context(|| format!("cannot load the bundle '{}'", opts.bundle.display()))?;
     let size = bundle.manifest.image_size;
-    let set = FaceSet::load(&opts.data, &opts.data_name, size)?;
-    let recognizer = Recognizer::load(
-        &opts.recognizer,
-        opts.alignment,
-        &set.index.crop,
-        size as i64,
-    )?;
+    let t = Instant::now();
+    let sets = PairSets::load(opts, size)?;
+    stage_done(&mut seconds, "alignment", t);
     let (_vs, generator) = attack::generator_from_bundle(&bundle)?;
     let avae = AVaeDefense::load(&opts.bundle, opts.backend, opts.purify)?;
     let mut purifier_info = BTreeMap::new();
@@ -1158,30 +1213,13 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let mut defenses: Vec<Defense> = vec![Defense::None, Defense::AVae(Box::new(avae))];
     defenses.extend(Defense::baselines());
 
-    let pairs = test_pairs(&set, opts.pairs)?;
-    let gallery_idx: Vec<i64> = pairs.iter().map(|p| p.0).collect();
-    let probe_idx: Vec<i64> = pairs.iter().map(|p| p.1).collect();
-    let calib = calibration_pairs(&set, &opts.pairs_file, opts.calib_pairs)?;
-    let calib_a: Vec<i64> = calib.iter().map(|p| p.0).collect();
-    let calib_b: Vec<i64> = calib.iter().map(|p| p.1).collect();
-    let t = Instant::now();
-    let [align_gallery, align_probe, align_ca, align_cb]: [Tensor; 4] = warps(
-        &set,
-        opts,
-        &recognizer,
-        &[&gallery_idx, &probe_idx, &calib_a, &calib_b],
-    )?
-    .try_into()
-    .map_err(|_| anyhow::anyhow!("internal error: four warp sets expected"))?;
-    stage_done(&mut seconds, "alignment", t);
-    let same: Vec<bool> = pairs.iter().map(|p| p.2).collect();
     println!(
         "evaluating {} fold-1 pairs ({} same, {} different), thresholds from {} impostor pairs of \
          folds 2-10; A-VAE M = {}, tau = {}, EOT K = {}; purifier {}",
-        same.len(),
-        same.iter().filter(|&&s| s).count(),
-        same.iter().filter(|&&s| !s).count(),
-        calib.len(),
+        sets.same.len(),
+        sets.same.iter().filter(|&&s| s).count(),
+        sets.same.iter().filter(|&&s| !s).count(),
+        sets.calib_len,
         opts.purify.samples,
         opts.purify.tau,
         opts.eot,
@@ -1189,24 +1227,24 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     );
     let ev = Evaluation {
         opts,
-        grid_rows: spread(same.len(), opts.grid_rows)
+        grid_rows: spread(sets.same.len(), opts.grid_rows)
             .into_iter()
             .map(|k| k as i64)
             .collect(),
-        recognizer,
-        same,
-        gallery: to_unit_range(&set.select(&gallery_idx)),
-        probe: to_unit_range(&set.select(&probe_idx)),
-        align_gallery,
-        align_probe,
+        recognizer: sets.recognizer,
+        same: sets.same,
+        gallery: sets.gallery,
+        probe: sets.probe,
+        align_gallery: sets.align_gallery,
+        align_probe: sets.align_probe,
     };
 
     let t = Instant::now();
-    let (ca, cb) = (
-        to_unit_range(&set.select(&calib_a)),
-        to_unit_range(&set.select(&calib_b)),
-    );
-    let thresholds = ev.thresholds(&mut defenses, (&ca, &align_ca), (&cb, &align_cb))?;
+    let thresholds = ev.thresholds(
+        &mut defenses,
+        (&sets.calib_a, &sets.align_calib_a),
+        (&sets.calib_b, &sets.align_calib_b),
+    )?;
     stage_done(&mut seconds, "thresholds", t);
 
     let t = Instant::now();
@@ -1303,7 +1341,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         recognizer: recognizer_info,
         image_size: size,
         same: ev.same.clone(),
-        calibration_pairs: calib.len(),
+        calibration_pairs: sets.calib_len,
         tables,
         perturbation_l2,
         seconds,

@@ -25,13 +25,12 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::attack::{self, Bpda, GreyBox, LossGradient, Target, fgsm, pgd};
-use crate::data::{FaceSet, progress_bar, to_unit_range, write_atomic};
+use crate::data::{progress_bar, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
 use crate::eval::{
-    EvalOptions, TARGET_FAR, calibration_pairs, defended_embeddings, mix, scores_of, stream,
-    test_pairs, threshold_at_far, verify, warps,
+    EvalOptions, PairSets, TARGET_FAR, defended_embeddings, mix, scores_of, stream,
+    threshold_at_far, verify,
 };
-use crate::recognizer::Recognizer;
 
 /// Fold-1 pairs of a lab run.
 pub const PAIRS: usize = 200;
@@ -72,39 +71,24 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
     let first = Bundle::load(&opts.bundle)
         .with_context(|| format!("cannot load the bundle '{}'", opts.bundle.display()))?;
     let size = first.manifest.image_size;
-    let set = FaceSet::load(&opts.data, &opts.data_name, size)?;
-    let recognizer = Recognizer::load(
-        &opts.recognizer,
-        opts.alignment,
-        &set.index.crop,
-        size as i64,
-    )?;
-    let pairs = test_pairs(&set, opts.pairs)?;
-    let gallery_idx: Vec<i64> = pairs.iter().map(|p| p.0).collect();
-    let probe_idx: Vec<i64> = pairs.iter().map(|p| p.1).collect();
-    let same: Vec<bool> = pairs.iter().map(|p| p.2).collect();
-    let calib = calibration_pairs(&set, &opts.pairs_file, opts.calib_pairs)?;
-    let calib_a: Vec<i64> = calib.iter().map(|p| p.0).collect();
-    let calib_b: Vec<i64> = calib.iter().map(|p| p.1).collect();
-    let [align_g, align_p, align_ca, align_cb]: [Tensor; 4] = warps(
-        &set,
-        opts,
-        &recognizer,
-        &[&gallery_idx, &probe_idx, &calib_a, &calib_b],
-    )?
-    .try_into()
-    .map_err(|_| anyhow::anyhow!("internal error: four warp sets expected"))?;
-    let gallery = to_unit_range(&set.select(&gallery_idx));
-    let probe = to_unit_range(&set.select(&probe_idx));
-    let (ca, cb) = (
-        to_unit_range(&set.select(&calib_a)),
-        to_unit_range(&set.select(&calib_b)),
-    );
+    let PairSets {
+        recognizer,
+        same,
+        gallery,
+        probe,
+        align_gallery: align_g,
+        align_probe: align_p,
+        calib_a: ca,
+        calib_b: cb,
+        align_calib_a: align_ca,
+        align_calib_b: align_cb,
+        calib_len,
+    } = PairSets::load(opts, size)?;
     let n = same.len();
     let chunk = opts.chunk;
     println!(
         "lab: {n} fold-1 pairs, {} calibration pairs, M = {}, {} bundle(s), crop threat model",
-        calib.len(),
+        calib_len,
         opts.purify.samples,
         opts.lab_bundles.len()
     );
@@ -299,7 +283,7 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
     let json = serde_json::json!({
         "command": opts.command,
         "pairs": n,
-        "calibration_pairs": calib.len(),
+        "calibration_pairs": calib_len,
         "samples": opts.purify.samples,
         "pgd": opts.pgd,
         "whitebox_pgd": opts.whitebox_pgd,
