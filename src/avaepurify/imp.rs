@@ -421,15 +421,7 @@ impl AvaePurify {
         targets: &[Target],
     ) -> Result<Vec<Purified>, (Cause, String)> {
         let unreadable = |reason: String| (Cause::FrameUnreadable, reason);
-        let info = frame.info();
-        let (width, height) = (info.width() as usize, info.height() as usize);
-        let layout = pixel_layout(info.format())
-            .ok_or_else(|| unreadable(format!("unsupported format {}", info.format())))?;
-        let stride = usize::try_from(frame.plane_stride()[0])
-            .map_err(|_| unreadable("negative stride".to_owned()))?;
-        let data = frame
-            .plane_data_mut(0)
-            .map_err(|err| unreadable(format!("cannot access plane 0: {err}")))?;
+        let mut dest = packed_frame(frame).map_err(unreadable)?;
 
         let State {
             purifier,
@@ -444,11 +436,11 @@ impl AvaePurify {
             .map_err(|err| unreadable(format!("face batch: {err}")))?;
 
         let source = FrameRef {
-            data: &*data,
-            width,
-            height,
-            stride,
-            layout,
+            data: &*dest.data,
+            width: dest.width,
+            height: dest.height,
+            stride: dest.stride,
+            layout: dest.layout,
         };
         for (target, face) in targets.iter().zip(faces.axis_iter_mut(Axis(0))) {
             match target.crop {
@@ -489,13 +481,6 @@ impl AvaePurify {
             ));
         }
 
-        let mut dest = FrameMut {
-            data,
-            width,
-            height,
-            stride,
-            layout,
-        };
         for (target, face) in targets.iter().zip(faces.axis_iter(Axis(0))) {
             match target.crop {
                 Crop::Frame(region) => image::write_region(&mut dest, region, face),
@@ -719,26 +704,11 @@ impl AvaePurify {
         unpurified: &[(&Target, Cause)],
         side: usize,
     ) -> Result<(), String> {
-        let info = frame.info();
-        let (width, height) = (info.width() as usize, info.height() as usize);
-        let layout =
-            pixel_layout(info.format()).ok_or_else(|| format!("format {}", info.format()))?;
-        let stride =
-            usize::try_from(frame.plane_stride()[0]).map_err(|_| "negative stride".to_owned())?;
-        let data = frame
-            .plane_data_mut(0)
-            .map_err(|err| format!("cannot access plane 0: {err}"))?;
-        let mut dest = FrameMut {
-            data,
-            width,
-            height,
-            stride,
-            layout,
-        };
+        let mut dest = packed_frame(frame)?;
         for (target, _) in unpurified {
             let region = match target.crop {
                 Crop::Frame(region) | Crop::Box(region) => Some(region),
-                Crop::Aligned(to_face) => aligned_bounds(&to_face, side, width, height),
+                Crop::Aligned(to_face) => aligned_bounds(&to_face, side, dest.width, dest.height),
             };
             let Some(region) = region else { continue };
             // Blocks of a quarter of the face: a 4 x 4 mosaic, beyond any recogniser.
@@ -1192,4 +1162,27 @@ impl VideoFilterImpl for AvaePurify {
         state.info = Some(in_info.clone());
         Ok(())
     }
+}
+
+/// The first plane of a mapped packed-RGB video frame as a writable [`FrameMut`]; the error
+/// says what is wrong with the frame.
+fn packed_frame<'a>(
+    frame: &'a mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+) -> Result<FrameMut<'a>, String> {
+    let info = frame.info();
+    let (width, height) = (info.width() as usize, info.height() as usize);
+    let layout = pixel_layout(info.format())
+        .ok_or_else(|| format!("unsupported format {}", info.format()))?;
+    let stride =
+        usize::try_from(frame.plane_stride()[0]).map_err(|_| "negative stride".to_owned())?;
+    let data = frame
+        .plane_data_mut(0)
+        .map_err(|err| format!("cannot access plane 0: {err}"))?;
+    Ok(FrameMut {
+        data,
+        width,
+        height,
+        stride,
+        layout,
+    })
 }
