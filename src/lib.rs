@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod core;
 pub mod engine;
 mod error;
+pub mod frame;
 pub mod purifier;
 
 pub use error::Error;

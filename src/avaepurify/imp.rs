@@ -1,6 +1,5 @@
 //! Implementation of `avaepurify`: settings, streaming state, and the per-frame work.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
@@ -12,14 +11,13 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
-use ndarray::{ArrayView3, ArrayViewMut4, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::{BackendChoice, DeviceChoice, OnFailure, lock, pixel_layout};
 use crate::avaefacedetect::{DETECTION_PARAM, face_from_detection};
-use crate::core::align::{self, Similarity};
-use crate::core::image::{self, FrameMut, FrameRef, Region};
+use crate::core::image::{self, FrameMut, Region};
+use crate::frame::{self, FrameError, Placement};
 use crate::purifier::{Purified, Purifier, PurifyParams};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -189,74 +187,30 @@ impl Stats {
     }
 }
 
-/// How a face is cut out of the frame and put back.
-#[derive(Debug, Clone, Copy)]
-enum Crop {
-    /// The whole frame, resampled to the face and written back as it is (full-frame mode).
-    Frame(Region),
-    /// A square box around the ROI (with margin), pasted back under the feathered mask.
-    Box(Region),
-    /// Warped by a similarity transform (frame to face) that puts the ROI's landmarks on the
-    /// bundle's template, pasted back through its inverse under the feathered mask.
-    Aligned(Similarity),
-}
-
 /// A face to purify: how it is cropped, and the ROI meta it came from (none in full-frame mode).
 struct Target {
     roi: Option<gst::meta::MetaSeqnum>,
-    crop: Crop,
+    placement: Placement,
 }
 
-/// The frame-to-face transform that maps the landmarks of `detection` (normalised to the
-/// `width` x `height` frame) onto `template` (fractions of the `side` x `side` face); `None`
-/// when the structure has no landmarks or they are degenerate (coinciding, not finite).
+/// The aligned placement that maps the landmarks of `detection` (normalised to the `width` x
+/// `height` frame) onto `template` (fractions of the `side` x `side` face); `None` when the
+/// structure has no landmarks or they are degenerate (coinciding, not finite).
 fn landmark_alignment(
     detection: &gst::StructureRef,
     template: &[[f32; 2]; 5],
     side: usize,
     width: usize,
     height: usize,
-) -> Option<Similarity> {
+) -> Option<Placement> {
     let (face, has_landmarks) = face_from_detection(detection)?;
     if !has_landmarks {
         return None;
     }
-    let src = face
+    let landmarks = face
         .landmarks
         .map(|[x, y]| [x * width as f32, y * height as f32]);
-    let dst = template.map(|[u, v]| [u * side as f32, v * side as f32]);
-    align::estimate_similarity(&src, &dst).filter(|t| t.inverse().is_some())
-}
-
-/// Pastes `face` (`[3, S, S]`) back through `to_face` under the feathered mask. Where the face
-/// is larger than its place in the frame it is first area-averaged by the largest factor that
-/// divides S and does not exceed the shrink, so that the paste does not alias.
-fn paste_antialiased(
-    frame: &mut FrameMut<'_>,
-    to_face: &Similarity,
-    face: ArrayView3<'_, f32>,
-    feather: f32,
-) -> Result<(), crate::Error> {
-    let side = face.dim().1;
-    let shrink = to_face.scale().floor();
-    let factor = (2..=side)
-        .take_while(|&k| k as f32 <= shrink)
-        .filter(|&k| side.is_multiple_of(k))
-        .last();
-    match factor {
-        Some(k) => {
-            let small = image::area_downsample(face, k);
-            let k = k as f32;
-            let scaled = Similarity {
-                a: to_face.a / k,
-                b: to_face.b / k,
-                tx: to_face.tx / k,
-                ty: to_face.ty / k,
-            };
-            align::paste_face(frame, &scaled, small.view(), feather)
-        }
-        None => align::paste_face(frame, to_face, face, feather),
-    }
+    Placement::aligned(&landmarks, template, side)
 }
 
 /// What happened to one frame, folded into [`Stats`] and warnings once the state lock is gone.
@@ -309,7 +263,7 @@ impl AvaePurify {
             return (
                 vec![Target {
                     roi: None,
-                    crop: Crop::Frame(Region::full(width, height)),
+                    placement: Placement::Frame(Region::full(width, height)),
                 }],
                 Vec::new(),
             );
@@ -377,7 +331,7 @@ impl AvaePurify {
                 )?;
                 Some(Target {
                     roi: Some(seqnum),
-                    crop: aligned.map_or(Crop::Box(square.into()), Crop::Aligned),
+                    placement: aligned.unwrap_or(Placement::Box(square.into())),
                 })
             })
             .collect();
@@ -395,7 +349,7 @@ impl AvaePurify {
             ) {
                 Some(square) => targets.push(Target {
                     roi: Some(seqnum),
-                    crop: aligned.map_or(Crop::Box(square.into()), Crop::Aligned),
+                    placement: aligned.unwrap_or(Placement::Box(square.into())),
                 }),
                 None => {
                     report.skipped += 1;
@@ -412,46 +366,21 @@ impl AvaePurify {
         (targets, extras)
     }
 
-    /// Reads, purifies and writes back every target of `frame` in one purifier call. On error
-    /// the frame is untouched: faces are written only once all of them are purified.
+    /// Purifies every target of `frame` in one purifier call ([`frame::purify_faces`]). On
+    /// error the frame is untouched.
     fn purify_frame(
         state: &mut State,
         settings: &Settings,
         frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
         targets: &[Target],
     ) -> Result<Vec<Purified>, (Cause, String)> {
-        let unreadable = |reason: String| (Cause::FrameUnreadable, reason);
-        let mut dest = packed_frame(frame).map_err(unreadable)?;
-
+        let mut dest = packed_frame(frame).map_err(|reason| (Cause::FrameUnreadable, reason))?;
         let State {
             purifier,
             rng,
             faces: storage,
             ..
         } = state;
-        let side = purifier.image_size();
-        let n = targets.len();
-        storage.resize(n * 3 * side * side, 0.0);
-        let mut faces = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
-            .map_err(|err| unreadable(format!("face batch: {err}")))?;
-
-        let source = FrameRef {
-            data: &*dest.data,
-            width: dest.width,
-            height: dest.height,
-            stride: dest.stride,
-            layout: dest.layout,
-        };
-        for (target, face) in targets.iter().zip(faces.axis_iter_mut(Axis(0))) {
-            match target.crop {
-                Crop::Frame(region) | Crop::Box(region) => {
-                    image::read_region(&source, region, face)
-                }
-                Crop::Aligned(to_face) => align::warp_face(&source, &to_face, face),
-            }
-            .map_err(|err| unreadable(err.to_string()))?;
-        }
-
         let params = PurifyParams {
             samples: settings.samples as usize,
             batch: settings.batch as usize,
@@ -461,47 +390,20 @@ impl AvaePurify {
                 settings.tau
             },
         };
-        let results = panic::catch_unwind(AssertUnwindSafe(|| {
-            purifier.purify(faces.view_mut(), &params, rng)
-        }))
-        .map_err(|_| {
-            (
-                Cause::EngineFailed,
-                "the purifier panicked (see the log above)".to_owned(),
-            )
-        })?
-        .map_err(|err| (Cause::EngineFailed, err.to_string()))?;
-        if results.len() != n {
-            return Err((
-                Cause::EngineFailed,
-                format!(
-                    "the purifier returned {} results for {n} faces",
-                    results.len()
-                ),
-            ));
-        }
-
-        for (target, face) in targets.iter().zip(faces.axis_iter(Axis(0))) {
-            match target.crop {
-                Crop::Frame(region) => image::write_region(&mut dest, region, face),
-                Crop::Box(region) => {
-                    // Resampled to the box first (the kernel of `write_region`), the paste
-                    // itself is 1:1: a feather of 0 writes exactly what `write_region` would.
-                    let fitted = image::resize(face, region.height, region.width);
-                    align::paste_face(
-                        &mut dest,
-                        &Similarity::from_region(region, region.width),
-                        fitted.view(),
-                        settings.feather,
-                    )
-                }
-                Crop::Aligned(to_face) => {
-                    paste_antialiased(&mut dest, &to_face, face, settings.feather)
-                }
-            }
-            .map_err(|err| unreadable(err.to_string()))?;
-        }
-        Ok(results)
+        let placements: Vec<Placement> = targets.iter().map(|t| t.placement).collect();
+        frame::purify_faces(
+            purifier,
+            &mut dest,
+            &placements,
+            &params,
+            settings.feather,
+            rng,
+            storage,
+        )
+        .map_err(|err| match err {
+            FrameError::Unreadable(reason) => (Cause::FrameUnreadable, reason),
+            FrameError::Engine(reason) => (Cause::EngineFailed, reason),
+        })
     }
 
     /// Adds the `avae-purify` param structure to each ROI meta that was purified.
@@ -594,7 +496,7 @@ impl AvaePurify {
                     report.purified = targets.len() as u64;
                     report.aligned = targets
                         .iter()
-                        .filter(|t| matches!(t.crop, Crop::Aligned(_)))
+                        .filter(|t| matches!(t.placement, Placement::Aligned(_)))
                         .count() as u64;
                     report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
                     report.engine_ms = (state.purifier.engine_seconds() - engine_before) * 1000.0;
@@ -705,51 +607,9 @@ impl AvaePurify {
         side: usize,
     ) -> Result<(), String> {
         let mut dest = packed_frame(frame)?;
-        for (target, _) in unpurified {
-            let region = match target.crop {
-                Crop::Frame(region) | Crop::Box(region) => Some(region),
-                Crop::Aligned(to_face) => aligned_bounds(&to_face, side, dest.width, dest.height),
-            };
-            let Some(region) = region else { continue };
-            // Blocks of a quarter of the face: a 4 x 4 mosaic, beyond any recogniser.
-            let block = region.width.max(region.height).div_ceil(4).max(2);
-            image::pixelate(&mut dest, region, block).map_err(|err| err.to_string())?;
-        }
-        Ok(())
+        let placements: Vec<Placement> = unpurified.iter().map(|(t, _)| t.placement).collect();
+        frame::conceal(&mut dest, &placements, side).map_err(|err| err.to_string())
     }
-}
-
-/// The frame region covered by the `side` x `side` face of an aligned crop (`to_face` maps
-/// frame to face), clipped to the frame; `None` when it misses the frame.
-fn aligned_bounds(
-    to_face: &Similarity,
-    side: usize,
-    width: usize,
-    height: usize,
-) -> Option<Region> {
-    let back = to_face.inverse()?;
-    let side = side as f32;
-    let corners = [[0.0, 0.0], [side, 0.0], [0.0, side], [side, side]].map(|p| back.apply(p));
-    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
-    for [x, y] in corners {
-        if !x.is_finite() || !y.is_finite() {
-            return None;
-        }
-        x0 = x0.min(x);
-        y0 = y0.min(y);
-        x1 = x1.max(x);
-        y1 = y1.max(y);
-    }
-    let x0 = x0.floor().max(0.0) as usize;
-    let y0 = y0.floor().max(0.0) as usize;
-    let x1 = (x1.ceil().max(0.0) as usize).min(width);
-    let y1 = (y1.ceil().max(0.0) as usize).min(height);
-    (x1 > x0 && y1 > y0).then_some(Region {
-        x: x0,
-        y: y0,
-        width: x1 - x0,
-        height: y1 - y0,
-    })
 }
 
 #[glib::object_subclass]
@@ -774,7 +634,11 @@ impl ObjectImpl for AvaePurify {
                     .nick("Model bundle")
                     .blurb(
                         "Folder of the A-VAE model bundle (manifest.json, encoder.onnx, \
-                         decoder.onnx); loaded when the element starts",
+                         decoder.onnx; default: AVAE_PURIFY_MODEL, else avae-cpu in the first \
+                         models folder that has it: AVAE_PURIFY_MODELS, then avae-purify/models \
+                         in the plugin's <prefix>/share, $XDG_DATA_HOME or ~/.local/share, \
+                         /usr/local/share, /usr/share, then the source tree); loaded when the \
+                         element starts",
                     )
                     .default_value(Some(default_model.as_str()))
                     .mutable_ready()
