@@ -26,12 +26,15 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// Environment variable that overrides the default bundle folder.
 pub const MODEL_ENV: &str = "AVAE_PURIFY_MODEL";
 
-/// The bundle shipped with the project (`models/avae-cpu`), unless `AVAE_PURIFY_MODEL` names
-/// another folder.
+/// The shipped bundle's folder inside a models folder (see [`crate::paths`]).
+pub const SHIPPED_BUNDLE: &str = "avae-cpu";
+
+/// The folder named by `AVAE_PURIFY_MODEL`, else the shipped bundle (`avae-cpu`) where the
+/// run-time model search ([`crate::paths`]) finds it.
 pub fn default_model_dir() -> PathBuf {
     match std::env::var_os(MODEL_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("models/avae-cpu"),
+        _ => crate::paths::shipped_model(SHIPPED_BUNDLE),
     }
 }
 
@@ -143,10 +146,13 @@ impl Bundle {
     pub fn load(dir: impl AsRef<Path>) -> Result<Bundle, Error> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
-            return Err(Error::bundle(
-                &dir,
+            let mut reason = String::from(
                 "no such folder (expected a model bundle folder holding manifest.json and ONNX graphs)",
-            ));
+            );
+            if let Some(note) = crate::paths::not_found_note(&dir, SHIPPED_BUNDLE) {
+                reason = format!("{reason}; {note}");
+            }
+            return Err(Error::bundle(&dir, reason));
         }
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = fs::read_to_string(&manifest_path)

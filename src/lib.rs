@@ -1,7 +1,8 @@
 //! avae-purify: A-VAE adversarial purification of faces in live video.
 //!
 //! The crate is both the GStreamer plugin (`avaepurify`) and a library: the purification
-//! core ([`core`]), model bundles ([`bundle`]), inference engines ([`engine`]) and the
+//! core ([`core`]), model bundles ([`bundle`]) and where the shipped ones are found
+//! ([`paths`]), inference engines ([`engine`]) and the
 //! [`purifier::Purifier`] that ties them together are used by the trainer and the
 //! benchmarks, so evaluation measures exactly the code that ships.
 
@@ -12,6 +13,7 @@ pub mod core;
 pub mod engine;
 mod error;
 pub mod frame;
+pub mod paths;
 pub mod purifier;
 
 pub use error::Error;

@@ -32,12 +32,15 @@ pub const CACHE_ENV: &str = "AVAE_CACHE_DIR";
 /// landmarks.
 const OUTPUT_CHANNELS: [i64; 4] = [1, 2, 2, 10];
 
-/// The CenterFace graph shipped with the project (`models/centerface/centerface.onnx`), unless
-/// `AVAE_DETECT_MODEL` names another file.
+/// The shipped CenterFace graph inside a models folder (see [`crate::paths`]).
+const SHIPPED_MODEL: &str = "centerface/centerface.onnx";
+
+/// The file named by `AVAE_DETECT_MODEL`, else the shipped CenterFace graph where the run-time
+/// model search ([`crate::paths`]) finds it.
 pub fn default_model_path() -> PathBuf {
     match std::env::var_os(MODEL_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("models/centerface/centerface.onnx"),
+        _ => crate::paths::shipped_model(SHIPPED_MODEL),
     }
 }
 
@@ -288,11 +291,14 @@ impl Detector {
         cache: &Path,
     ) -> Result<Self, Error> {
         if !model.is_file() {
-            return Err(model_error(
-                model,
+            let mut reason = String::from(
                 "no such file (property 'model' or AVAE_DETECT_MODEL; the project ships \
                  models/centerface/centerface.onnx)",
-            ));
+            );
+            if let Some(note) = crate::paths::not_found_note(model, SHIPPED_MODEL) {
+                reason = format!("{reason}; {note}");
+            }
+            return Err(model_error(model, reason));
         }
         let bytes = fs::read(model).map_err(|e| model_error(model, format!("cannot read: {e}")))?;
         let dynamic = dynamic_shape_model(model, &bytes)?;

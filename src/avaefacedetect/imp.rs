@@ -215,8 +215,11 @@ impl ObjectImpl for AvaeFaceDetect {
                 glib::ParamSpecString::builder("model")
                     .nick("Detector model")
                     .blurb(
-                        "CenterFace ONNX graph (default: the shipped models/centerface/\
-                         centerface.onnx, or AVAE_DETECT_MODEL); loaded when the element starts",
+                        "CenterFace ONNX graph (default: AVAE_DETECT_MODEL, else \
+                         centerface/centerface.onnx in the first models folder that has it: \
+                         AVAE_PURIFY_MODELS, then avae-purify/models in the plugin's \
+                         <prefix>/share, $XDG_DATA_HOME or ~/.local/share, /usr/local/share, \
+                         /usr/share, then the source tree); loaded when the element starts",
                     )
                     .default_value(Some(default_model.as_str()))
                     .mutable_ready()

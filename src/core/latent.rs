@@ -16,7 +16,8 @@
 //! `R^2 = 2D (tau - K0)`, and *clipping* is the Euclidean projection onto it: a `z` inside is kept,
 //! a `z` outside is scaled towards the origin to radius `R`. Edge cases:
 //! - `tau = +inf`: nothing is clipped (plain VAE sampling);
-//! - `tau = 0`: only `z = 0` can fit (and only if `sigma = 1`); every sample becomes `z = 0`;
+//! - `tau = 0`: only `z = 0` can fit, and only if `sigma = 1` (then every sample becomes
+//!   `z = 0`); for any other sigma the set is empty, the next case;
 //! - `tau < K0` (a sigma for which no z fits): the set is empty. The latent of least KL would be
 //!   `z = 0`, but the decoder never sees a zero latent in training and turns it into a face-less
 //!   colour field (measured on real video faces); we use the posterior mean `z = mu` instead (a
@@ -132,7 +133,7 @@ pub fn sample_latents<R: Rng + ?Sized>(
 pub struct SampleStats {
     /// Latents scaled onto the KL ball.
     pub scaled: usize,
-    /// The KL ball was empty: every latent was set to 0.
+    /// The KL ball was empty: every latent was set to the posterior mean `mu`.
     pub unreachable: bool,
 }
 

@@ -4,8 +4,9 @@
 //! latent dimensions, stays below `tau`. That KL has a floor set by the encoder's sigma alone,
 //! so a fixed `tau` only means something on the KL scale of the model that was trained: the
 //! paper's 0.03 leaves the admissible ball empty for a model whose posteriors sit at a mean KL
-//! of ~0.4 per dimension, and every latent then collapses to 0. The bundle therefore carries a
-//! `tau` measured on training faces: the median, over faces, of the KL at the posterior mean.
+//! of ~0.4 per dimension, and every latent then collapses to the posterior mean (no sampling at
+//! all, `gstavaepurify::core::latent`). The bundle therefore carries a `tau` measured on training
+//! faces: the median, over faces, of the KL at the posterior mean.
 //! Typical faces keep their posterior mean inside the ball while samples are pulled back to its
 //! surface; faces whose latents lie far out (off- or on-manifold attacks raise the KL, paper
 //! section 3.1) are pulled towards the prior.
