@@ -6,7 +6,7 @@
 //! image threat model calls the same function on whole photos, so the evaluation measures
 //! exactly what a pipeline does to a frame.
 
-use ndarray::{ArrayView3, ArrayViewMut4, Axis};
+use ndarray::{ArrayView3, ArrayViewMut3, ArrayViewMut4, Axis};
 use rand::rngs::StdRng;
 
 use crate::core::align::{self, Similarity};
@@ -97,13 +97,7 @@ pub fn purify_faces(
         layout: frame.layout,
     };
     for (placement, face) in faces.iter().zip(batch.axis_iter_mut(Axis(0))) {
-        match placement {
-            Placement::Frame(region) | Placement::Box(region) => {
-                image::read_region(&source, *region, face)
-            }
-            Placement::Aligned(to_face) => align::warp_face(&source, to_face, face),
-        }
-        .map_err(unreadable)?;
+        read(&source, placement, face).map_err(unreadable)?;
     }
 
     let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -122,6 +116,20 @@ pub fn purify_faces(
         paste(frame, placement, face, feather).map_err(unreadable)?;
     }
     Ok(results)
+}
+
+/// Cuts the face at `placement` out of `frame` into `out` (`[3, S, S]`, RGB in [-1, 1]).
+pub fn read(
+    frame: &FrameRef<'_>,
+    placement: &Placement,
+    out: ArrayViewMut3<'_, f32>,
+) -> Result<(), crate::Error> {
+    match placement {
+        Placement::Frame(region) | Placement::Box(region) => {
+            image::read_region(frame, *region, out)
+        }
+        Placement::Aligned(to_face) => align::warp_face(frame, to_face, out),
+    }
 }
 
 /// Writes `face` (`[3, S, S]`) back to where `placement` cut it from.

@@ -47,6 +47,11 @@ impl AVaeDefense {
         &self.purifier
     }
 
+    /// The purifier, to run it on whole frames ([`gstavaepurify::frame::purify_faces`]).
+    pub fn purifier_mut(&mut self) -> &mut Purifier {
+        &mut self.purifier
+    }
+
     /// Purifies each face with its own generator seeded by `seeds[i]`, so a face's result does
     /// not depend on the batch it came in.
     fn purify(&mut self, faces: &Tensor, seeds: &[u64]) -> Result<Tensor> {

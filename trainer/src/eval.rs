@@ -77,6 +77,8 @@ pub struct EvalOptions {
     pub tau_given: Option<f32>,
     /// K: draws of the purifier's randomness per white-box gradient (EOT).
     pub eot: usize,
+    /// The element's `feather` in the image threat model.
+    pub feather: f32,
     /// Grey-box PGD.
     pub pgd: PgdParams,
     /// White-box (BPDA) PGD.
@@ -151,7 +153,10 @@ pub struct EvalArgs {
     /// Latents per decoder call
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// K: purifier draws per white-box EOT gradient [default: 4, --fast 2]
+    /// The element's feather (paste-back mask) in the image threat model
+    #[arg(long, default_value_t = 0.15)]
+    feather: f32,
+    /// K: purifier draws per white-box EOT gradient [default: 4, --fast 2, --lab 1]
     #[arg(long)]
     eot: Option<usize>,
     /// Grey-box PGD steps [default: 20, --fast 10]
@@ -285,7 +290,12 @@ impl EvalArgs {
                 .parse()
                 .with_context(|| format!("--backend '{}'", self.backend))?,
             tau_given: self.tau,
-            eot: pick(self.eot, defaults::EOT),
+            eot: if self.lab {
+                self.eot.unwrap_or(1)
+            } else {
+                pick(self.eot, defaults::EOT)
+            },
+            feather: self.feather,
             pgd: PgdParams {
                 eps: 8.0,
                 step: self.pgd_step,
@@ -1102,24 +1112,6 @@ impl Evaluation<'_> {
     }
 }
 
-/// The warps of the gallery, probe and calibration images (`index_sets`), in that order.
-pub(crate) fn warps(
-    set: &FaceSet,
-    opts: &EvalOptions,
-    recognizer: &Recognizer,
-    index_sets: &[&[i64]],
-) -> Result<Vec<Tensor>> {
-    let all: Vec<i64> = index_sets.iter().flat_map(|v| v.iter().copied()).collect();
-    let landmarks = image_landmarks(set, opts, &all)?;
-    let mut out = Vec::new();
-    let mut start = 0;
-    for v in index_sets {
-        out.push(recognizer.align_for(&landmarks[start..start + v.len()])?);
-        start += v.len();
-    }
-    Ok(out)
-}
-
 /// Records and prints how long a stage took (progress bars are hidden when the output is not a
 /// terminal, so long runs still log their progress).
 pub(crate) fn stage_done(seconds: &mut BTreeMap<String, f64>, stage: &str, since: Instant) {
@@ -1144,6 +1136,12 @@ pub(crate) struct PairSets {
     pub align_calib_b: Tensor,
     /// Calibration pairs actually found in the crop cache.
     pub calib_len: usize,
+    /// Cache indices of the gallery, probe, calibration a and b images, in that order.
+    pub indices: [Vec<i64>; 4],
+    /// Their landmarks (all `None` unless the alignment is `landmarks`), in the same order.
+    pub landmarks: [Vec<Option<Landmarks>>; 4],
+    /// The crop cache (for the photos behind the crops).
+    pub set: FaceSet,
 }
 
 impl PairSets {
@@ -1157,32 +1155,36 @@ impl PairSets {
             size as i64,
         )?;
         let pairs = test_pairs(&set, opts.pairs)?;
-        let gallery_idx: Vec<i64> = pairs.iter().map(|p| p.0).collect();
-        let probe_idx: Vec<i64> = pairs.iter().map(|p| p.1).collect();
         let calib = calibration_pairs(&set, &opts.pairs_file, opts.calib_pairs)?;
-        let calib_a: Vec<i64> = calib.iter().map(|p| p.0).collect();
-        let calib_b: Vec<i64> = calib.iter().map(|p| p.1).collect();
-        let [align_gallery, align_probe, align_calib_a, align_calib_b]: [Tensor; 4] = warps(
-            &set,
-            opts,
-            &recognizer,
-            &[&gallery_idx, &probe_idx, &calib_a, &calib_b],
-        )?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("internal error: four warp sets expected"))?;
+        let indices: [Vec<i64>; 4] = [
+            pairs.iter().map(|p| p.0).collect(),
+            pairs.iter().map(|p| p.1).collect(),
+            calib.iter().map(|p| p.0).collect(),
+            calib.iter().map(|p| p.1).collect(),
+        ];
+        let landmarks = indices
+            .each_ref()
+            .map(|idx| image_landmarks(&set, opts, idx));
+        let [lg, lp, la, lb] = landmarks;
+        let landmarks = [lg?, lp?, la?, lb?];
+        let aligns = landmarks.each_ref().map(|l| recognizer.align_for(l));
+        let [align_gallery, align_probe, align_calib_a, align_calib_b] = aligns;
         let crops = |idx: &[i64]| to_unit_range(&set.select(idx));
         Ok(Self {
             same: pairs.iter().map(|p| p.2).collect(),
-            gallery: crops(&gallery_idx),
-            probe: crops(&probe_idx),
-            calib_a: crops(&calib_a),
-            calib_b: crops(&calib_b),
-            align_gallery,
-            align_probe,
-            align_calib_a,
-            align_calib_b,
+            gallery: crops(&indices[0]),
+            probe: crops(&indices[1]),
+            calib_a: crops(&indices[2]),
+            calib_b: crops(&indices[3]),
+            align_gallery: align_gallery?,
+            align_probe: align_probe?,
+            align_calib_a: align_calib_a?,
+            align_calib_b: align_calib_b?,
             calib_len: calib.len(),
             recognizer,
+            indices,
+            landmarks,
+            set,
         })
     }
 }

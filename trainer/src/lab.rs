@@ -1,15 +1,20 @@
 //! `trainer eval --lab`: the robustness lab, a quick side-by-side comparison of bundles.
 //!
 //! One row per bundle (plus no defense and the 32x32 down-up baseline), on the first `--pairs`
-//! (200) fold-1 pairs under the *crop* threat model of `eval.rs` (the attacker perturbs the
-//! `S x S` crop the purifier sees): clean accuracy, grey-box FGSM 8 and PGD 8 (gradient of the
-//! undefended recognizer, computed once and shared by every row), white-box BPDA PGD 8 against
-//! each bundle (identity backward pass through the purifier, K = 1, random start, a pair counts
-//! as broken if the final iterate breaks it), PSNR of the purified clean probes against the
-//! clean probes, and milliseconds per face at the lab's M. Thresholds are set per row at 1% FAR
-//! on clean impostor pairs of folds 2-10, as in the full evaluation.
+//! (200) fold-1 pairs, under both threat models of [`crate::threat`]: *image* (the attacker
+//! perturbs the photo; the defended system is the element's alignment, the defense, the
+//! feathered paste-back and the recognizer's alignment of the pasted photo) and *crop* (the
+//! attacker perturbs the `S x S` crop the purifier sees). For each: clean accuracy, grey-box
+//! FGSM 8 and PGD 8 (gradient of the undefended system, computed once per threat model and
+//! shared by every row), white-box BPDA PGD 8 against each bundle (the defense's backward pass
+//! is the identity, the rest of the system is differentiable; K = `--eot` draws, random start,
+//! a pair counts as broken if the final iterate breaks it), PSNR of the defended clean probes
+//! against the clean probes (of the crop, or of the whole photo), and milliseconds per face at
+//! the lab's M. Thresholds are set per row and threat model at 1% FAR on clean impostor pairs of
+//! folds 2-10, as in the full evaluation.
 //!
-//! The figure that decides between bundles is grey-box PGD 8 at clean accuracy >= 0.95.
+//! The figure that decides between bundles is image-model grey-box PGD 8 at clean accuracy
+//! >= 0.95.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,13 +29,17 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use anyhow::ensure;
+use gstavaepurify::frame::Placement;
+
 use crate::attack::{self, Bpda, GreyBox, LossGradient, Target, fgsm, pgd};
 use crate::data::{progress_bar, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
 use crate::eval::{
-    EvalOptions, PairSets, TARGET_FAR, defended_embeddings, mix, scores_of, stream,
-    threshold_at_far, verify,
+    EvalOptions, PairSets, TARGET_FAR, mix, scores_of, stream, threshold_at_far, verify,
 };
+use crate::recognizer::{Landmarks, Recognizer};
+use crate::threat::{self, PastePipeline, PhotoBpda, ThreatModel};
 
 /// Fold-1 pairs of a lab run.
 pub const PAIRS: usize = 200;
@@ -42,6 +51,8 @@ pub const SAMPLES: usize = 16;
 /// One row of the lab table.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabRow {
+    /// `image` or `crop`.
+    pub threat_model: String,
     /// What the row is (`none`, `down-up 32`, or the bundle folder).
     pub defense: String,
     /// Training provenance of the bundle (steps, objective), if any.
@@ -65,51 +76,269 @@ fn psnr(a: &Tensor, b: &Tensor) -> f64 {
     (mse.log10() * -10.0).mean(Kind::Float).double_value(&[])
 }
 
+/// One threat model's faces: what the attacker perturbs (crops or photos), how the recognizer
+/// aligns them, and, for photos, where the element finds the face.
+struct Space {
+    model: ThreatModel,
+    recognizer: Recognizer,
+    /// Gallery, probe, calibration a and b inputs, in [`PairSets::indices`] order.
+    inputs: [Tensor; 4],
+    /// Their recognizer warps.
+    aligns: [Tensor; 4],
+    /// Their landmarks (for the element's placements on photos).
+    landmarks: [Vec<Option<Landmarks>>; 4],
+}
+
+const GALLERY: usize = 0;
+const PROBE: usize = 1;
+const CALIB_A: usize = 2;
+const CALIB_B: usize = 3;
+
+/// A defense of the table and what the image model needs to run it as the element does.
+struct LabDefense {
+    name: String,
+    provenance: String,
+    defense: Defense,
+    /// The bundle's landmark template (the first bundle's for the baselines).
+    template: Option<[[f32; 2]; 5]>,
+}
+
+impl Space {
+    /// The element's placements of the faces of input set `which` for `template`.
+    fn placements(
+        &self,
+        which: usize,
+        template: Option<&[[f32; 2]; 5]>,
+        crop: &crate::data::CropSpec,
+        side: usize,
+    ) -> Result<Vec<Placement>> {
+        match self.model {
+            ThreatModel::Crop => Ok(Vec::new()),
+            ThreatModel::Image => threat::placements(&self.landmarks[which], template, crop, side),
+        }
+    }
+
+    /// Defends `x` (rows of input set `which` starting at `first`) as this threat model's
+    /// defended system does.
+    fn defend(
+        &self,
+        defense: &mut Defense,
+        pipeline: &PastePipeline,
+        x: &Tensor,
+        places: &[Placement],
+        seeds: &[u64],
+    ) -> Result<Tensor> {
+        match self.model {
+            ThreatModel::Crop => defense.apply(x, seeds),
+            ThreatModel::Image => pipeline.apply(defense, x, places, seeds),
+        }
+    }
+
+    /// Defended unit embeddings of `x`, a chunk at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn embeddings(
+        &self,
+        defense: &mut Defense,
+        pipeline: &PastePipeline,
+        x: &Tensor,
+        align: &Tensor,
+        places: &[Placement],
+        seeds: &[u64],
+        chunk: usize,
+    ) -> Result<Tensor> {
+        let n = x.size()[0] as usize;
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(chunk.max(1)) {
+            let len = chunk.min(n - start);
+            let rows = |t: &Tensor| t.narrow(0, start as i64, len as i64);
+            let p = if places.is_empty() {
+                &[][..]
+            } else {
+                &places[start..start + len]
+            };
+            let defended =
+                self.defend(defense, pipeline, &rows(x), p, &seeds[start..start + len])?;
+            parts.push(
+                self.recognizer
+                    .embed_all(&defended, &rows(align), len as i64)?,
+            );
+        }
+        Ok(Tensor::cat(&parts, 0))
+    }
+}
+
 /// Runs the lab and writes `lab.md` and `lab.json` into the report folder.
 pub fn run(opts: &EvalOptions) -> Result<()> {
     let start = Instant::now();
     let first = Bundle::load(&opts.bundle)
         .with_context(|| format!("cannot load the bundle '{}'", opts.bundle.display()))?;
     let size = first.manifest.image_size;
-    let PairSets {
-        recognizer,
-        same,
-        gallery,
-        probe,
-        align_gallery: align_g,
-        align_probe: align_p,
-        calib_a: ca,
-        calib_b: cb,
-        align_calib_a: align_ca,
-        align_calib_b: align_cb,
-        calib_len,
-    } = PairSets::load(opts, size)?;
-    let n = same.len();
-    let chunk = opts.chunk;
+    let sets = PairSets::load(opts, size)?;
+    let n = sets.same.len();
     println!(
-        "lab: {n} fold-1 pairs, {} calibration pairs, M = {}, {} bundle(s), crop threat model",
-        calib_len,
+        "lab: {n} fold-1 pairs, {} calibration pairs, M = {}, {} bundle(s), image and crop \
+         threat models",
+        sets.calib_len,
         opts.purify.samples,
         opts.lab_bundles.len()
     );
 
-    // Grey-box probes, shared by every row.
+    let mut defenses = vec![
+        LabDefense {
+            name: "none".into(),
+            provenance: String::new(),
+            defense: Defense::None,
+            template: first.manifest.landmark_template,
+        },
+        LabDefense {
+            name: "down-up 32".into(),
+            provenance: String::new(),
+            defense: Defense::DownUp { size: 32 },
+            template: first.manifest.landmark_template,
+        },
+    ];
+    for dir in &opts.lab_bundles {
+        let bundle = Bundle::load(dir)
+            .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
+        ensure!(
+            bundle.manifest.image_size == size,
+            "the bundle '{}' has image_size {}, the first has {size}: the lab compares bundles \
+             of one face size",
+            dir.display(),
+            bundle.manifest.image_size
+        );
+        let params = PurifyParams {
+            tau: opts.tau_given.unwrap_or(bundle.manifest.tau),
+            ..opts.purify
+        };
+        let prov = &bundle.manifest.provenance;
+        let provenance = ["steps", "objective"]
+            .iter()
+            .filter_map(|k| {
+                prov.get(*k)
+                    .map(|v| format!("{k} {}", v.as_str().map_or(v.to_string(), str::to_owned)))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let avae = AVaeDefense::load(dir, opts.backend, params)?;
+        defenses.push(LabDefense {
+            name: format!("{} (tau {:.3})", dir.display(), params.tau),
+            provenance,
+            defense: Defense::AVae(Box::new(avae)),
+            template: bundle.manifest.landmark_template,
+        });
+    }
+
+    let crop_spec = sets.set.index.crop;
+    let photos = sets
+        .indices
+        .each_ref()
+        .map(|idx| threat::load_photos(&sets.set, idx));
+    let [pg, pp, pa, pb] = photos;
+    let photo_recognizer = threat::photo_recognizer(&opts.recognizer, opts.alignment)?;
+    let photo_aligns = sets
+        .landmarks
+        .each_ref()
+        .map(|l| photo_recognizer.align_for(l));
+    let [ag, ap, aa, ab] = photo_aligns;
+    let image = Space {
+        model: ThreatModel::Image,
+        recognizer: photo_recognizer,
+        inputs: [pg?, pp?, pa?, pb?],
+        aligns: [ag?, ap?, aa?, ab?],
+        landmarks: sets.landmarks.clone(),
+    };
+    let crop = Space {
+        model: ThreatModel::Crop,
+        recognizer: sets.recognizer,
+        inputs: [sets.gallery, sets.probe, sets.calib_a, sets.calib_b],
+        aligns: [
+            sets.align_gallery,
+            sets.align_probe,
+            sets.align_calib_a,
+            sets.align_calib_b,
+        ],
+        landmarks: sets.landmarks,
+    };
+    let pipeline = PastePipeline {
+        side: size,
+        feather: opts.feather,
+    };
+
+    let mut rows = Vec::new();
+    for space in [&image, &crop] {
+        rows.extend(run_space(
+            space,
+            &mut defenses,
+            &sets.same,
+            &pipeline,
+            &crop_spec,
+            opts,
+        )?);
+    }
+
+    let table = render(&rows, opts);
+    println!("{table}");
+    fs::create_dir_all(&opts.report)
+        .with_context(|| format!("cannot create '{}'", opts.report.display()))?;
+    let md: PathBuf = opts.report.join("lab.md");
+    write_atomic(&md, table.as_bytes())?;
+    let json = serde_json::json!({
+        "command": opts.command,
+        "pairs": n,
+        "calibration_pairs": sets.calib_len,
+        "samples": opts.purify.samples,
+        "pgd": opts.pgd,
+        "whitebox_pgd": opts.whitebox_pgd,
+        "eot": opts.eot,
+        "feather": opts.feather,
+        "threat_models": ["image", "crop"],
+        "rows": rows,
+        "wall_seconds": start.elapsed().as_secs_f64(),
+    });
+    write_atomic(
+        &opts.report.join("lab.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {} and lab.json in {:.0} s",
+        md.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The grey-box probes of one threat model (gradient of its undefended system), by condition.
+fn grey_box_probes(
+    space: &Space,
+    same: &[bool],
+    opts: &EvalOptions,
+) -> Result<BTreeMap<&'static str, Tensor>> {
     let t = Instant::now();
-    let clean_gallery = recognizer.embed_all(&gallery, &align_g, chunk as i64)?;
-    let mut rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK]));
+    let n = same.len();
+    let chunk = opts.chunk;
+    let (gallery, probe) = (&space.inputs[GALLERY], &space.inputs[PROBE]);
+    let clean_gallery =
+        space
+            .recognizer
+            .embed_all(gallery, &space.aligns[GALLERY], chunk as i64)?;
+    let mut rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, space.model as u64]));
     let mut parts: BTreeMap<&str, Vec<Tensor>> = BTreeMap::new();
-    let bar = progress_bar(n as u64, "grey-box attacks");
+    let bar = progress_bar(
+        n as u64,
+        &format!("grey-box attacks ({})", space.model.key()),
+    );
     for first_pair in (0..n).step_by(chunk) {
         let len = chunk.min(n - first_pair);
         let rows = |t: &Tensor| t.narrow(0, first_pair as i64, len as i64);
-        let x = rows(&probe);
+        let x = rows(probe);
         let target = Target::new(
             &rows(&clean_gallery),
             &same[first_pair..first_pair + len],
-            &rows(&align_p),
+            &rows(&space.aligns[PROBE]),
         );
         let mut grey = GreyBox {
-            recognizer: &recognizer,
+            recognizer: &space.recognizer,
             target: &target,
         };
         let (_, grad) = grey.loss_and_grad(&x)?;
@@ -127,204 +356,232 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
         .map(|(k, v)| (k, Tensor::cat(&v, 0)))
         .collect();
     probes.insert("clean", probe.shallow_clone());
-    println!("grey-box attacks: {:.0} s", t.elapsed().as_secs_f64());
+    println!(
+        "grey-box attacks ({}): {:.0} s",
+        space.model.key(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(probes)
+}
 
-    let mut defenses: Vec<(String, String, Defense)> = vec![
-        ("none".into(), String::new(), Defense::None),
-        (
-            "down-up 32".into(),
-            String::new(),
-            Defense::DownUp { size: 32 },
-        ),
-    ];
-    for dir in &opts.lab_bundles {
-        let bundle = Bundle::load(dir)
-            .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
-        let params = PurifyParams {
-            tau: opts.tau_given.unwrap_or(bundle.manifest.tau),
-            ..opts.purify
-        };
-        let prov = &bundle.manifest.provenance;
-        let provenance = ["steps", "objective"]
-            .iter()
-            .filter_map(|k| {
-                prov.get(*k)
-                    .map(|v| format!("{k} {}", v.as_str().map_or(v.to_string(), str::to_owned)))
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let avae = AVaeDefense::load(dir, opts.backend, params)?;
-        defenses.push((
-            format!("{} (tau {:.3})", dir.display(), params.tau),
-            provenance,
-            Defense::AVae(Box::new(avae)),
-        ));
-    }
-
+/// The rows of one threat model.
+fn run_space(
+    space: &Space,
+    defenses: &mut [LabDefense],
+    same: &[bool],
+    pipeline: &PastePipeline,
+    crop_spec: &crate::data::CropSpec,
+    opts: &EvalOptions,
+) -> Result<Vec<LabRow>> {
+    let n = same.len();
+    let chunk = opts.chunk;
+    let probes = grey_box_probes(space, same, opts)?;
     let seeds = |s: u64, c: u64, count: usize| -> Vec<u64> {
         (0..count as u64)
             .map(|k| mix(opts.seed, &[s, c, k]))
             .collect()
     };
+    let side = pipeline.side;
     let mut rows = Vec::new();
-    for (d, (name, provenance, defense)) in defenses.iter_mut().enumerate() {
+    for (d, lab) in defenses.iter_mut().enumerate() {
         let t = Instant::now();
-        let ea = defended_embeddings(
-            &recognizer,
+        let template = lab.template;
+        let places = [GALLERY, PROBE, CALIB_A, CALIB_B]
+            .map(|w| space.placements(w, template.as_ref(), crop_spec, side));
+        let [pl_g, pl_p, pl_a, pl_b] = places;
+        let (pl_g, pl_p, pl_a, pl_b) = (pl_g?, pl_p?, pl_a?, pl_b?);
+        let defense = &mut lab.defense;
+        let embed = |defense: &mut Defense,
+                     which: usize,
+                     x: &Tensor,
+                     places: &[Placement],
+                     seeds: &[u64]|
+         -> Result<Tensor> {
+            space.embeddings(
+                defense,
+                pipeline,
+                x,
+                &space.aligns[which],
+                places,
+                seeds,
+                chunk,
+            )
+        };
+        let ea = embed(
             defense,
-            &ca,
-            &align_ca,
-            &seeds(stream::CALIB, 0, ca.size()[0] as usize),
-            chunk,
+            CALIB_A,
+            &space.inputs[CALIB_A],
+            &pl_a,
+            &seeds(stream::CALIB, 0, space.landmarks[CALIB_A].len()),
         )?;
-        let eb = defended_embeddings(
-            &recognizer,
+        let eb = embed(
             defense,
-            &cb,
-            &align_cb,
-            &seeds(stream::CALIB, 1, cb.size()[0] as usize),
-            chunk,
+            CALIB_B,
+            &space.inputs[CALIB_B],
+            &pl_b,
+            &seeds(stream::CALIB, 1, space.landmarks[CALIB_B].len()),
         )?;
         let threshold = threshold_at_far(&scores_of(&ea, &eb)?, TARGET_FAR);
-        let g = defended_embeddings(
-            &recognizer,
+        let g = embed(
             defense,
-            &gallery,
-            &align_g,
+            GALLERY,
+            &space.inputs[GALLERY],
+            &pl_g,
             &seeds(stream::GALLERY, 0, n),
-            chunk,
         )?;
         let mut accuracy = BTreeMap::new();
         for (c, cond) in ["clean", "fgsm8", "pgd8"].iter().enumerate() {
-            let e = defended_embeddings(
-                &recognizer,
+            let e = embed(
                 defense,
+                PROBE,
                 &probes[cond],
-                &align_p,
+                &pl_p,
                 &seeds(stream::PROBE, c as u64, n),
-                chunk,
             )?;
             accuracy.insert(
                 cond.to_string(),
-                verify(&scores_of(&e, &g)?, &same, threshold).average,
+                verify(&scores_of(&e, &g)?, same, threshold).average,
             );
         }
+        let probe = &space.inputs[PROBE];
         let (psnr_db, ms_per_face) = if matches!(defense, Defense::None) {
             (None, None)
         } else {
             let t = Instant::now();
-            let out = defense.apply(&probe, &seeds(stream::PROBE, 50, n))?;
+            let out = space.defend(
+                defense,
+                pipeline,
+                probe,
+                &pl_p,
+                &seeds(stream::PROBE, 50, n),
+            )?;
             let ms = t.elapsed().as_secs_f64() * 1000.0 / n as f64;
-            (Some(psnr(&out, &probe)), Some(ms))
+            (Some(psnr(&out, probe)), Some(ms))
         };
         if defense.is_random() && opts.whitebox_pgd.steps > 0 {
-            let mut adv = Vec::new();
-            let mut attack_rng =
-                StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, 1000 + d as u64]));
-            let bar = progress_bar(n as u64, "white-box BPDA PGD 8");
-            for first_pair in (0..n).step_by(chunk) {
-                let len = chunk.min(n - first_pair);
-                let rows = |t: &Tensor| t.narrow(0, first_pair as i64, len as i64);
-                let target = Target::new(
-                    &rows(&g),
-                    &same[first_pair..first_pair + len],
-                    &rows(&align_p),
-                );
-                let mut bpda = Bpda {
-                    recognizer: &recognizer,
-                    target: &target,
-                    defense: &mut *defense,
-                    samples: 1,
-                    rng: StdRng::seed_from_u64(mix(
-                        opts.seed,
-                        &[stream::ATTACK, first_pair as u64],
-                    )),
-                };
-                adv.push(quantize(&pgd(
-                    &rows(&probe),
-                    &opts.whitebox_pgd,
-                    &mut bpda,
-                    &mut attack_rng,
-                )?));
-                bar.inc(len as u64);
-            }
-            bar.finish();
-            let adv = Tensor::cat(&adv, 0);
-            let e = defended_embeddings(
-                &recognizer,
-                defense,
-                &adv,
-                &align_p,
-                &seeds(stream::PROBE, 60, n),
-                chunk,
-            )?;
+            let adv = white_box(space, defense, pipeline, &g, same, &pl_p, d, opts)?;
+            let e = embed(defense, PROBE, &adv, &pl_p, &seeds(stream::PROBE, 60, n))?;
             accuracy.insert(
                 "bpda_pgd8".into(),
-                verify(&scores_of(&e, &g)?, &same, threshold).average,
+                verify(&scores_of(&e, &g)?, same, threshold).average,
             );
         }
-        println!("{name}: {:.0} s", t.elapsed().as_secs_f64());
+        println!(
+            "{} ({}): {:.0} s",
+            lab.name,
+            space.model.key(),
+            t.elapsed().as_secs_f64()
+        );
         rows.push(LabRow {
-            defense: name.clone(),
-            provenance: provenance.clone(),
+            threat_model: space.model.key().to_owned(),
+            defense: lab.name.clone(),
+            provenance: lab.provenance.clone(),
             threshold,
             accuracy,
             psnr_db,
             ms_per_face,
         });
     }
-
-    let table = render(&rows, opts);
-    println!("{table}");
-    fs::create_dir_all(&opts.report)
-        .with_context(|| format!("cannot create '{}'", opts.report.display()))?;
-    let md: PathBuf = opts.report.join("lab.md");
-    write_atomic(&md, table.as_bytes())?;
-    let json = serde_json::json!({
-        "command": opts.command,
-        "pairs": n,
-        "calibration_pairs": calib_len,
-        "samples": opts.purify.samples,
-        "pgd": opts.pgd,
-        "whitebox_pgd": opts.whitebox_pgd,
-        "threat_model": "crop",
-        "rows": rows,
-        "wall_seconds": start.elapsed().as_secs_f64(),
-    });
-    write_atomic(
-        &opts.report.join("lab.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    println!(
-        "wrote {} and lab.json in {:.0} s",
-        md.display(),
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(rows)
 }
 
-/// The lab table as Markdown.
-fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
-    let mut out = format!(
-        "Robustness lab (crop threat model): {} fold-1 pairs, M = {}, grey-box PGD {} steps, \
-         BPDA PGD {} steps (K = 1)\n\n| defense | provenance | clean | FGSM 8 | PGD 8 | BPDA PGD 8 | \
-         PSNR dB | ms/face |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
-        opts.pairs, opts.purify.samples, opts.pgd.steps, opts.whitebox_pgd.steps
+/// White-box BPDA PGD 8 probes against `defense` (gallery embeddings `g` as defended).
+#[allow(clippy::too_many_arguments)]
+fn white_box(
+    space: &Space,
+    defense: &mut Defense,
+    pipeline: &PastePipeline,
+    g: &Tensor,
+    same: &[bool],
+    places: &[Placement],
+    d: usize,
+    opts: &EvalOptions,
+) -> Result<Tensor> {
+    let n = same.len();
+    let chunk = opts.chunk;
+    let probe = &space.inputs[PROBE];
+    let mut adv = Vec::new();
+    let mut attack_rng = StdRng::seed_from_u64(mix(
+        opts.seed,
+        &[stream::ATTACK, 1000 + d as u64, space.model as u64],
+    ));
+    let bar = progress_bar(
+        n as u64,
+        &format!("white-box BPDA PGD 8 ({})", space.model.key()),
     );
-    let f = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
-    for r in rows {
-        let a = |k: &str| f(r.accuracy.get(k).copied(), 3);
+    for first_pair in (0..n).step_by(chunk) {
+        let len = chunk.min(n - first_pair);
+        let rows = |t: &Tensor| t.narrow(0, first_pair as i64, len as i64);
+        let target = Target::new(
+            &rows(g),
+            &same[first_pair..first_pair + len],
+            &rows(&space.aligns[PROBE]),
+        );
+        let rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, first_pair as u64]));
+        let x = rows(probe);
+        let out = match space.model {
+            ThreatModel::Crop => {
+                let mut bpda = Bpda {
+                    recognizer: &space.recognizer,
+                    target: &target,
+                    defense: &mut *defense,
+                    samples: opts.eot,
+                    rng,
+                };
+                pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?
+            }
+            ThreatModel::Image => {
+                let mut bpda = PhotoBpda {
+                    recognizer: &space.recognizer,
+                    target: &target,
+                    defense: &mut *defense,
+                    pipeline: *pipeline,
+                    placements: &places[first_pair..first_pair + len],
+                    samples: opts.eot,
+                    rng,
+                };
+                pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?
+            }
+        };
+        adv.push(quantize(&out));
+        bar.inc(len as u64);
+    }
+    bar.finish();
+    Ok(Tensor::cat(&adv, 0))
+}
+
+/// The lab tables (image model first) as Markdown.
+fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
+    let mut out = String::new();
+    for model in [ThreatModel::Image, ThreatModel::Crop] {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r.defense,
-            r.provenance,
-            a("clean"),
-            a("fgsm8"),
-            a("pgd8"),
-            a("bpda_pgd8"),
-            f(r.psnr_db, 2),
-            f(r.ms_per_face, 1)
+            "Robustness lab, {}: {} fold-1 pairs, M = {}, grey-box PGD {} steps, BPDA PGD {} \
+             steps (K = {})\n\n| defense | provenance | clean | FGSM 8 | PGD 8 | BPDA PGD 8 | \
+             PSNR dB | ms/face |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+            model.label(),
+            opts.pairs,
+            opts.purify.samples,
+            opts.pgd.steps,
+            opts.whitebox_pgd.steps,
+            opts.eot
         ));
+        let f =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+        for r in rows.iter().filter(|r| r.threat_model == model.key()) {
+            let a = |k: &str| f(r.accuracy.get(k).copied(), 3);
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.defense,
+                r.provenance,
+                a("clean"),
+                a("fgsm8"),
+                a("pgd8"),
+                a("bpda_pgd8"),
+                f(r.psnr_db, 2),
+                f(r.ms_per_face, 1)
+            ));
+        }
+        out.push('\n');
     }
     out
 }

@@ -18,5 +18,6 @@ pub mod quality;
 pub mod recognizer;
 pub mod report;
 pub mod template;
+pub mod threat;
 pub mod train;
 pub mod training_report;

@@ -168,18 +168,25 @@ fn grid_theta(to_input: &Similarity, size: i64) -> Result<Tensor> {
     let inv = to_input
         .inverse()
         .context("degenerate crop-to-input transform")?;
-    let half = INPUT_SIZE as f32 / 2.0;
-    let k = 2.0 / size as f32;
-    let (a, b) = (inv.a, inv.b);
+    Ok(sampling_theta(&inv, size, INPUT_SIZE))
+}
+
+/// The `[1, 2, 3]` `affine_grid` matrix (normalised coordinates, `align_corners = false`) of an
+/// `out_size`-square output that samples an `in_size`-square input at `out_to_in` of every
+/// output pixel (pixel centres at `i + 0.5`, as [`gstavaepurify::core::align`] maps them).
+pub fn sampling_theta(out_to_in: &Similarity, in_size: i64, out_size: i64) -> Tensor {
+    let r = out_size as f32 / in_size as f32;
+    let k = 2.0 / in_size as f32;
+    let (a, b) = (out_to_in.a, out_to_in.b);
     let theta = [
-        k * half * a,
-        -k * half * b,
-        k * (half * (a - b) + inv.tx) - 1.0,
-        k * half * b,
-        k * half * a,
-        k * (half * (b + a) + inv.ty) - 1.0,
+        r * a,
+        -r * b,
+        r * (a - b) + k * out_to_in.tx - 1.0,
+        r * b,
+        r * a,
+        r * (b + a) + k * out_to_in.ty - 1.0,
     ];
-    Ok(Tensor::from_slice(&theta).view([1, 2, 3]))
+    Tensor::from_slice(&theta).view([1, 2, 3])
 }
 
 /// The recognizer: the ONNX graph in tch plus the crop-to-input warp.
