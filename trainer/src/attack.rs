@@ -56,6 +56,46 @@ impl Target {
     }
 }
 
+/// Records, per attacked pair, whether any iterate of an attack broke the defended system's
+/// verification decision at `threshold` (a same-identity pair scored below it, or a different
+/// one at or above it): the white-box figure counts such a pair as broken even when the final
+/// iterate no longer breaks it.
+#[derive(Debug, Clone)]
+pub struct BreakMonitor {
+    /// The defended system's verification threshold.
+    pub threshold: f64,
+    /// Per pair: broken by some iterate so far.
+    pub broken: Vec<bool>,
+}
+
+impl BreakMonitor {
+    /// A monitor of `n` pairs, none broken yet.
+    pub fn new(threshold: f64, n: usize) -> Self {
+        Self {
+            threshold,
+            broken: vec![false; n],
+        }
+    }
+
+    /// Notes the attack losses `loss` (`[N]`, cosine times the pair's sign) of one defended
+    /// forward pass at the current iterate.
+    pub fn observe(&mut self, target: &Target, loss: &Tensor) -> Result<()> {
+        let cos = Vec::<f32>::try_from(&(loss * &target.sign).to_kind(Kind::Float))?;
+        let sign = Vec::<f32>::try_from(&target.sign.to_kind(Kind::Float))?;
+        ensure!(
+            cos.len() == self.broken.len(),
+            "{} losses for {} monitored pairs",
+            cos.len(),
+            self.broken.len()
+        );
+        for ((b, c), s) in self.broken.iter_mut().zip(cos).zip(sign) {
+            let accepted = f64::from(c) >= self.threshold;
+            *b |= accepted != (s > 0.0);
+        }
+        Ok(())
+    }
+}
+
 /// Attack loss and its gradient with respect to the probe crops.
 pub trait LossGradient {
     /// `(loss [N], gradient [N, 3, S, S])` at crops `x`.
@@ -103,6 +143,8 @@ pub struct Bpda<'a> {
     pub samples: usize,
     /// Source of the attacker's seeds for the defense (independent of the evaluation's).
     pub rng: StdRng,
+    /// Where the first draw of every gradient is checked for a broken decision.
+    pub monitor: Option<BreakMonitor>,
 }
 
 impl Bpda<'_> {
@@ -122,6 +164,9 @@ impl Bpda<'_> {
 impl LossGradient for Bpda<'_> {
     fn loss_and_grad(&mut self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let draws = self.draws(x)?;
+        if let Some(m) = self.monitor.as_mut() {
+            m.observe(self.target, &draws[0].0)?;
+        }
         let k = draws.len() as f64;
         let (mut loss, mut grad) = (Tensor::zeros_like(&draws[0].0), x.zeros_like());
         for (l, g) in &draws {

@@ -1000,6 +1000,7 @@ impl Evaluation<'_> {
                 defense: &mut *defense,
                 samples: eot,
                 rng: StdRng::seed_from_u64(attacker_seed(1)),
+                monitor: None,
             }
             .draws(&x)?;
             for (v, (k, _, _)) in variants.iter().enumerate() {
@@ -1012,6 +1013,7 @@ impl Evaluation<'_> {
                     defense: &mut *defense,
                     samples: *k,
                     rng: StdRng::seed_from_u64(attacker_seed(2 + v as u64)),
+                    monitor: None,
                 };
                 let pgd8 = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
                 for (key, a) in [

@@ -32,7 +32,7 @@ use tch::{Kind, Tensor};
 use anyhow::ensure;
 use gstavaepurify::frame::Placement;
 
-use crate::attack::{self, Bpda, GreyBox, LossGradient, Target, fgsm, pgd};
+use crate::attack::{self, Bpda, BreakMonitor, GreyBox, LossGradient, Target, fgsm, pgd};
 use crate::data::{progress_bar, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
 use crate::eval::{
@@ -459,11 +459,18 @@ fn run_space(
             (Some(psnr(&out, probe)), Some(ms))
         };
         if defense.is_random() && opts.whitebox_pgd.steps > 0 {
-            let adv = white_box(space, defense, pipeline, &g, same, &pl_p, d, opts)?;
+            let (adv, broken) = white_box(
+                space, defense, pipeline, &g, same, &pl_p, threshold, d, opts,
+            )?;
             let e = embed(defense, PROBE, &adv, &pl_p, &seeds(stream::PROBE, 60, n))?;
+            let scores = scores_of(&e, &g)?;
+            accuracy.insert(
+                "bpda_pgd8_final".into(),
+                verify(&scores, same, threshold).average,
+            );
             accuracy.insert(
                 "bpda_pgd8".into(),
-                verify(&scores_of(&e, &g)?, same, threshold).average,
+                any_iterate_accuracy(&scores, same, threshold, &broken),
             );
         }
         println!(
@@ -485,7 +492,24 @@ fn run_space(
     Ok(rows)
 }
 
-/// White-box BPDA PGD 8 probes against `defense` (gallery embeddings `g` as defended).
+/// Average accuracy (same and different pairs weighted equally, as [`verify`] weighs them)
+/// where a pair counts as correct only if its final decision is right and no iterate of the
+/// attack broke it.
+fn any_iterate_accuracy(scores: &[f32], same: &[bool], threshold: f64, broken: &[bool]) -> f64 {
+    let mut right = [0usize; 2];
+    let mut total = [0usize; 2];
+    for ((&s, &is_same), &b) in scores.iter().zip(same).zip(broken) {
+        let k = usize::from(is_same);
+        total[k] += 1;
+        let correct = (f64::from(s) >= threshold) == is_same;
+        right[k] += usize::from(correct && !b);
+    }
+    let rate = |k: usize| right[k] as f64 / total[k].max(1) as f64;
+    (rate(0) + rate(1)) / 2.0
+}
+
+/// White-box BPDA PGD 8 probes against `defense` (gallery embeddings `g` as defended), and per
+/// pair whether any iterate broke the decision at `threshold`.
 #[allow(clippy::too_many_arguments)]
 fn white_box(
     space: &Space,
@@ -494,13 +518,15 @@ fn white_box(
     g: &Tensor,
     same: &[bool],
     places: &[Placement],
+    threshold: f64,
     d: usize,
     opts: &EvalOptions,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Vec<bool>)> {
     let n = same.len();
     let chunk = opts.chunk;
     let probe = &space.inputs[PROBE];
     let mut adv = Vec::new();
+    let mut broken = Vec::with_capacity(n);
     let mut attack_rng = StdRng::seed_from_u64(mix(
         opts.seed,
         &[stream::ATTACK, 1000 + d as u64, space.model as u64],
@@ -527,8 +553,11 @@ fn white_box(
                     defense: &mut *defense,
                     samples: opts.eot,
                     rng,
+                    monitor: Some(BreakMonitor::new(threshold, len)),
                 };
-                pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?
+                let out = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
+                broken.extend(bpda.monitor.map(|m| m.broken).unwrap_or_default());
+                out
             }
             ThreatModel::Image => {
                 let mut bpda = PhotoBpda {
@@ -539,15 +568,18 @@ fn white_box(
                     placements: &places[first_pair..first_pair + len],
                     samples: opts.eot,
                     rng,
+                    monitor: Some(BreakMonitor::new(threshold, len)),
                 };
-                pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?
+                let out = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
+                broken.extend(bpda.monitor.map(|m| m.broken).unwrap_or_default());
+                out
             }
         };
         adv.push(quantize(&out));
         bar.inc(len as u64);
     }
     bar.finish();
-    Ok(Tensor::cat(&adv, 0))
+    Ok((Tensor::cat(&adv, 0), broken))
 }
 
 /// The lab tables (image model first) as Markdown.
@@ -556,8 +588,9 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
     for model in [ThreatModel::Image, ThreatModel::Crop] {
         out.push_str(&format!(
             "Robustness lab, {}: {} fold-1 pairs, M = {}, grey-box PGD {} steps, BPDA PGD {} \
-             steps (K = {})\n\n| defense | provenance | clean | FGSM 8 | PGD 8 | BPDA PGD 8 | \
-             PSNR dB | ms/face |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+             steps (K = {}, random start; BPDA counts a pair broken if any iterate broke it, \
+             final iterate alone in brackets)\n\n| defense | provenance | clean | FGSM 8 | PGD 8 \
+             | BPDA PGD 8 | PSNR dB | ms/face |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
             model.label(),
             opts.pairs,
             opts.purify.samples,
@@ -576,7 +609,13 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
                 a("clean"),
                 a("fgsm8"),
                 a("pgd8"),
-                a("bpda_pgd8"),
+                match (
+                    r.accuracy.get("bpda_pgd8"),
+                    r.accuracy.get("bpda_pgd8_final")
+                ) {
+                    (Some(any), Some(last)) => format!("{any:.3} ({last:.3})"),
+                    _ => "-".to_owned(),
+                },
                 f(r.psnr_db, 2),
                 f(r.ms_per_face, 1)
             ));
@@ -584,4 +623,40 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_broken_by_an_earlier_iterate_counts_as_broken() {
+        // Two same pairs (scores 0.9, 0.9) and two different pairs (0.1, 0.1) at threshold 0.5:
+        // all four final decisions are right.
+        let scores = [0.9, 0.9, 0.1, 0.1];
+        let same = [true, true, false, false];
+        assert_eq!(any_iterate_accuracy(&scores, &same, 0.5, &[false; 4]), 1.0);
+        // One same pair broken on the way: same-pair accuracy 1/2, average 3/4.
+        let broken = [true, false, false, false];
+        assert_eq!(any_iterate_accuracy(&scores, &same, 0.5, &broken), 0.75);
+    }
+
+    #[test]
+    fn the_monitor_flags_wrong_decisions_only() {
+        let target = Target::new(
+            &Tensor::ones([3, 4], (Kind::Float, tch::Device::Cpu)),
+            &[true, false, true],
+            &Tensor::zeros([3, 2, 3], (Kind::Float, tch::Device::Cpu)),
+        );
+        let mut m = BreakMonitor::new(0.5, 3);
+        // Cosines 0.8 (same: accepted, right), 0.7 (different: accepted, wrong), 0.2 (same:
+        // rejected, wrong); the loss is cosine times sign.
+        let loss = Tensor::from_slice(&[0.8f32, -0.7, 0.2]);
+        m.observe(&target, &loss).unwrap();
+        assert_eq!(m.broken, vec![false, true, true]);
+        // Later right decisions do not un-break a pair.
+        m.observe(&target, &Tensor::from_slice(&[0.9f32, -0.1, 0.9]))
+            .unwrap();
+        assert_eq!(m.broken, vec![false, true, true]);
+    }
 }

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
-use crate::attack::{LossGradient, Target};
+use crate::attack::{BreakMonitor, LossGradient, Target};
 use crate::data::{CropSpec, FaceSet, crop_box};
 use crate::defense::{Defense, quantize};
 use crate::recognizer::{
@@ -331,6 +331,8 @@ pub struct PhotoBpda<'a> {
     pub samples: usize,
     /// Source of the attacker's seeds for the defense.
     pub rng: StdRng,
+    /// Where the first draw of every gradient is checked for a broken decision.
+    pub monitor: Option<BreakMonitor>,
 }
 
 impl LossGradient for PhotoBpda<'_> {
@@ -341,7 +343,7 @@ impl LossGradient for PhotoBpda<'_> {
             Tensor::zeros([x.size()[0]], (Kind::Float, x.device())),
             x.zeros_like(),
         );
-        for _ in 0..k {
+        for draw in 0..k {
             let seeds: Vec<u64> = (0..n).map(|_| self.rng.random()).collect();
             let exact = self
                 .pipeline
@@ -355,6 +357,11 @@ impl LossGradient for PhotoBpda<'_> {
             let g = Tensor::run_backward(&[l.sum(Kind::Float)], &[&xr], false, false)
                 .pop()
                 .context("no gradient reached the photo")?;
+            if draw == 0
+                && let Some(m) = self.monitor.as_mut()
+            {
+                m.observe(self.target, &l.detach())?;
+            }
             loss += l.detach();
             grad += g;
         }
