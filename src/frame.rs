@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 
 use crate::core::align::{self, Similarity};
 use crate::core::image::{self, FrameMut, FrameRef, Region};
+use crate::core::resample;
 use crate::purifier::{Purified, Purifier, PurifyParams};
 
 /// Where one face lies in its frame, and so how it is cut out and put back.
@@ -89,13 +90,7 @@ pub fn purify_faces(
     let mut batch = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
         .map_err(|err| FrameError::Unreadable(format!("face batch: {err}")))?;
 
-    let source = FrameRef {
-        data: &*frame.data,
-        width: frame.width,
-        height: frame.height,
-        stride: frame.stride,
-        layout: frame.layout,
-    };
+    let source = frame.as_frame_ref();
     for (placement, face) in faces.iter().zip(batch.axis_iter_mut(Axis(0))) {
         read(&source, placement, face).map_err(unreadable)?;
     }
@@ -144,7 +139,7 @@ pub fn paste(
         Placement::Box(region) => {
             // Resampled to the box first (the kernel of `write_region`), the paste itself is
             // 1:1: a feather of 0 writes exactly what `write_region` would.
-            let fitted = image::resize(face, region.height, region.width);
+            let fitted = resample::resize(face, region.height, region.width);
             align::paste_face(
                 frame,
                 &Similarity::from_region(*region, region.width),
@@ -190,7 +185,7 @@ fn paste_antialiased(
         .last();
     match factor {
         Some(k) => {
-            let small = image::area_downsample(face, k);
+            let small = resample::area_downsample(face, k);
             let k = k as f32;
             let scaled = Similarity {
                 a: to_face.a / k,

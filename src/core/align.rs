@@ -5,6 +5,7 @@
 use ndarray::{Array3, ArrayView3, ArrayViewMut3};
 
 use super::image::{FrameMut, FrameRef, Region, to_u8};
+use super::resample::bilinear;
 use crate::Error;
 
 /// A 2-D similarity transform `q = [[a, -b], [b, a]] p + t` (rotation, uniform scale,
@@ -100,38 +101,13 @@ pub fn estimate_similarity(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Similar
     (s.a.is_finite() && s.b.is_finite() && s.tx.is_finite() && s.ty.is_finite()).then_some(s)
 }
 
-fn check_frame(
-    width: usize,
-    height: usize,
-    stride: usize,
-    bpp: usize,
-    len: usize,
-) -> Result<(), Error> {
-    let row = width * bpp;
-    if width > 0 && height > 0 && stride >= row && len >= (height - 1) * stride + row {
-        Ok(())
-    } else {
-        Err(Error::InvalidParameter {
-            name: "frame",
-            value: format!("{width}x{height}, stride {stride}, {len} bytes"),
-            expected: "a buffer holding height rows of stride bytes",
-        })
-    }
-}
-
 /// Bilinear RGB sample at frame position (x, y) (pixel centres at +0.5), clamped at the
 /// frame's edges; values in [-1, 1].
 fn sample_frame(frame: &FrameRef<'_>, x: f32, y: f32) -> [f32; 3] {
     let bpp = frame.layout.bytes_per_pixel();
     let offs = frame.layout.rgb_offsets();
-    let fx = (x - 0.5).clamp(0.0, (frame.width - 1) as f32);
-    let fy = (y - 0.5).clamp(0.0, (frame.height - 1) as f32);
-    let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-    let (x1, y1) = (
-        (x0 + 1).min(frame.width - 1),
-        (y0 + 1).min(frame.height - 1),
-    );
-    let (wx, wy) = (fx - x0 as f32, fy - y0 as f32);
+    let (x0, x1, wx) = bilinear(x, frame.width);
+    let (y0, y1, wy) = bilinear(y, frame.height);
     let px = |xx: usize, yy: usize, c: usize| {
         f32::from(frame.data[yy * frame.stride + xx * bpp + offs[c]])
     };
@@ -151,13 +127,7 @@ pub fn warp_face(
     to_face: &Similarity,
     mut out: ArrayViewMut3<'_, f32>,
 ) -> Result<(), Error> {
-    check_frame(
-        frame.width,
-        frame.height,
-        frame.stride,
-        frame.layout.bytes_per_pixel(),
-        frame.data.len(),
-    )?;
+    frame.check()?;
     let inv = to_face.inverse().ok_or(Error::InvalidParameter {
         name: "alignment",
         value: format!("{to_face:?}"),
@@ -209,13 +179,7 @@ pub fn paste_face(
     face: ArrayView3<'_, f32>,
     feather: f32,
 ) -> Result<(), Error> {
-    check_frame(
-        frame.width,
-        frame.height,
-        frame.stride,
-        frame.layout.bytes_per_pixel(),
-        frame.data.len(),
-    )?;
+    frame.check()?;
     let inv = to_face.inverse().ok_or(Error::InvalidParameter {
         name: "alignment",
         value: format!("{to_face:?}"),
@@ -259,11 +223,8 @@ pub fn paste_face(
     let bpp = frame.layout.bytes_per_pixel();
     let offs = frame.layout.rgb_offsets();
     let face_at = |u: f32, v: f32, c: usize| {
-        let fu = (u - 0.5).clamp(0.0, (w - 1) as f32);
-        let fv = (v - 0.5).clamp(0.0, (h - 1) as f32);
-        let (u0, v0) = (fu.floor() as usize, fv.floor() as usize);
-        let (u1, v1) = ((u0 + 1).min(w - 1), (v0 + 1).min(h - 1));
-        let (wu, wv) = (fu - u0 as f32, fv - v0 as f32);
+        let (u0, u1, wu) = bilinear(u, w);
+        let (v0, v1, wv) = bilinear(v, h);
         let top = face[[c, v0, u0]] * (1.0 - wu) + face[[c, v0, u1]] * wu;
         let bottom = face[[c, v1, u0]] * (1.0 - wu) + face[[c, v1, u1]] * wu;
         top * (1.0 - wv) + bottom * wv

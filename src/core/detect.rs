@@ -10,6 +10,7 @@ use ndarray::{ArrayView4, ArrayViewMut3, Axis};
 
 use crate::Error;
 use crate::core::image::FrameRef;
+use crate::core::resample::area_taps;
 
 /// Pixels of the detector input per cell of its output maps.
 pub const OUTPUT_STRIDE: usize = 4;
@@ -177,39 +178,6 @@ impl Letterbox {
     }
 }
 
-/// Resampling taps along one axis, from `src` samples to `dst`: for each output sample, the
-/// first input index and the weights of the inputs that follow it. Shrinking averages the input
-/// samples each output covers (area filter), enlarging interpolates linearly between the two
-/// nearest input centres (half-pixel centres, edges repeated).
-fn axis_taps(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
-    let ratio = src as f64 / dst as f64;
-    (0..dst)
-        .map(|o| {
-            if ratio > 1.0 {
-                let (start, end) = (o as f64 * ratio, (o as f64 + 1.0) * ratio);
-                let first = start.floor() as usize;
-                let last = (end.ceil() as usize).min(src);
-                let weights = (first..last)
-                    .map(|i| {
-                        let covered = (end.min(i as f64 + 1.0) - start.max(i as f64)).max(0.0);
-                        (covered / ratio) as f32
-                    })
-                    .collect();
-                (first, weights)
-            } else {
-                let centre = ((o as f64 + 0.5) * ratio - 0.5).clamp(0.0, (src - 1) as f64);
-                let first = (centre.floor() as usize).min(src.saturating_sub(2));
-                let t = (centre - first as f64) as f32;
-                if src == 1 {
-                    (0, vec![1.0])
-                } else {
-                    (first, vec![1.0 - t, t])
-                }
-            }
-        })
-        .collect()
-}
-
 /// Writes `frame` letterboxed (see [`Letterbox`]) into `out`, `[3, input_height, input_width]`,
 /// RGB in [0, 255] as CenterFace expects, the padding black.
 pub fn letterbox_frame(
@@ -217,23 +185,19 @@ pub fn letterbox_frame(
     placement: &Letterbox,
     mut out: ArrayViewMut3<'_, f32>,
 ) -> Result<(), Error> {
+    frame.check()?;
     let bpp = frame.layout.bytes_per_pixel();
     let row_bytes = frame.width * bpp;
     let fits = frame.width == placement.frame_width
         && frame.height == placement.frame_height
-        && frame.stride >= row_bytes
-        && frame.height > 0
-        && frame.data.len() >= (frame.height - 1) * frame.stride + row_bytes
         && out.dim() == (3, placement.input_height, placement.input_width);
     if !fits {
         return Err(Error::InvalidParameter {
             name: "letterbox",
             value: format!(
-                "{}x{} frame (stride {}, {} bytes) into {:?} for {placement:?}",
+                "{}x{} frame into {:?} for {placement:?}",
                 frame.width,
                 frame.height,
-                frame.stride,
-                frame.data.len(),
                 out.dim()
             ),
             expected: "a frame of the letterbox's size and an output of its input size",
@@ -241,8 +205,8 @@ pub fn letterbox_frame(
     }
     out.fill(0.0);
     let offsets = frame.layout.rgb_offsets();
-    let rows = axis_taps(frame.height, placement.content_height);
-    let cols = axis_taps(frame.width, placement.content_width);
+    let rows = area_taps(frame.height, placement.content_height);
+    let cols = area_taps(frame.width, placement.content_width);
     // One output row at a time: blend the source rows it covers, then resample horizontally.
     let mut blended = vec![0.0f32; frame.width * 3];
     for (oy, (first_row, row_weights)) in rows.iter().enumerate() {
@@ -524,6 +488,14 @@ mod tests {
         };
         let mut out = Array3::<f32>::zeros((3, 64, 64));
         let err = letterbox_frame(&frame, &placement, out.view_mut()).unwrap_err();
+        assert!(err.to_string().contains("invalid frame"), "{err}");
+        let mut small = Array3::<f32>::zeros((3, 32, 32));
+        let data = vec![0u8; 64 * 3 * 64];
+        let frame = FrameRef {
+            data: &data,
+            ..frame
+        };
+        let err = letterbox_frame(&frame, &placement, small.view_mut()).unwrap_err();
         assert!(err.to_string().contains("letterbox"), "{err}");
     }
 

@@ -1,12 +1,10 @@
-//! Crops, resampling, colour conversion and paste-back between packed 8-bit video frames and
-//! the model's `[3, S, S]` RGB float faces in [-1, 1].
-//!
-//! Resampling is separable with a triangle (bilinear) kernel whose support widens with the
-//! downscale factor, so a large face shrunk to S pixels is averaged rather than aliased, and
-//! a small one enlarged is plain bilinear with half-pixel centres.
+//! The packed 8-bit video frame ([`FrameRef`], [`FrameMut`], validated by one check), and
+//! crops, colour conversion and paste-back between such frames and the model's `[3, S, S]` RGB
+//! float faces in [-1, 1]. Resampling is [`super::resample`]'s triangle kernel.
 
 use ndarray::{Array3, ArrayView3, ArrayViewMut3};
 
+pub use super::resample::{area_downsample, resize};
 use crate::Error;
 
 /// Packed 8-bit pixel layouts the element accepts.
@@ -72,6 +70,114 @@ pub struct FrameMut<'a> {
     pub stride: usize,
     /// Pixel layout.
     pub layout: PixelLayout,
+}
+
+impl<'a> FrameRef<'a> {
+    /// The frame over `data`, validated once ([`FrameRef::check`]).
+    pub fn new(
+        data: &'a [u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+        layout: PixelLayout,
+    ) -> Result<Self, Error> {
+        let frame = FrameRef {
+            data,
+            width,
+            height,
+            stride,
+            layout,
+        };
+        frame.check()?;
+        Ok(frame)
+    }
+
+    /// Checks that the frame is non-empty and `data` holds `height` rows of `stride` bytes, each
+    /// with `width` pixels: the one frame validation, done by [`FrameRef::new`] and by every
+    /// function that touches pixels.
+    pub fn check(&self) -> Result<(), Error> {
+        let row = self.width.checked_mul(self.layout.bytes_per_pixel());
+        let needed = row.and_then(|row| {
+            let rows = self.height.checked_sub(1)?.checked_mul(self.stride)?;
+            rows.checked_add(row).filter(|_| self.stride >= row)
+        });
+        match needed {
+            Some(needed) if self.width > 0 && self.data.len() >= needed => Ok(()),
+            _ => Err(Error::InvalidParameter {
+                name: "frame",
+                value: format!(
+                    "{}x{}, stride {}, {} bytes, {:?}",
+                    self.width,
+                    self.height,
+                    self.stride,
+                    self.data.len(),
+                    self.layout
+                ),
+                expected: "a non-empty frame whose buffer holds height rows of stride bytes",
+            }),
+        }
+    }
+
+    /// [`FrameRef::check`], and that `region` is non-empty and inside the frame.
+    pub fn check_region(&self, region: Region) -> Result<(), Error> {
+        self.check()?;
+        let inside = |start: usize, len: usize, end: usize| {
+            len > 0 && start.checked_add(len).is_some_and(|stop| stop <= end)
+        };
+        if inside(region.x, region.width, self.width)
+            && inside(region.y, region.height, self.height)
+        {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "frame region",
+                value: format!("{region:?} in a {}x{} frame", self.width, self.height),
+                expected: "a non-empty region inside the frame",
+            })
+        }
+    }
+}
+
+impl<'a> FrameMut<'a> {
+    /// The writable frame over `data`, validated once ([`FrameRef::check`]).
+    pub fn new(
+        data: &'a mut [u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+        layout: PixelLayout,
+    ) -> Result<Self, Error> {
+        let frame = FrameMut {
+            data,
+            width,
+            height,
+            stride,
+            layout,
+        };
+        frame.check()?;
+        Ok(frame)
+    }
+
+    /// The same pixels, read-only.
+    pub fn as_frame_ref(&self) -> FrameRef<'_> {
+        FrameRef {
+            data: self.data,
+            width: self.width,
+            height: self.height,
+            stride: self.stride,
+            layout: self.layout,
+        }
+    }
+
+    /// See [`FrameRef::check`].
+    pub fn check(&self) -> Result<(), Error> {
+        self.as_frame_ref().check()
+    }
+
+    /// See [`FrameRef::check_region`].
+    pub fn check_region(&self, region: Region) -> Result<(), Error> {
+        self.as_frame_ref().check_region(region)
+    }
 }
 
 /// A square region of a frame, in pixels, entirely inside it.
@@ -162,90 +268,6 @@ pub fn square_box(
     })
 }
 
-/// Resampling weights from `src` samples to `dst` samples: for each output sample, the first
-/// input index and the normalised weights that follow it.
-fn resample_weights(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
-    let scale = src as f64 / dst as f64;
-    let support = scale.max(1.0);
-    (0..dst)
-        .map(|o| {
-            let centre = (o as f64 + 0.5) * scale;
-            let lo = ((centre - support).floor().max(0.0)) as usize;
-            let hi = ((centre + support).ceil() as usize).min(src);
-            let mut w: Vec<f64> = (lo..hi)
-                .map(|i| (1.0 - ((i as f64 + 0.5 - centre) / support).abs()).max(0.0))
-                .collect();
-            let total: f64 = w.iter().sum();
-            if total > 0.0 {
-                w.iter_mut().for_each(|v| *v /= total);
-            } else {
-                // Unreachable for src >= 1, kept so that no weight set is ever empty of mass.
-                w = vec![1.0];
-            }
-            (lo, w.into_iter().map(|v| v as f32).collect())
-        })
-        .collect()
-}
-
-/// Resamples a `[C, H, W]` image to `[C, out_h, out_w]` (module docs for the kernel).
-pub fn resize(src: ArrayView3<'_, f32>, out_h: usize, out_w: usize) -> Array3<f32> {
-    let (c, h, w) = src.dim();
-    let wx = resample_weights(w, out_w);
-    let wy = resample_weights(h, out_h);
-    let mut tmp = Array3::<f32>::zeros((c, h, out_w));
-    for ch in 0..c {
-        for y in 0..h {
-            for (ox, (lo, ws)) in wx.iter().enumerate() {
-                tmp[[ch, y, ox]] = ws
-                    .iter()
-                    .enumerate()
-                    .map(|(k, wt)| wt * src[[ch, y, lo + k]])
-                    .sum();
-            }
-        }
-    }
-    let mut out = Array3::<f32>::zeros((c, out_h, out_w));
-    for ch in 0..c {
-        for (oy, (lo, ws)) in wy.iter().enumerate() {
-            for x in 0..out_w {
-                out[[ch, oy, x]] = ws
-                    .iter()
-                    .enumerate()
-                    .map(|(k, wt)| wt * tmp[[ch, lo + k, x]])
-                    .sum();
-            }
-        }
-    }
-    out
-}
-
-fn check_frame(
-    len: usize,
-    width: usize,
-    height: usize,
-    stride: usize,
-    layout: PixelLayout,
-    region: Region,
-) -> Result<(), Error> {
-    let row = width * layout.bytes_per_pixel();
-    let fits_frame = width > 0 && height > 0 && stride >= row && len >= (height - 1) * stride + row;
-    let fits_region = region.width > 0
-        && region.height > 0
-        && region.x + region.width <= width
-        && region.y + region.height <= height;
-    if fits_frame && fits_region {
-        Ok(())
-    } else {
-        Err(Error::InvalidParameter {
-            name: "frame region",
-            value: format!(
-                "{region:?} in a {width}x{height} frame, stride {stride}, {len} bytes, {layout:?}"
-            ),
-            expected: "a non-empty region inside a frame whose buffer holds height rows of stride bytes",
-        })
-    }
-}
-
 /// Reads `region` of `frame` into `out` (`[3, S, S]` or any `[3, H, W]`), resampled, as RGB in
 /// [-1, 1].
 pub fn read_region(
@@ -253,14 +275,7 @@ pub fn read_region(
     region: Region,
     mut out: ArrayViewMut3<'_, f32>,
 ) -> Result<(), Error> {
-    check_frame(
-        frame.data.len(),
-        frame.width,
-        frame.height,
-        frame.stride,
-        frame.layout,
-        region,
-    )?;
+    frame.check_region(region)?;
     let bpp = frame.layout.bytes_per_pixel();
     let offsets = frame.layout.rgb_offsets();
     let mut crop = Array3::<f32>::zeros((3, region.height, region.width));
@@ -298,14 +313,7 @@ pub fn write_region(
     region: Region,
     face: ArrayView3<'_, f32>,
 ) -> Result<(), Error> {
-    check_frame(
-        frame.data.len(),
-        frame.width,
-        frame.height,
-        frame.stride,
-        frame.layout,
-        region,
-    )?;
+    frame.check_region(region)?;
     let (_, fh, fw) = face.dim();
     let resized;
     let src = if (fh, fw) == (region.height, region.width) {
@@ -332,14 +340,7 @@ pub fn write_region(
 /// filled with its mean colour, leaving alpha or padding bytes untouched. With `block` a
 /// quarter of the face or more, no identity survives (the `conceal` failure policy).
 pub fn pixelate(frame: &mut FrameMut<'_>, region: Region, block: usize) -> Result<(), Error> {
-    check_frame(
-        frame.data.len(),
-        frame.width,
-        frame.height,
-        frame.stride,
-        frame.layout,
-        region,
-    )?;
+    frame.check_region(region)?;
     let block = block.max(1);
     let bpp = frame.layout.bytes_per_pixel();
     let offsets = frame.layout.rgb_offsets();
@@ -405,24 +406,10 @@ pub fn to_rgb8(face: ArrayView3<'_, f32>) -> Vec<u8> {
     out
 }
 
-/// Averages `k x k` blocks of a `[C, H, W]` image (H and W multiples of `k`): the area
-/// downsample the encoder graph applies before it sees a face (AveragePool).
-pub fn area_downsample(src: ArrayView3<'_, f32>, k: usize) -> Array3<f32> {
-    let (c, h, w) = src.dim();
-    let k = k.max(1);
-    let mut out = Array3::<f32>::zeros((c, h / k, w / k));
-    let norm = 1.0 / (k * k) as f32;
-    for ((ch, y, x), v) in out.indexed_iter_mut() {
-        let block = src.slice(ndarray::s![ch, y * k..(y + 1) * k, x * k..(x + 1) * k]);
-        *v = block.sum() * norm;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::{Array3, array};
+    use ndarray::Array3;
 
     #[test]
     fn square_box_inside_is_centred_with_margin() {
@@ -468,30 +455,6 @@ mod tests {
         assert_eq!(square_box(0, 0, 0, 10, 0.2, 100, 100), None);
         assert_eq!(square_box(100, 0, 10, 10, 0.2, 100, 100), None);
         assert_eq!(square_box(-20, 0, 20, 10, 0.2, 100, 100), None);
-    }
-
-    #[test]
-    fn upscale_two_to_four_by_hand() {
-        // Half-pixel centres: outputs sit at input coordinates -0.25, 0.25, 0.75, 1.25 (x2 = 0.5
-        // steps); edges clamp, inner samples interpolate 0.75/0.25.
-        let src = array![[[0.0f32, 1.0]]];
-        let out = resize(src.view(), 1, 4);
-        let want = [0.0, 0.25, 0.75, 1.0];
-        for (o, w) in out.iter().zip(want) {
-            assert!((o - w).abs() < 1e-6, "{out:?}");
-        }
-    }
-
-    #[test]
-    fn downscale_averages_with_triangle_weights() {
-        // 4 -> 2: output 0 centred at input 1.0 with support 2 takes pixels 0, 1, 2 with
-        // weights 0.75, 0.75, 0.25 (normalised by 1.75).
-        let src = array![[[1.0f32, 2.0, 3.0, 4.0]]];
-        let out = resize(src.view(), 1, 2);
-        let o0 = (0.75 * 1.0 + 0.75 * 2.0 + 0.25 * 3.0) / 1.75;
-        let o1 = (0.25 * 2.0 + 0.75 * 3.0 + 0.75 * 4.0) / 1.75;
-        assert!((out[[0, 0, 0]] - o0).abs() < 1e-6);
-        assert!((out[[0, 0, 1]] - o1).abs() < 1e-6);
     }
 
     #[test]
@@ -562,14 +525,28 @@ mod tests {
         };
         let mut out = Array3::<f32>::zeros((3, 2, 2));
         let err = read_region(&frame, Region::full(4, 4), out.view_mut()).unwrap_err();
-        assert!(err.to_string().contains("frame region"), "{err}");
+        assert!(err.to_string().contains("invalid frame"), "{err}");
+        assert!(FrameRef::new(&data, 4, 4, 12, PixelLayout::Rgb).is_err());
+        assert!(FrameRef::new(&data, 3, 1, 9, PixelLayout::Rgb).is_ok());
+        assert!(FrameRef::new(&data, 0, 1, 9, PixelLayout::Rgb).is_err());
+        assert!(FrameRef::new(&data, 4, 1, 9, PixelLayout::Rgb).is_err());
     }
 
     #[test]
-    fn area_downsample_by_hand() {
-        let src = Array3::from_shape_fn((1, 2, 4), |(_, y, x)| (y * 4 + x) as f32);
-        let out = area_downsample(src.view(), 2);
-        assert_eq!(out, array![[[2.5f32, 4.5]]]);
+    fn a_region_outside_the_frame_is_an_error() {
+        let data = [0u8; 12];
+        let frame = FrameRef::new(&data, 2, 2, 6, PixelLayout::Rgb).unwrap();
+        let mut out = Array3::<f32>::zeros((3, 1, 1));
+        let region = Region {
+            x: 1,
+            y: 0,
+            width: 2,
+            height: 1,
+        };
+        let err = read_region(&frame, region, out.view_mut()).unwrap_err();
+        assert!(err.to_string().contains("frame region"), "{err}");
+        let empty = Region { width: 0, ..region };
+        assert!(frame.check_region(empty).is_err());
     }
 
     #[test]

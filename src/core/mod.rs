@@ -4,4 +4,5 @@ pub mod align;
 pub mod detect;
 pub mod image;
 pub mod latent;
+pub mod resample;
 pub mod select;
