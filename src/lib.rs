@@ -2,14 +2,17 @@
 //!
 //! The crate is both the GStreamer plugin (`avaepurify`) and a library: the purification
 //! core ([`core`]), model bundles ([`bundle`]) and where the shipped ones are found
-//! ([`paths`]), inference engines ([`engine`]) and the
-//! [`purifier::Purifier`] that ties them together are used by the trainer and the
-//! benchmarks, so evaluation measures exactly the code that ships.
+//! ([`paths`]), inference engines ([`engine`]), the [`purifier::Purifier`] that ties them
+//! together, the frame purifier ([`frame`]) and the face detector ([`detector`]) are used by
+//! the trainer and the benchmarks, so evaluation measures exactly the code that ships. The
+//! elements share a private layer (`element`) and never import each other.
 
 pub mod avaefacedetect;
 pub mod avaepurify;
 pub mod bundle;
 pub mod core;
+pub mod detector;
+mod element;
 pub mod engine;
 mod error;
 pub mod frame;

@@ -15,21 +15,15 @@
 use gst::glib;
 use gst::prelude::*;
 
-use crate::core::detect::{Face, LANDMARKS};
-
-mod detector;
 mod imp;
+mod settings;
+mod stats;
 
-pub use detector::{
+pub use crate::detector::{
     CACHE_ENV, Detector, DetectorParams, MODEL_ENV, cache_dir, candidate_limit, create_private_dir,
     default_cache_dir, default_model_path, dynamic_shape_model,
 };
-
-/// Name of the param structure attached to each face ROI.
-pub const DETECTION_PARAM: &str = "detection";
-
-/// The ROI type of the metas this element attaches.
-pub const ROI_TYPE: &str = "face";
+pub use crate::element::{DETECTION_PARAM, ROI_TYPE, detection_structure, face_from_detection};
 
 glib::wrapper! {
     /// The `avaefacedetect` element (a `GstVideoFilter`), see the module documentation.
@@ -37,58 +31,9 @@ glib::wrapper! {
         @extends gst_video::VideoFilter, gst_base::BaseTransform, gst::Element, gst::Object;
 }
 
-/// The `detection` param structure of a face given in normalised coordinates.
-pub fn detection_structure(face: &Face) -> gst::Structure {
-    let landmarks = gst::Array::new(
-        face.landmarks
-            .iter()
-            .flat_map(|[x, y]| [f64::from(*x), f64::from(*y)]),
-    );
-    gst::Structure::builder(DETECTION_PARAM)
-        .field("x_min", f64::from(face.x_min))
-        .field("y_min", f64::from(face.y_min))
-        .field("x_max", f64::from(face.x_max))
-        .field("y_max", f64::from(face.y_max))
-        .field("confidence", f64::from(face.confidence))
-        .field("label_id", 0i32)
-        .field("label", ROI_TYPE)
-        .field("landmarks", landmarks)
-        .build()
-}
-
-/// Reads a `detection` param structure back into a face in normalised coordinates, and whether
-/// it had landmarks. The box is required (`None` without it); a missing confidence reads as 1;
-/// landmarks that are absent or not 10 numbers (a detector without landmarks, another producer)
-/// read as all zero, with `false`.
-pub fn face_from_detection(s: &gst::StructureRef) -> Option<(Face, bool)> {
-    let number = |name: &str| s.get::<f64>(name).ok().map(|v| v as f32);
-    let mut face = Face {
-        x_min: number("x_min")?,
-        y_min: number("y_min")?,
-        x_max: number("x_max")?,
-        y_max: number("y_max")?,
-        confidence: number("confidence").unwrap_or(1.0),
-        landmarks: [[0.0; 2]; LANDMARKS],
-    };
-    let values: Option<Vec<f32>> = s.get::<gst::Array>("landmarks").ok().and_then(|a| {
-        a.iter()
-            .map(|v| v.get::<f64>().ok().map(|v| v as f32))
-            .collect()
-    });
-    let has_landmarks = match values {
-        Some(v) if v.len() == 2 * LANDMARKS => {
-            for (point, xy) in face.landmarks.iter_mut().zip(v.chunks_exact(2)) {
-                *point = [xy[0], xy[1]];
-            }
-            true
-        }
-        _ => false,
-    };
-    Some((face, has_landmarks))
-}
-
 /// Registers `avaefacedetect` with `plugin`.
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    crate::element::mark_as_plugin_api();
     gst::Element::register(
         Some(plugin),
         "avaefacedetect",

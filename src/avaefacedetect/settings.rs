@@ -1,0 +1,199 @@
+//! What the properties of `avaefacedetect` set: defaults, ranges, param specs, set and get.
+
+use gst::glib;
+use gst::prelude::*;
+
+use crate::detector::{DetectorParams, default_model_path};
+use crate::element::{BackendChoice, DeviceChoice, backend_property, device_property};
+
+const DEFAULT_THRESHOLD: f32 = 0.5;
+const DEFAULT_NMS_IOU: f32 = 0.3;
+const DEFAULT_MIN_SIZE: u32 = 0;
+const DEFAULT_MAX_FACES: u32 = 64;
+const DEFAULT_INPUT_SIZE: u32 = 640;
+const DEFAULT_INTERVAL: u32 = 1;
+
+const MAX_MIN_SIZE: u32 = 8192;
+const MAX_MAX_FACES: u32 = 1024;
+const MIN_INPUT_SIZE: u32 = 32;
+const MAX_INPUT_SIZE: u32 = 4096;
+const MAX_INTERVAL: u32 = 1000;
+
+/// What the properties set; read once per frame.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) model: String,
+    pub(super) backend: BackendChoice,
+    pub(super) device: DeviceChoice,
+    pub(super) threshold: f32,
+    pub(super) nms_iou: f32,
+    pub(super) min_size: u32,
+    pub(super) max_faces: u32,
+    pub(super) input_size: u32,
+    pub(super) interval: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            model: default_model_path().to_string_lossy().into_owned(),
+            backend: BackendChoice::default(),
+            device: DeviceChoice::default(),
+            threshold: DEFAULT_THRESHOLD,
+            nms_iou: DEFAULT_NMS_IOU,
+            min_size: DEFAULT_MIN_SIZE,
+            max_faces: DEFAULT_MAX_FACES,
+            input_size: DEFAULT_INPUT_SIZE,
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+impl Settings {
+    /// The detector's parameters.
+    pub(super) fn params(&self) -> DetectorParams {
+        DetectorParams {
+            threshold: self.threshold,
+            nms_iou: self.nms_iou,
+            min_size: self.min_size as f32,
+            max_faces: self.max_faces as usize,
+            input_size: self.input_size as usize,
+        }
+    }
+
+    /// Sets the property `name` (type checked by GObject).
+    pub(super) fn set(&mut self, name: &str, value: &glib::Value) {
+        let checked = "type checked upstream";
+        match name {
+            "model" => {
+                self.model = value
+                    .get::<Option<String>>()
+                    .expect(checked)
+                    .unwrap_or_else(|| Settings::default().model);
+            }
+            "backend" => self.backend = value.get().expect(checked),
+            "device" => self.device = value.get().expect(checked),
+            "threshold" => self.threshold = value.get().expect(checked),
+            "nms-iou" => self.nms_iou = value.get().expect(checked),
+            "min-size" => self.min_size = value.get().expect(checked),
+            "max-faces" => self.max_faces = value.get().expect(checked),
+            "input-size" => self.input_size = value.get().expect(checked),
+            "interval" => self.interval = value.get().expect(checked),
+            _ => unimplemented!("property {name}"),
+        }
+    }
+
+    /// The value of the property `name` (all but `stats`).
+    pub(super) fn get(&self, name: &str) -> glib::Value {
+        match name {
+            "model" => self.model.to_value(),
+            "backend" => self.backend.to_value(),
+            "device" => self.device.to_value(),
+            "threshold" => self.threshold.to_value(),
+            "nms-iou" => self.nms_iou.to_value(),
+            "min-size" => self.min_size.to_value(),
+            "max-faces" => self.max_faces.to_value(),
+            "input-size" => self.input_size.to_value(),
+            "interval" => self.interval.to_value(),
+            name => unimplemented!("property {name}"),
+        }
+    }
+}
+
+/// The element's properties, `stats` last.
+pub(super) fn properties() -> Vec<glib::ParamSpec> {
+    let default_model = Settings::default().model;
+    let mut specs = vec![
+        glib::ParamSpecString::builder("model")
+            .nick("Detector model")
+            .blurb(
+                "CenterFace ONNX graph (default: AVAE_DETECT_MODEL, else \
+                 centerface/centerface.onnx in the first models folder that has it: \
+                 AVAE_PURIFY_MODELS, then avae-purify/models in the plugin's \
+                 <prefix>/share, $XDG_DATA_HOME or ~/.local/share, /usr/local/share, \
+                 /usr/share, then the source tree); loaded when the element starts",
+            )
+            .default_value(Some(default_model.as_str()))
+            .mutable_ready()
+            .build(),
+        backend_property(),
+        device_property(),
+    ];
+    specs.extend(detection_properties());
+    specs.push(
+        glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+            .nick("Statistics")
+            .blurb(
+                "Counters since start (avaefacedetect-stats): frames, inferences, \
+                 detections (faces found by inferences), rois (face metas attached, \
+                 carried ones included), failures (frames passed through after a \
+                 detector error), mean-inference-ms",
+            )
+            .read_only()
+            .build(),
+    );
+    specs
+}
+
+/// The properties of [`DetectorParams`] and `interval`.
+fn detection_properties() -> Vec<glib::ParamSpec> {
+    vec![
+        glib::ParamSpecFloat::builder("threshold")
+            .nick("Score threshold")
+            .blurb("Minimum detector score of a face (heatmap peak, 0 to 1)")
+            .minimum(0.0)
+            .maximum(1.0)
+            .default_value(DEFAULT_THRESHOLD)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecFloat::builder("nms-iou")
+            .nick("NMS IoU")
+            .blurb(
+                "Non-maximum suppression: of two boxes overlapping by this \
+                 intersection-over-union or more, only the more confident is kept",
+            )
+            .minimum(0.0)
+            .maximum(1.0)
+            .default_value(DEFAULT_NMS_IOU)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("min-size")
+            .nick("Minimum face size")
+            .blurb("Faces narrower or lower than this many frame pixels are dropped")
+            .maximum(MAX_MIN_SIZE)
+            .default_value(DEFAULT_MIN_SIZE)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("max-faces")
+            .nick("Maximum faces")
+            .blurb("Most faces attached per frame (the most confident)")
+            .minimum(1)
+            .maximum(MAX_MAX_FACES)
+            .default_value(DEFAULT_MAX_FACES)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("input-size")
+            .nick("Detector resolution")
+            .blurb(
+                "Longer side, in pixels, of the frame as the detector sees it: frames \
+                 of any size are scaled keeping their aspect ratio and padded to \
+                 multiples of 32 (smaller is faster and misses small faces)",
+            )
+            .minimum(MIN_INPUT_SIZE)
+            .maximum(MAX_INPUT_SIZE)
+            .default_value(DEFAULT_INPUT_SIZE)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("interval")
+            .nick("Detection interval")
+            .blurb(
+                "Detect on every Nth frame; the frames in between carry the last \
+                 detection's faces",
+            )
+            .minimum(1)
+            .maximum(MAX_INTERVAL)
+            .default_value(DEFAULT_INTERVAL)
+            .mutable_playing()
+            .build(),
+    ]
+}

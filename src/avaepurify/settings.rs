@@ -1,0 +1,296 @@
+//! What the properties of `avaepurify` set: defaults, ranges, param specs, set and get.
+
+use gst::glib;
+use gst::prelude::*;
+
+use super::OnFailure;
+use crate::element::{BackendChoice, DeviceChoice, backend_property, device_property};
+
+const DEFAULT_SAMPLES: u32 = 16;
+const DEFAULT_BATCH: u32 = 16;
+/// Negative: use the bundle's calibrated tau (`manifest.json`).
+const DEFAULT_TAU: f32 = -1.0;
+const DEFAULT_SEED: u64 = 0;
+pub(super) const DEFAULT_ROI_TYPE: &str = "face";
+const DEFAULT_MARGIN: f32 = 0.2;
+const DEFAULT_FULL_FRAME: bool = false;
+const DEFAULT_MAX_FACES: u32 = 16;
+const DEFAULT_FEATHER: f32 = 0.15;
+const DEFAULT_ALIGN: bool = true;
+const DEFAULT_ON_FAILURE: OnFailure = OnFailure::Pass;
+
+const MAX_SAMPLES: u32 = 4096;
+const MAX_BATCH: u32 = 4096;
+const MAX_MARGIN: f32 = 2.0;
+const MAX_MAX_FACES: u32 = 256;
+const MAX_FEATHER: f32 = 0.5;
+
+/// What the properties set; read once per frame.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) model: String,
+    pub(super) backend: BackendChoice,
+    pub(super) device: DeviceChoice,
+    pub(super) samples: u32,
+    pub(super) batch: u32,
+    pub(super) tau: f32,
+    pub(super) seed: u64,
+    pub(super) roi_type: String,
+    pub(super) margin: f32,
+    pub(super) full_frame: bool,
+    pub(super) max_faces: u32,
+    pub(super) feather: f32,
+    pub(super) align: bool,
+    pub(super) on_failure: OnFailure,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            model: crate::bundle::default_model_dir()
+                .to_string_lossy()
+                .into_owned(),
+            backend: BackendChoice::default(),
+            device: DeviceChoice::default(),
+            samples: DEFAULT_SAMPLES,
+            batch: DEFAULT_BATCH,
+            tau: DEFAULT_TAU,
+            seed: DEFAULT_SEED,
+            roi_type: DEFAULT_ROI_TYPE.to_owned(),
+            margin: DEFAULT_MARGIN,
+            full_frame: DEFAULT_FULL_FRAME,
+            max_faces: DEFAULT_MAX_FACES,
+            feather: DEFAULT_FEATHER,
+            align: DEFAULT_ALIGN,
+            on_failure: DEFAULT_ON_FAILURE,
+        }
+    }
+}
+
+impl Settings {
+    /// Sets the property `name` (type checked by GObject). An empty `roi-type` is refused:
+    /// the previous value stays and the error is the message to log.
+    pub(super) fn set(&mut self, name: &str, value: &glib::Value) -> Result<(), String> {
+        let checked = "type checked upstream";
+        match name {
+            "model" => {
+                self.model = value
+                    .get::<Option<String>>()
+                    .expect(checked)
+                    .unwrap_or_else(|| Settings::default().model);
+            }
+            "backend" => self.backend = value.get().expect(checked),
+            "device" => self.device = value.get().expect(checked),
+            "samples" => self.samples = value.get().expect(checked),
+            "batch" => self.batch = value.get().expect(checked),
+            "tau" => self.tau = value.get().expect(checked),
+            "seed" => self.seed = value.get().expect(checked),
+            "roi-type" => {
+                let roi_type = value
+                    .get::<Option<String>>()
+                    .expect(checked)
+                    .unwrap_or_else(|| DEFAULT_ROI_TYPE.to_owned());
+                if roi_type.trim().is_empty() {
+                    return Err(format!(
+                        "Refused roi-type '{roi_type}': expected the non-empty type of the ROI \
+                         metas to purify (e.g. face); keeping the previous value"
+                    ));
+                }
+                self.roi_type = roi_type;
+            }
+            "margin" => self.margin = value.get().expect(checked),
+            "full-frame" => self.full_frame = value.get().expect(checked),
+            "max-faces" => self.max_faces = value.get().expect(checked),
+            "feather" => self.feather = value.get().expect(checked),
+            "align" => self.align = value.get().expect(checked),
+            "on-failure" => self.on_failure = value.get().expect(checked),
+            _ => unimplemented!("property {name}"),
+        }
+        Ok(())
+    }
+
+    /// The value of the property `name` (all but `stats`).
+    pub(super) fn get(&self, name: &str) -> glib::Value {
+        match name {
+            "model" => self.model.to_value(),
+            "backend" => self.backend.to_value(),
+            "device" => self.device.to_value(),
+            "samples" => self.samples.to_value(),
+            "batch" => self.batch.to_value(),
+            "tau" => self.tau.to_value(),
+            "seed" => self.seed.to_value(),
+            "roi-type" => self.roi_type.to_value(),
+            "margin" => self.margin.to_value(),
+            "full-frame" => self.full_frame.to_value(),
+            "max-faces" => self.max_faces.to_value(),
+            "feather" => self.feather.to_value(),
+            "align" => self.align.to_value(),
+            "on-failure" => self.on_failure.to_value(),
+            name => unimplemented!("property {name}"),
+        }
+    }
+}
+
+/// The element's properties, in the order `gst-inspect-1.0` lists them, `stats` last.
+pub(super) fn properties() -> Vec<glib::ParamSpec> {
+    let default_model = Settings::default().model;
+    let mut specs = vec![
+        glib::ParamSpecString::builder("model")
+            .nick("Model bundle")
+            .blurb(
+                "Folder of the A-VAE model bundle (manifest.json, encoder.onnx, \
+                 decoder.onnx; default: AVAE_PURIFY_MODEL, else avae-cpu in the first \
+                 models folder that has it: AVAE_PURIFY_MODELS, then avae-purify/models \
+                 in the plugin's <prefix>/share, $XDG_DATA_HOME or ~/.local/share, \
+                 /usr/local/share, /usr/share, then the source tree); loaded when the \
+                 element starts",
+            )
+            .default_value(Some(default_model.as_str()))
+            .mutable_ready()
+            .build(),
+        backend_property(),
+        device_property(),
+    ];
+    specs.extend(sampling_properties());
+    specs.extend(face_properties());
+    specs.push(
+            glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                .nick("Statistics")
+                .blurb(
+                    "Counters since start (avaepurify-stats): frames, faces-purified, \
+                     faces-aligned (purified through landmark alignment), faces-skipped (ROI empty, outside the frame or beyond max-faces), \
+                     failures (frames passed through unpurified: unreadable frame or engine \
+                     error), mean-latency-ms (per purified face), mean-engine-ms (of it, inside \
+                     the inference engine)",
+                )
+                .read_only()
+                .build(),
+    );
+    specs
+}
+
+/// The properties of the latent sampling: `samples`, `batch`, `tau`, `seed`.
+fn sampling_properties() -> Vec<glib::ParamSpec> {
+    vec![
+        glib::ParamSpecUInt::builder("samples")
+            .nick("Latent samples")
+            .blurb(
+                "Latent samples M decoded per face; the candidate nearest to the input \
+             is kept (more is slower and purifies closer to the input)",
+            )
+            .minimum(1)
+            .maximum(MAX_SAMPLES)
+            .default_value(DEFAULT_SAMPLES)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("batch")
+            .nick("Decoder batch")
+            .blurb("Latents decoded per engine call; bounds memory, not the result")
+            .minimum(1)
+            .maximum(MAX_BATCH)
+            .default_value(DEFAULT_BATCH)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecFloat::builder("tau")
+            .nick("KL clip")
+            .blurb(
+                "KL clip tau of the sampled latents (mean KL per latent dimension, \
+             paper section 3.4): each latent is scaled towards 0 until it fits. \
+             -1 uses the bundle's calibrated tau; 0 decodes the posterior mean (no \
+             randomness); the paper uses 0.03 on its own KL scale; a very large \
+             value (e.g. 1e30) disables the clip",
+            )
+            .minimum(-1.0)
+            .maximum(f32::MAX)
+            .default_value(DEFAULT_TAU)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt64::builder("seed")
+            .nick("Random seed")
+            .blurb(
+                "Seed of the latent sampling: 0 draws a new random seed at each start; \
+             any other value gives reproducible output from start",
+            )
+            .default_value(DEFAULT_SEED)
+            .mutable_ready()
+            .build(),
+    ]
+}
+
+/// The properties of which faces are purified and how they are cropped and pasted.
+fn face_properties() -> Vec<glib::ParamSpec> {
+    vec![
+        glib::ParamSpecString::builder("roi-type")
+            .nick("ROI type")
+            .blurb("Type of the region-of-interest metas to purify (e.g. face)")
+            .default_value(Some(DEFAULT_ROI_TYPE))
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecFloat::builder("margin")
+            .nick("Crop margin")
+            .blurb(
+                "Margin added around each ROI, as a fraction of its longer side, \
+             before the square crop is resized to the model's input",
+            )
+            .minimum(0.0)
+            .maximum(MAX_MARGIN)
+            .default_value(DEFAULT_MARGIN)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecBoolean::builder("full-frame")
+            .nick("Full frame")
+            .blurb(
+                "Purify the whole frame as one face (streams of cropped faces) and \
+             ignore ROI metas",
+            )
+            .default_value(DEFAULT_FULL_FRAME)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("max-faces")
+            .nick("Maximum faces")
+            .blurb(
+                "Most ROIs purified per frame, in the order they were attached; the \
+             others pass through unpurified and count as skipped",
+            )
+            .minimum(1)
+            .maximum(MAX_MAX_FACES)
+            .default_value(DEFAULT_MAX_FACES)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecFloat::builder("feather")
+            .nick("Feather")
+            .blurb(
+                "Width of the soft edge over which each purified face blends into the \
+             frame, as a fraction of the face crop's side, so that no seam shows; \
+             0 pastes the crop with a hard edge (ignored with full-frame)",
+            )
+            .minimum(0.0)
+            .maximum(MAX_FEATHER)
+            .default_value(DEFAULT_FEATHER)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecBoolean::builder("align")
+            .nick("Landmark alignment")
+            .blurb(
+                "Align faces whose ROI has a 'detection' param with 5 landmarks to the \
+             bundle's landmark template (a rotated, scaled crop like the training \
+             faces); false, or a bundle without template, crops the square box \
+             around the ROI with margin",
+            )
+            .default_value(DEFAULT_ALIGN)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("on-failure", DEFAULT_ON_FAILURE)
+            .nick("On failure")
+            .blurb(
+                "What becomes of a face that cannot be purified (engine error, \
+             unmappable frame, beyond max-faces): pass (goes on unchanged), mark \
+             (goes on, its ROI's avae-purify param says purified=false; purified \
+             ones say purified=true), conceal (pixelated beyond recognition; a \
+             frame that cannot be mapped is dropped) or error (element error, \
+             the stream stops)",
+            )
+            .mutable_playing()
+            .build(),
+    ]
+}

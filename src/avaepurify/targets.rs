@@ -1,0 +1,234 @@
+//! The faces of a frame for `avaepurify`: ROI metas of `roi-type` (or the whole frame) turned
+//! into [`Placement`]s, and the `avae-purify` params written back onto those ROIs.
+
+use super::report::{Cause, FrameReport};
+use super::settings::Settings;
+use crate::core::image::{self, Region};
+use crate::element::{DETECTION_PARAM, Warned, face_from_detection};
+use crate::frame::Placement;
+use crate::purifier::Purified;
+
+/// Name of the param structure added to each purified ROI meta.
+const PARAM_NAME: &str = "avae-purify";
+
+/// A face to purify: how it is cropped, and the ROI meta it came from (none in full-frame mode).
+pub(super) struct Target {
+    pub(super) roi: Option<gst::meta::MetaSeqnum>,
+    pub(super) placement: Placement,
+}
+
+/// The geometry faces are placed in: the frame's size, the model's face side, and the
+/// bundle's landmark template when faces are aligned to it.
+pub(super) struct Geometry<'a> {
+    pub(super) width: usize,
+    pub(super) height: usize,
+    pub(super) side: usize,
+    pub(super) template: Option<&'a [[f32; 2]; 5]>,
+}
+
+/// A matching ROI meta: its seqnum, pixel rectangle and aligned placement (when it has
+/// landmarks and alignment is on).
+type Roi = (
+    gst::meta::MetaSeqnum,
+    (u32, u32, u32, u32),
+    Option<Placement>,
+);
+
+/// The aligned placement that maps the landmarks of `detection` (normalised to the frame) onto
+/// the template; `None` when the structure has no landmarks or they are degenerate
+/// (coinciding, not finite).
+fn landmark_alignment(
+    detection: &gst::StructureRef,
+    template: &[[f32; 2]; 5],
+    geometry: &Geometry<'_>,
+) -> Option<Placement> {
+    let (face, has_landmarks) = face_from_detection(detection)?;
+    if !has_landmarks {
+        return None;
+    }
+    let (width, height) = (geometry.width as f32, geometry.height as f32);
+    let landmarks = face.landmarks.map(|[x, y]| [x * width, y * height]);
+    Placement::aligned(&landmarks, template, geometry.side)
+}
+
+/// The ROI metas of `roi-type`, in the order they were attached.
+fn matching_rois(
+    buffer: &gst::BufferRef,
+    settings: &Settings,
+    geometry: &Geometry<'_>,
+) -> Vec<Roi> {
+    let template = geometry.template.filter(|_| settings.align);
+    let mut rois: Vec<Roi> = buffer
+        .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+        .filter(|meta| meta.roi_type() == settings.roi_type)
+        .map(|meta| {
+            let aligned = template.and_then(|template| {
+                let detection = meta.param(DETECTION_PARAM)?;
+                landmark_alignment(detection, template, geometry)
+            });
+            (meta.seqnum(), meta.rect(), aligned)
+        })
+        .collect();
+    rois.sort_by_key(|(seqnum, ..)| *seqnum);
+    rois
+}
+
+/// Warns (once) when the frame has ROI metas but none of `roi-type`.
+fn note_other_roi_types(
+    buffer: &gst::BufferRef,
+    settings: &Settings,
+    warned: &mut Warned<Cause>,
+    report: &mut FrameReport,
+) {
+    let mut seen: Vec<String> = buffer
+        .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+        .map(|meta| meta.roi_type().to_string())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    if seen.is_empty() {
+        return;
+    }
+    report.note(warned, Cause::NoMatchingRoi, || {
+        format!(
+            "A frame has ROI metas of type {} but none of roi-type '{}': nothing \
+             is purified (set roi-type to the type your detector attaches)",
+            seen.iter()
+                .map(|t| format!("'{t}'"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            settings.roi_type,
+        )
+    });
+}
+
+/// The target of `roi`: its aligned placement, else the square box around it with `margin`;
+/// `None` when the ROI is empty or outside the frame.
+fn roi_target(roi: &Roi, settings: &Settings, geometry: &Geometry<'_>) -> Option<Target> {
+    let (seqnum, (x, y, w, h), aligned) = *roi;
+    let square = image::square_box(
+        i64::from(x),
+        i64::from(y),
+        w,
+        h,
+        settings.margin,
+        geometry.width,
+        geometry.height,
+    )?;
+    Some(Target {
+        roi: Some(seqnum),
+        placement: aligned.unwrap_or(Placement::Box(square.into())),
+    })
+}
+
+/// The faces of this frame: the whole frame, or each matching ROI in the order they were
+/// attached, up to `max-faces`; and, second, those beyond `max-faces` (not purified).
+pub(super) fn targets(
+    buffer: &gst::BufferRef,
+    settings: &Settings,
+    geometry: &Geometry<'_>,
+    warned: &mut Warned<Cause>,
+    report: &mut FrameReport,
+) -> (Vec<Target>, Vec<Target>) {
+    if settings.full_frame {
+        let whole = Target {
+            roi: None,
+            placement: Placement::Frame(Region::full(geometry.width, geometry.height)),
+        };
+        return (vec![whole], Vec::new());
+    }
+    let mut rois = matching_rois(buffer, settings, geometry);
+    if rois.is_empty() {
+        note_other_roi_types(buffer, settings, warned, report);
+    }
+
+    let max_faces = settings.max_faces as usize;
+    if rois.len() > max_faces {
+        let extra = rois.len() - max_faces;
+        report.skipped += extra as u64;
+        report.note(warned, Cause::TooManyFaces, || {
+            format!(
+                "A frame has {} '{}' ROIs but max-faces is {max_faces}: the first {max_faces} \
+                 are purified, the other {extra} pass through unpurified (raise max-faces)",
+                rois.len(),
+                settings.roi_type,
+            )
+        });
+    }
+    let beyond = rois.split_off(max_faces.min(rois.len()));
+    let extras = beyond
+        .iter()
+        .filter_map(|roi| roi_target(roi, settings, geometry))
+        .collect();
+
+    let mut targets = Vec::with_capacity(rois.len());
+    for roi in &rois {
+        match roi_target(roi, settings, geometry) {
+            Some(target) => targets.push(target),
+            None => {
+                let (_, (x, y, w, h), _) = *roi;
+                let (width, height) = (geometry.width, geometry.height);
+                report.skipped += 1;
+                report.note(warned, Cause::RoiOutsideFrame, || {
+                    format!(
+                        "A '{}' ROI at ({x}, {y}) of size {w}x{h} is empty or outside the \
+                         {width}x{height} frame: it passes through unpurified",
+                        settings.roi_type,
+                    )
+                });
+            }
+        }
+    }
+    (targets, extras)
+}
+
+/// Adds the `avae-purify` param structure to each ROI meta that was purified (with
+/// `purified=true` when `mark`).
+pub(super) fn annotate_rois(
+    buffer: &mut gst::BufferRef,
+    targets: &[Target],
+    results: &[Purified],
+    samples: u32,
+    mark: bool,
+) {
+    for mut meta in buffer.iter_meta_mut::<gst_video::VideoRegionOfInterestMeta>() {
+        let seqnum = meta.seqnum();
+        let Some(found) = targets.iter().position(|t| t.roi == Some(seqnum)) else {
+            continue;
+        };
+        let result = &results[found];
+        let builder = gst::Structure::builder(PARAM_NAME);
+        let builder = if mark {
+            builder.field("purified", true)
+        } else {
+            builder
+        };
+        meta.add_param(
+            builder
+                .field("distance", f64::from(result.distance))
+                .field(
+                    "candidate",
+                    u32::try_from(result.candidate).unwrap_or(u32::MAX),
+                )
+                .field("samples", samples)
+                .build(),
+        );
+    }
+}
+
+/// Adds `avae-purify` params with `purified=false` and the reason to the ROIs of
+/// `unpurified` (`on-failure=mark`).
+pub(super) fn mark_unpurified(buffer: &mut gst::BufferRef, unpurified: &[(&Target, Cause)]) {
+    for mut meta in buffer.iter_meta_mut::<gst_video::VideoRegionOfInterestMeta>() {
+        let seqnum = meta.seqnum();
+        let Some((_, cause)) = unpurified.iter().find(|(t, _)| t.roi == Some(seqnum)) else {
+            continue;
+        };
+        meta.add_param(
+            gst::Structure::builder(PARAM_NAME)
+                .field("purified", false)
+                .field("reason", cause.reason())
+                .build(),
+        );
+    }
+}
