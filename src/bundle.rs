@@ -87,6 +87,10 @@ pub struct Manifest {
     /// with a similarity transform; otherwise they are cropped as a square box with margin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landmark_template: Option<[[f32; 2]; 5]>,
+    /// The attack alarm's score parameters and thresholds ([`crate::alarm`]), fitted on clean
+    /// training faces by `trainer export`; bundles without it raise no alarms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<crate::alarm::AlarmParams>,
     /// Where the weights come from (dataset, steps, objective, commit, ...).
     #[serde(default)]
     pub provenance: BTreeMap<String, serde_json::Value>,
@@ -223,6 +227,11 @@ impl Bundle {
                 &manifest_path,
                 format!("landmark_template {t:?}: expected 5 points with coordinates in [0, 1]"),
             ));
+        }
+        if let Some(alarm) = &m.alarm {
+            alarm
+                .validate()
+                .map_err(|err| Error::bundle(&manifest_path, err.to_string()))?;
         }
         let (d, c) = (m.latent_dim, m.skip_channels);
         use Dim::{Any, Is};

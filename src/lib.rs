@@ -7,6 +7,7 @@
 //! the trainer and the benchmarks, so evaluation measures exactly the code that ships. The
 //! elements share a private layer (`element`) and never import each other.
 
+pub mod alarm;
 pub mod avaefacedetect;
 pub mod avaepurify;
 pub mod bundle;

@@ -5,12 +5,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut4, Axis, Ix2, Ix4, s};
+use ndarray::{
+    Array2, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut4, Axis, Ix2, Ix4, s,
+};
 use rand::rngs::StdRng;
 
 use crate::Error;
 use crate::bundle::{Bundle, GraphKind};
-use crate::core::latent::sample_latents;
+use crate::core::latent::{mean_kl, sample_latents};
 use crate::core::select::NearestTracker;
 use crate::engine::{self, Backend, Device, Engine};
 
@@ -34,6 +36,63 @@ pub struct Purified {
     pub candidate: usize,
     /// Whether any latent of this face was changed by the KL clip.
     pub clipped: bool,
+    /// KL divergence of the face's posterior mean from the prior, per latent dimension
+    /// ([`crate::core::latent::mean_kl`] at `mu`): one of the alarm's signals.
+    pub kl: f32,
+    /// Mean squared detail of the input face above the encoder's resolution (the input minus
+    /// its `k x k` block means, `k = S / 32`): what the encoder cannot see, where off-manifold
+    /// perturbations live. One of the alarm's signals.
+    pub detail: f32,
+    /// Mean squared distance between the input and the chosen candidate at the encoder's
+    /// resolution (`k x k` block means). One of the alarm's signals.
+    pub distance_coarse: f32,
+    /// Mean squared detail of the chosen candidate above the encoder's resolution: the detail
+    /// the model gives this face, against which the input's is compared.
+    pub detail_candidate: f32,
+}
+
+/// `(detail, distance_coarse, detail_candidate)` of [`Purified`] for `input` and the chosen
+/// candidate `chosen` (`[3, S, S]`), with blocks of `k x k` pixels.
+pub fn coarse_signals(
+    input: ArrayView3<'_, f32>,
+    chosen: ArrayView3<'_, f32>,
+    k: usize,
+) -> (f32, f32, f32) {
+    let (c, h, w) = input.dim();
+    let k = k.max(1);
+    let (bh, bw) = (h / k, w / k);
+    if bh == 0 || bw == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let area = (k * k) as f64;
+    let (mut detail, mut coarse, mut detail_c) = (0.0f64, 0.0f64, 0.0f64);
+    for ch in 0..c {
+        for by in 0..bh {
+            for bx in 0..bw {
+                let (mut sx, mut sc) = (0.0f64, 0.0f64);
+                for y in by * k..(by + 1) * k {
+                    for x in bx * k..(bx + 1) * k {
+                        sx += f64::from(input[[ch, y, x]]);
+                        sc += f64::from(chosen[[ch, y, x]]);
+                    }
+                }
+                let (mx, mc) = (sx / area, sc / area);
+                for y in by * k..(by + 1) * k {
+                    for x in bx * k..(bx + 1) * k {
+                        detail += (f64::from(input[[ch, y, x]]) - mx).powi(2);
+                        detail_c += (f64::from(chosen[[ch, y, x]]) - mc).powi(2);
+                    }
+                }
+                coarse += (mx - mc).powi(2);
+            }
+        }
+    }
+    let pixels = (c * bh * bw) as f64;
+    (
+        (detail / (pixels * area)) as f32,
+        (coarse / pixels) as f32,
+        (detail_c / (pixels * area)) as f32,
+    )
 }
 
 /// The encoder's outputs for a batch of faces.
@@ -168,6 +227,12 @@ impl Purifier {
         Ok(())
     }
 
+    /// Side of the pixel blocks the encoder's input averages (`S / encoder_input_size`).
+    fn coarse_block(&self) -> usize {
+        let m = &self.bundle.manifest;
+        (m.image_size / m.encoder_input_size.max(1)).max(1)
+    }
+
     /// Runs the encoder on `faces` (`[N, 3, S, S]`, RGB in [-1, 1]).
     pub fn encode(&mut self, faces: ArrayView4<'_, f32>) -> Result<Encoded, Error> {
         self.check_faces(faces.dim())?;
@@ -280,11 +345,18 @@ impl Purifier {
             start += b;
         }
         let (images, best) = tracker.finish();
+        let k = self.coarse_block();
+        let signals: Vec<(f32, f32, f32)> = faces
+            .outer_iter()
+            .zip(images.outer_iter())
+            .map(|(input, chosen)| coarse_signals(input, chosen, k))
+            .collect();
         faces.assign(&images);
         Ok(best
             .into_iter()
             .zip(clipped)
-            .map(|(b, clipped)| {
+            .enumerate()
+            .map(|(face, (b, clipped))| {
                 let b = b.unwrap_or(crate::core::select::Nearest {
                     distance: f32::NAN,
                     candidate: 0,
@@ -293,6 +365,10 @@ impl Purifier {
                     distance: b.distance,
                     candidate: b.candidate,
                     clipped,
+                    kl: mean_kl(enc.mu.row(face), enc.logvar.row(face)),
+                    detail: signals[face].0,
+                    distance_coarse: signals[face].1,
+                    detail_candidate: signals[face].2,
                 }
             })
             .collect())
@@ -314,6 +390,7 @@ impl Purifier {
             .bundle
             .graph_path(GraphKind::Purifier)
             .unwrap_or_default();
+        let coarse_block = self.coarse_block();
         let Some(fused) = self.fused.as_mut() else {
             return Err(Error::bundle(&path, "fused purifier graph not loaded"));
         };
@@ -370,11 +447,17 @@ impl Purifier {
                         path: path.clone(),
                         reason: format!("fused purifier image: {e}"),
                     })?;
+            let (detail, distance_coarse, detail_candidate) =
+                coarse_signals(pixels.view(), image.view(), coarse_block);
             pixels.assign(&image);
             result.push(Purified {
                 distance,
                 candidate,
                 clipped,
+                kl: mean_kl(enc.mu.row(face), enc.logvar.row(face)),
+                detail,
+                distance_coarse,
+                detail_candidate,
             });
         }
         Ok(result)
@@ -430,4 +513,31 @@ pub fn check_params(params: &PurifyParams) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn coarse_signals_separate_detail_from_the_coarse_image() {
+        // Flat 2 x 2 blocks: no detail; a +-0.1 checkerboard on top: detail 0.01 per value.
+        let flat = Array3::from_shape_fn((3, 8, 8), |(c, y, x)| {
+            0.1 * (c as f32) + 0.05 * ((y / 2) as f32) - 0.02 * ((x / 2) as f32)
+        });
+        let noisy = Array3::from_shape_fn((3, 8, 8), |(c, y, x)| {
+            flat[[c, y, x]] + if (x + y) % 2 == 0 { 0.1 } else { -0.1 }
+        });
+        let (detail, coarse, detail_c) = coarse_signals(flat.view(), flat.view(), 2);
+        assert!(detail < 1e-10 && coarse < 1e-10 && detail_c < 1e-10);
+        // The checkerboard averages out in every block: only the detail sees it.
+        let (detail, coarse, detail_c) = coarse_signals(noisy.view(), flat.view(), 2);
+        assert!((detail - 0.01).abs() < 1e-6, "{detail}");
+        assert!(coarse < 1e-10 && detail_c < 1e-10);
+        // A coarse shift shows in the coarse distance, not in the detail.
+        let shifted = flat.mapv(|v| v + 0.2);
+        let (detail, coarse, _) = coarse_signals(shifted.view(), flat.view(), 2);
+        assert!(detail < 1e-10 && (coarse - 0.04).abs() < 1e-6, "{coarse}");
+    }
 }

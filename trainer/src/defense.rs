@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use gstavaepurify::engine::{Backend, Device};
-use gstavaepurify::purifier::{Purifier, PurifyParams};
+use gstavaepurify::purifier::{Purified, Purifier, PurifyParams};
 use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, ImageFormat};
 use ndarray::Array4;
@@ -27,6 +27,8 @@ pub fn quantize(x: &Tensor) -> Tensor {
 pub struct AVaeDefense {
     purifier: Purifier,
     params: PurifyParams,
+    /// What purification chose for every face since the last [`AVaeDefense::take_log`].
+    log: Vec<Purified>,
 }
 
 impl AVaeDefense {
@@ -34,7 +36,11 @@ impl AVaeDefense {
     pub fn load(dir: &Path, backend: Backend, params: PurifyParams) -> Result<Self> {
         let purifier = Purifier::load(dir, backend, Device::Cpu)
             .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
-        Ok(Self { purifier, params })
+        Ok(Self {
+            purifier,
+            params,
+            log: Vec::new(),
+        })
     }
 
     /// The purification parameters (M, batch, tau).
@@ -45,6 +51,17 @@ impl AVaeDefense {
     /// The purifier (bundle, engine).
     pub fn purifier(&self) -> &Purifier {
         &self.purifier
+    }
+
+    /// Notes what purification chose for faces purified outside [`Defense::apply`].
+    pub fn record(&mut self, results: &[Purified]) {
+        self.log.extend_from_slice(results);
+    }
+
+    /// What purification chose for every face since the last call, in order (the alarm's
+    /// signals).
+    pub fn take_log(&mut self) -> Vec<Purified> {
+        std::mem::take(&mut self.log)
     }
 
     /// The purifier, to run it on whole frames ([`gstavaepurify::frame::purify_faces`]).
@@ -71,9 +88,11 @@ impl AVaeDefense {
         for (mut face, &seed) in array.outer_iter_mut().zip(seeds) {
             let mut rng = StdRng::seed_from_u64(seed);
             let batch = face.view_mut().insert_axis(ndarray::Axis(0));
-            self.purifier
+            let results = self
+                .purifier
                 .purify(batch, &self.params, &mut rng)
                 .context("A-VAE purification failed")?;
+            self.log.extend(results);
         }
         let flat: Vec<f32> = array.into_iter().collect();
         Ok(Tensor::from_slice(&flat)

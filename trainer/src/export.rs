@@ -161,6 +161,7 @@ pub fn export_bundle(
         },
         // The trainer's crops are fixed boxes, not aligned to landmarks.
         landmark_template: None,
+        alarm: None,
         provenance,
     };
     let manifest_path = out_dir.join(MANIFEST_FILE);
@@ -181,6 +182,11 @@ pub fn export_bundle(
 /// their checksums stay valid.
 pub fn write_landmark_template(dir: &Path, template: [[f32; 2]; 5]) -> Result<Manifest> {
     update_manifest(dir, |m| m.landmark_template = Some(template))
+}
+
+/// Sets the bundle's attack alarm (see [`crate::alarm`]) and re-validates the bundle.
+pub fn write_alarm(dir: &Path, alarm: gstavaepurify::alarm::AlarmParams) -> Result<Manifest> {
+    update_manifest(dir, |m| m.alarm = Some(alarm))
 }
 
 /// Sets the bundle's default KL clip (see [`crate::calibrate`]) and re-validates the bundle.

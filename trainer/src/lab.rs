@@ -31,7 +31,9 @@ use tch::{Kind, Tensor};
 
 use anyhow::ensure;
 use gstavaepurify::frame::Placement;
+use gstavaepurify::purifier::Purified;
 
+use crate::alarm::{self, AlarmFigures};
 use crate::attack::{self, Bpda, BreakMonitor, GreyBox, LossGradient, Target, fgsm, pgd};
 use crate::data::{progress_bar, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
@@ -65,6 +67,9 @@ pub struct LabRow {
     pub psnr_db: Option<f64>,
     /// Wall milliseconds per face of the defense on the clean probes.
     pub ms_per_face: Option<f64>,
+    /// A-VAE rows: the alarm's figures by score combination and attack (fitted on the clean
+    /// calibration faces, negatives the clean probes).
+    pub alarm: BTreeMap<String, BTreeMap<String, AlarmFigures>>,
 }
 
 /// Mean PSNR in dB of `a` against `b` (both in [-1, 1]).
@@ -407,6 +412,7 @@ fn run_space(
                 chunk,
             )
         };
+        take_log(defense);
         let ea = embed(
             defense,
             CALIB_A,
@@ -414,6 +420,7 @@ fn run_space(
             &pl_a,
             &seeds(stream::CALIB, 0, space.landmarks[CALIB_A].len()),
         )?;
+        let clean_calib = take_log(defense);
         let eb = embed(
             defense,
             CALIB_B,
@@ -430,6 +437,10 @@ fn run_space(
             &seeds(stream::GALLERY, 0, n),
         )?;
         let mut accuracy = BTreeMap::new();
+        // Per condition: what purification chose for each probe, and whether its pair was
+        // verified correctly (the alarm's figures).
+        let mut logs: BTreeMap<String, (Vec<Purified>, Vec<bool>)> = BTreeMap::new();
+        take_log(defense);
         for (c, cond) in ["clean", "fgsm8", "pgd8"].iter().enumerate() {
             let e = embed(
                 defense,
@@ -438,9 +449,11 @@ fn run_space(
                 &pl_p,
                 &seeds(stream::PROBE, c as u64, n),
             )?;
-            accuracy.insert(
+            let scores = scores_of(&e, &g)?;
+            accuracy.insert(cond.to_string(), verify(&scores, same, threshold).average);
+            logs.insert(
                 cond.to_string(),
-                verify(&scores_of(&e, &g)?, same, threshold).average,
+                (take_log(defense), correct_pairs(&scores, same, threshold)),
             );
         }
         let probe = &space.inputs[PROBE];
@@ -462,8 +475,13 @@ fn run_space(
             let (adv, broken) = white_box(
                 space, defense, pipeline, &g, same, &pl_p, threshold, d, opts,
             )?;
+            take_log(defense);
             let e = embed(defense, PROBE, &adv, &pl_p, &seeds(stream::PROBE, 60, n))?;
             let scores = scores_of(&e, &g)?;
+            logs.insert(
+                "bpda_pgd8".into(),
+                (take_log(defense), correct_pairs(&scores, same, threshold)),
+            );
             accuracy.insert(
                 "bpda_pgd8_final".into(),
                 verify(&scores, same, threshold).average,
@@ -473,6 +491,7 @@ fn run_space(
                 any_iterate_accuracy(&scores, same, threshold, &broken),
             );
         }
+        let alarm = alarm_figures(&clean_calib, &logs);
         println!(
             "{} ({}): {:.0} s",
             lab.name,
@@ -487,9 +506,61 @@ fn run_space(
             accuracy,
             psnr_db,
             ms_per_face,
+            alarm,
         });
     }
     Ok(rows)
+}
+
+/// What an A-VAE defense purified since the last call (empty for the other defenses).
+fn take_log(defense: &mut Defense) -> Vec<Purified> {
+    match defense {
+        Defense::AVae(a) => a.take_log(),
+        _ => Vec::new(),
+    }
+}
+
+/// Per pair: whether the decision at `threshold` is right.
+fn correct_pairs(scores: &[f32], same: &[bool], threshold: f64) -> Vec<bool> {
+    scores
+        .iter()
+        .zip(same)
+        .map(|(&s, &is_same)| (f64::from(s) >= threshold) == is_same)
+        .collect()
+}
+
+/// The alarm's figures of every combination on every attacked condition of `logs`, fitted on
+/// `clean_calib`; empty when nothing was purified (not an A-VAE row).
+fn alarm_figures(
+    clean_calib: &[Purified],
+    logs: &BTreeMap<String, (Vec<Purified>, Vec<bool>)>,
+) -> BTreeMap<String, BTreeMap<String, AlarmFigures>> {
+    let mut out = BTreeMap::new();
+    let Some((clean, _)) = logs.get("clean") else {
+        return out;
+    };
+    if clean_calib.is_empty() || clean.is_empty() {
+        return out;
+    }
+    for (name, weights) in alarm::COMBINATIONS {
+        let params = alarm::fit(
+            clean_calib,
+            weights,
+            "lab calibration impostor faces".into(),
+        );
+        let per_cond: BTreeMap<String, AlarmFigures> = logs
+            .iter()
+            .filter(|(cond, _)| cond.as_str() != "clean")
+            .map(|(cond, (attacked, correct))| {
+                (
+                    cond.clone(),
+                    alarm::figures(&params, clean, attacked, correct),
+                )
+            })
+            .collect();
+        out.insert(name.to_owned(), per_cond);
+    }
+    out
 }
 
 /// Average accuracy (same and different pairs weighted equally, as [`verify`] weighs them)
@@ -621,7 +692,68 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
             ));
         }
         out.push('\n');
+        out.push_str(&render_alarm(rows, model));
     }
+    out
+}
+
+/// The alarm table of one threat model: each combination's AUC on the family it is chosen on,
+/// then the chosen one's figures on every attack.
+fn render_alarm(rows: &[LabRow], model: ThreatModel) -> String {
+    let rows: Vec<&LabRow> = rows
+        .iter()
+        .filter(|r| r.threat_model == model.key() && !r.alarm.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "Attack alarm, {}: score fitted on clean calibration faces, chosen on {} AUC; AUC / \
+         detection at 1% clean false alarms / flagged-or-correct\n\n| defense | {} | chosen \
+         | FGSM 8 | PGD 8 | BPDA PGD 8 |\n|---|{}---|---:|---:|---:|\n",
+        model.key(),
+        alarm::CHOSEN_ON,
+        alarm::COMBINATIONS
+            .iter()
+            .map(|(name, _)| format!("AUC {} {name}", alarm::CHOSEN_ON))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(alarm::COMBINATIONS.len()),
+    );
+    for r in rows {
+        let auc_on = |combo: &str| {
+            r.alarm
+                .get(combo)
+                .and_then(|c| c.get(alarm::CHOSEN_ON))
+                .map_or(f64::NAN, |f| f.auc)
+        };
+        let chosen = alarm::COMBINATIONS
+            .iter()
+            .map(|(name, _)| *name)
+            .max_by(|a, b| auc_on(a).total_cmp(&auc_on(b)))
+            .unwrap_or("distance");
+        let cell = |cond: &str| {
+            r.alarm
+                .get(chosen)
+                .and_then(|c| c.get(cond))
+                .map_or("-".to_owned(), |f| {
+                    format!("{:.3} / {:.2} / {:.2}", f.auc, f.tpr_1, f.combined)
+                })
+        };
+        out.push_str(&format!(
+            "| {} | {} | {chosen} | {} | {} | {} |\n",
+            r.defense,
+            alarm::COMBINATIONS
+                .iter()
+                .map(|(name, _)| format!("{:.3}", auc_on(name)))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            cell("fgsm8"),
+            cell("pgd8"),
+            cell("bpda_pgd8"),
+        ));
+    }
+    out.push('\n');
     out
 }
 

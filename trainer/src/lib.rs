@@ -1,5 +1,6 @@
 //! A-VAE trainer library: model definition, ONNX export, data preparation, training and plots.
 
+pub mod alarm;
 pub mod attack;
 pub mod calibrate;
 pub mod config;

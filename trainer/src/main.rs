@@ -40,9 +40,58 @@ enum Command {
     /// Evaluate a bundle against the paper's attacks on LFW fold 1 and regenerate the report
     /// folder (tables, ROC curves, image grids, summary.json).
     Eval(Box<avae_trainer::eval::EvalArgs>),
+    /// Fit a bundle's attack alarm on clean training faces (through the plugin's purifier) and
+    /// store it in its manifest (`trainer export` does this too).
+    Alarm(AlarmArgs),
     /// Measure where CenterFace puts the 5 landmarks in the training crops (the bundle's
     /// landmark template for `trainer export --landmark-template`).
     Template(TemplateArgs),
+}
+
+#[derive(clap::Args)]
+struct AlarmArgs {
+    /// Bundle folder whose manifest gets the alarm
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Folder of the crop cache (its training split is the calibration set)
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Name prefix of the crop cache
+    #[arg(long, default_value = "lfw")]
+    data_name: String,
+    #[command(flatten)]
+    fit: AlarmFitArgs,
+}
+
+#[derive(clap::Args)]
+struct AlarmFitArgs {
+    /// Score: distance, kl, detail, coarse, detail-ratio, distance+detail or all
+    #[arg(long = "alarm-score", default_value = avae_trainer::alarm::DEFAULT_COMBINATION)]
+    score: String,
+    /// Clean training faces to calibrate on
+    #[arg(long = "alarm-faces", default_value_t = avae_trainer::alarm::CALIBRATION_FACES)]
+    faces: usize,
+    /// M: candidates per face (the element's default)
+    #[arg(long = "alarm-samples", default_value_t = 16)]
+    samples: usize,
+}
+
+fn run_alarm(args: AlarmArgs) -> Result<()> {
+    let bundle = gstavaepurify::bundle::Bundle::load(&args.bundle)
+        .with_context(|| format!("cannot load the bundle '{}'", args.bundle.display()))?;
+    let set = FaceSet::load(&args.data, &args.data_name, bundle.manifest.image_size)?;
+    fit_alarm(&args.bundle, &set, &args.fit)
+}
+
+/// Fits the alarm of the bundle in `dir` and prints it.
+fn fit_alarm(dir: &std::path::Path, set: &FaceSet, fit: &AlarmFitArgs) -> Result<()> {
+    let alarm =
+        avae_trainer::alarm::calibrate_bundle(dir, set, fit.faces, fit.samples, &fit.score, 0)?;
+    println!(
+        "alarm: {} (thresholds {:.3} at 1%, {:.3} at 5% clean false alarms)",
+        alarm.calibration, alarm.threshold_1, alarm.threshold_5
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -244,6 +293,8 @@ struct ExportArgs {
     /// (median KL at the posterior mean, see `calibrate.rs`)
     #[arg(long)]
     tau: Option<f32>,
+    #[command(flatten)]
+    alarm: AlarmFitArgs,
 }
 
 fn run_train(args: TrainArgs) -> Result<()> {
@@ -341,6 +392,10 @@ fn run_export(args: ExportArgs) -> Result<()> {
     if let Some(template) = template {
         export::write_landmark_template(&args.out, template)?;
         println!("landmark template {template:?}");
+    }
+    match &set {
+        Some(set) => fit_alarm(&args.out, set, &args.alarm)?,
+        None => println!("no crop cache: the bundle gets no alarm (run `trainer alarm` later)"),
     }
     println!(
         "wrote {} ({} parameters, step {}, objective {}); parity: max error {:.2e} over {} outputs{}",
@@ -488,5 +543,6 @@ fn main() -> Result<()> {
         Command::Report(args) => run_report(args),
         Command::Eval(args) => avae_trainer::eval::main(*args),
         Command::Template(args) => run_template(args),
+        Command::Alarm(args) => run_alarm(args),
     }
 }

@@ -199,7 +199,7 @@ impl PastePipeline {
                 Defense::AVae(avae) => {
                     let params = *avae.params();
                     let mut rng = StdRng::seed_from_u64(seeds[i]);
-                    frame::purify_faces(
+                    let results = frame::purify_faces(
                         avae.purifier_mut(),
                         &mut dest,
                         std::slice::from_ref(placement),
@@ -209,6 +209,7 @@ impl PastePipeline {
                         &mut storage,
                     )
                     .map_err(|err| anyhow::anyhow!("photo {i}: purification failed: {err}"))?;
+                    avae.record(&results);
                 }
                 other => {
                     let mut crop = Array3::<f32>::zeros((3, s, s));

@@ -1,0 +1,174 @@
+//! The attack alarm: a per-face manifold score from what purification already produces.
+//!
+//! A-VAE's premise (paper, section 3.1) is that adversarial faces lower the likelihood bound:
+//! off-manifold perturbations raise the reconstruction error (the distance of the nearest
+//! candidate to the input), on-manifold ones the KL of the posterior. The score is a weighted
+//! sum of standardised log features; the bundle's manifest stores the weights, the clean
+//! faces' means and deviations, and the thresholds at 1% and 5% clean false-alarm rate, all
+//! fitted by `trainer export` on clean training faces only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::purifier::Purified;
+
+/// A signal the score can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// `ln` of the nearest candidate's mean squared distance to the input face.
+    LogDistance,
+    /// `ln` of the posterior mean's KL divergence from the prior (mean per dimension).
+    LogKl,
+    /// `ln` of the input's detail above the encoder's resolution.
+    LogDetail,
+    /// `ln` of the chosen candidate's distance to the input at the encoder's resolution.
+    LogDistanceCoarse,
+    /// `ln` of the input's detail over the chosen candidate's: extra detail the model cannot
+    /// explain for this face.
+    LogDetailRatio,
+}
+
+impl Feature {
+    /// Every feature, in a fixed order.
+    pub const ALL: [Feature; 5] = [
+        Feature::LogDistance,
+        Feature::LogKl,
+        Feature::LogDetail,
+        Feature::LogDistanceCoarse,
+        Feature::LogDetailRatio,
+    ];
+
+    /// The feature's value for one purified face.
+    pub fn value(self, p: &Purified) -> f32 {
+        match self {
+            Feature::LogDistance => p.distance.max(1e-12).ln(),
+            Feature::LogKl => p.kl.max(1e-12).ln(),
+            Feature::LogDetail => p.detail.max(1e-12).ln(),
+            Feature::LogDistanceCoarse => p.distance_coarse.max(1e-12).ln(),
+            Feature::LogDetailRatio => {
+                p.detail.max(1e-12).ln() - p.detail_candidate.max(1e-12).ln()
+            }
+        }
+    }
+}
+
+/// The alarm of a bundle (`manifest.json`, `alarm`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmParams {
+    /// The features combined.
+    pub features: Vec<Feature>,
+    /// Their means over the clean calibration faces.
+    pub mean: Vec<f32>,
+    /// Their standard deviations over the clean calibration faces.
+    pub std: Vec<f32>,
+    /// Their weights in the score.
+    pub weights: Vec<f32>,
+    /// Score above which 1% of clean calibration faces raise the alarm.
+    pub threshold_1: f32,
+    /// Score above which 5% of clean calibration faces raise the alarm.
+    pub threshold_5: f32,
+    /// How the parameters were fitted (faces, M, tau, seed), for people reading the manifest.
+    #[serde(default)]
+    pub calibration: String,
+}
+
+impl AlarmParams {
+    /// The score of one purified face: `sum_i w_i (f_i - mean_i) / std_i`.
+    pub fn score(&self, p: &Purified) -> f32 {
+        self.features
+            .iter()
+            .zip(&self.mean)
+            .zip(&self.std)
+            .zip(&self.weights)
+            .map(|(((f, m), s), w)| w * (f.value(p) - m) / s.max(1e-6))
+            .sum()
+    }
+
+    /// Checks lengths and values; the error names the manifest field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let n = self.features.len();
+        let bad = |value: String, expected: &'static str| Error::InvalidParameter {
+            name: "alarm",
+            value,
+            expected,
+        };
+        if n == 0 || self.mean.len() != n || self.std.len() != n || self.weights.len() != n {
+            return Err(bad(
+                format!(
+                    "{n} features, {} means, {} deviations, {} weights",
+                    self.mean.len(),
+                    self.std.len(),
+                    self.weights.len()
+                ),
+                "at least one feature, with one mean, deviation and weight each",
+            ));
+        }
+        let values = self
+            .mean
+            .iter()
+            .chain(&self.weights)
+            .chain([&self.threshold_1, &self.threshold_5]);
+        if values.clone().any(|v| !v.is_finite()) || self.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
+            return Err(bad(
+                format!("{self:?}"),
+                "finite means, weights and thresholds, and positive deviations",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(distance: f32, kl: f32) -> Purified {
+        Purified {
+            distance,
+            candidate: 0,
+            clipped: false,
+            kl,
+            detail: 1e-3,
+            distance_coarse: 1e-3,
+            detail_candidate: 1e-3,
+        }
+    }
+
+    fn params() -> AlarmParams {
+        AlarmParams {
+            features: vec![Feature::LogDistance, Feature::LogKl],
+            mean: vec![(0.01f32).ln(), 1.0f32.ln()],
+            std: vec![0.5, 0.25],
+            weights: vec![1.0, 0.5],
+            threshold_1: 2.3,
+            threshold_5: 1.6,
+            calibration: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_score_standardises_and_weighs_the_log_features() {
+        let p = params();
+        assert!(p.score(&face(0.01, 1.0)).abs() < 1e-6);
+        // Distance e times the mean: +1 / 0.5 = 2; KL at the mean: 0.
+        let s = p.score(&face(0.01 * std::f32::consts::E, 1.0));
+        assert!((s - 2.0).abs() < 1e-4, "{s}");
+        // A larger reconstruction error scores higher.
+        assert!(p.score(&face(0.05, 1.0)) > p.score(&face(0.02, 1.0)));
+        // Zero and NaN-free at the extremes.
+        assert!(p.score(&face(0.0, 0.0)).is_finite());
+    }
+
+    #[test]
+    fn bad_parameters_name_the_field() {
+        let mut p = params();
+        p.weights.pop();
+        let err = p.validate().unwrap_err().to_string();
+        assert!(err.contains("alarm"), "{err}");
+        let mut p = params();
+        p.std[0] = 0.0;
+        assert!(p.validate().is_err());
+        assert!(params().validate().is_ok());
+    }
+}
