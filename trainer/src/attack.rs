@@ -57,8 +57,8 @@ impl Target {
 }
 
 /// Records, per attacked pair, whether any iterate of an attack broke the defended system's
-/// verification decision at `threshold` (a same-identity pair scored below it, or a different
-/// one at or above it): the white-box figure counts such a pair as broken even when the final
+/// verification decision at `threshold` (a same-identity pair scored at or below it, or a
+/// different one above it, as [`crate::eval::verify`] decides): the white-box figure counts such a pair as broken even when the final
 /// iterate no longer breaks it.
 #[derive(Debug, Clone)]
 pub struct BreakMonitor {
@@ -89,7 +89,7 @@ impl BreakMonitor {
             self.broken.len()
         );
         for ((b, c), s) in self.broken.iter_mut().zip(cos).zip(sign) {
-            let accepted = f64::from(c) >= self.threshold;
+            let accepted = f64::from(c) > self.threshold;
             *b |= accepted != (s > 0.0);
         }
         Ok(())

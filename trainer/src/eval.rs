@@ -29,8 +29,8 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::attack::{
-    self, Bpda, CwParams, GreyBox, LatentStep, LossGradient, PgdParams, Target, carlini_wagner,
-    fgsm, pgd,
+    self, Bpda, BreakMonitor, CwParams, GreyBox, LatentStep, LossGradient, PgdParams, Target,
+    carlini_wagner, fgsm, pgd,
 };
 use crate::data::{FaceSet, progress_bar, to_unit_range, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
@@ -603,6 +603,16 @@ pub fn verify(scores: &[f32], same: &[bool], threshold: f64) -> Cell {
     }
 }
 
+/// Moves the score of every pair broken by some attack iterate to the wrong side of any
+/// threshold (cosines lie in [-1, 1]), so that [`verify`] counts it as broken.
+pub(crate) fn mark_broken(scores: &mut [f32], same: &[bool], broken: &[bool]) {
+    for ((s, &same), &b) in scores.iter_mut().zip(same).zip(broken) {
+        if b {
+            *s = if same { -2.0 } else { 2.0 };
+        }
+    }
+}
+
 /// Seed streams of the evaluation (mixed with the pair index).
 pub(crate) mod stream {
     pub const GALLERY: u64 = 1;
@@ -972,6 +982,9 @@ impl Evaluation<'_> {
         }
         let mut adv: Vec<BTreeMap<&str, Vec<Tensor>>> =
             (0..variants.len()).map(|_| BTreeMap::new()).collect();
+        // Per variant and pair: whether any PGD iterate broke the decision (the attack monitors
+        // the defended system with the first of its K draws; the target is the defended gallery).
+        let mut broken: Vec<Vec<bool>> = vec![Vec::with_capacity(n); variants.len()];
         let bar = progress_bar(n as u64, &format!("white-box {}", defense.key()));
         let mut attack_rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, d as u64]));
         for first in (0..n).step_by(opts.chunk) {
@@ -1013,9 +1026,10 @@ impl Evaluation<'_> {
                     defense: &mut *defense,
                     samples: *k,
                     rng: StdRng::seed_from_u64(attacker_seed(2 + v as u64)),
-                    monitor: None,
+                    monitor: Some(BreakMonitor::new(threshold, len)),
                 };
                 let pgd8 = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
+                broken[v].extend(bpda.monitor.map(|m| m.broken).unwrap_or_default());
                 for (key, a) in [
                     ("fgsm4", fgsm(&x, &grad, attack::unit_eps(4.0))),
                     ("fgsm8", fgsm(&x, &grad, attack::unit_eps(8.0))),
@@ -1043,10 +1057,11 @@ impl Evaluation<'_> {
                     &seeds,
                     opts.chunk,
                 )?;
-                cells.insert(
-                    cond.to_string(),
-                    verify(&scores_of(&e, defended_gallery)?, &self.same, threshold),
-                );
+                let mut scores = scores_of(&e, defended_gallery)?;
+                if *cond == "pgd8" {
+                    mark_broken(&mut scores, &self.same, &broken[v]);
+                }
+                cells.insert(cond.to_string(), verify(&scores, &self.same, threshold));
                 if defense.is_random() && *cond == "pgd8" && v + 1 == variants.len() {
                     let shown = faces.index_select(0, &self.grid_index());
                     let defended = defense.apply(&shown, &self.grid_seeds(&seeds))?;

@@ -38,7 +38,8 @@ use crate::attack::{self, Bpda, BreakMonitor, GreyBox, LossGradient, Target, fgs
 use crate::data::{progress_bar, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
 use crate::eval::{
-    EvalOptions, PairSets, TARGET_FAR, mix, scores_of, stream, threshold_at_far, verify,
+    EvalOptions, PairSets, TARGET_FAR, mark_broken, mix, scores_of, stream, threshold_at_far,
+    verify,
 };
 use crate::recognizer::{Landmarks, Recognizer};
 use crate::threat::{self, PastePipeline, PhotoBpda, ThreatModel};
@@ -486,10 +487,9 @@ fn run_space(
                 "bpda_pgd8_final".into(),
                 verify(&scores, same, threshold).average,
             );
-            accuracy.insert(
-                "bpda_pgd8".into(),
-                any_iterate_accuracy(&scores, same, threshold, &broken),
-            );
+            let mut marked = scores.clone();
+            mark_broken(&mut marked, same, &broken);
+            accuracy.insert("bpda_pgd8".into(), verify(&marked, same, threshold).average);
         }
         let alarm = alarm_figures(&clean_calib, &logs);
         println!(
@@ -525,7 +525,7 @@ fn correct_pairs(scores: &[f32], same: &[bool], threshold: f64) -> Vec<bool> {
     scores
         .iter()
         .zip(same)
-        .map(|(&s, &is_same)| (f64::from(s) >= threshold) == is_same)
+        .map(|(&s, &is_same)| (f64::from(s) > threshold) == is_same)
         .collect()
 }
 
@@ -561,22 +561,6 @@ fn alarm_figures(
         out.insert(name.to_owned(), per_cond);
     }
     out
-}
-
-/// Average accuracy (same and different pairs weighted equally, as [`verify`] weighs them)
-/// where a pair counts as correct only if its final decision is right and no iterate of the
-/// attack broke it.
-fn any_iterate_accuracy(scores: &[f32], same: &[bool], threshold: f64, broken: &[bool]) -> f64 {
-    let mut right = [0usize; 2];
-    let mut total = [0usize; 2];
-    for ((&s, &is_same), &b) in scores.iter().zip(same).zip(broken) {
-        let k = usize::from(is_same);
-        total[k] += 1;
-        let correct = (f64::from(s) >= threshold) == is_same;
-        right[k] += usize::from(correct && !b);
-    }
-    let rate = |k: usize| right[k] as f64 / total[k].max(1) as f64;
-    (rate(0) + rate(1)) / 2.0
 }
 
 /// White-box BPDA PGD 8 probes against `defense` (gallery embeddings `g` as defended), and per
@@ -763,14 +747,17 @@ mod tests {
 
     #[test]
     fn a_pair_broken_by_an_earlier_iterate_counts_as_broken() {
-        // Two same pairs (scores 0.9, 0.9) and two different pairs (0.1, 0.1) at threshold 0.5:
-        // all four final decisions are right.
-        let scores = [0.9, 0.9, 0.1, 0.1];
+        // Two same pairs (0.9) and two different pairs (0.1) at threshold 0.5: all right.
         let same = [true, true, false, false];
-        assert_eq!(any_iterate_accuracy(&scores, &same, 0.5, &[false; 4]), 1.0);
-        // One same pair broken on the way: same-pair accuracy 1/2, average 3/4.
-        let broken = [true, false, false, false];
-        assert_eq!(any_iterate_accuracy(&scores, &same, 0.5, &broken), 0.75);
+        let mut scores = vec![0.9, 0.9, 0.1, 0.1];
+        assert_eq!(verify(&scores, &same, 0.5).average, 1.0);
+        // One same and one different pair broken on the way: half right.
+        mark_broken(&mut scores, &same, &[true, false, true, false]);
+        assert_eq!(verify(&scores, &same, 0.5).average, 0.5);
+        assert_eq!(
+            correct_pairs(&scores, &same, 0.5),
+            vec![false, true, false, true]
+        );
     }
 
     #[test]
