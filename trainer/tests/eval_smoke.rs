@@ -223,16 +223,42 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
     let lab_json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(lab.join("lab.json")).unwrap()).unwrap();
     let rows = lab_json["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4, "none, down-up and two bundles: {lab_json}");
-    let none_lab = &rows[0]["accuracy"];
-    assert!(
-        none_lab["pgd8"].as_f64().unwrap() < none_lab["clean"].as_f64().unwrap(),
-        "PGD did not lower the undefended accuracy in the lab: {none_lab}"
+    assert_eq!(
+        rows.len(),
+        8,
+        "none, down-up and two bundles, under the image and the crop threat model: {lab_json}"
     );
-    for row in &rows[2..] {
-        assert!(row["accuracy"]["bpda_pgd8"].is_f64(), "{row}");
-        assert!(row["ms_per_face"].as_f64().unwrap() > 0.0, "{row}");
+    for (model, model_rows) in [("image", &rows[..4]), ("crop", &rows[4..])] {
+        let none_lab = &model_rows[0]["accuracy"];
+        assert!(
+            model_rows.iter().all(|r| r["threat_model"] == model),
+            "{model}: {lab_json}"
+        );
+        assert!(
+            none_lab["pgd8"].as_f64().unwrap() < none_lab["clean"].as_f64().unwrap(),
+            "PGD did not lower the undefended accuracy in the lab ({model}): {none_lab}"
+        );
+        for row in &model_rows[2..] {
+            let acc = &row["accuracy"];
+            assert!(acc["bpda_pgd8"].is_f64(), "{row}");
+            // Any-iterate can only break more pairs than the final iterate alone.
+            assert!(
+                acc["bpda_pgd8"].as_f64().unwrap() <= acc["bpda_pgd8_final"].as_f64().unwrap(),
+                "{row}"
+            );
+            assert!(row["ms_per_face"].as_f64().unwrap() > 0.0, "{row}");
+            let auc = row["alarm"]["detail-ratio"]["fgsm8"]["auc"].as_f64();
+            assert!(
+                auc.is_some_and(|a| (0.0..=1.0).contains(&a)),
+                "alarm figures missing ({model}): {row}"
+            );
+        }
     }
+    let md = fs::read_to_string(lab.join("lab.md")).unwrap();
+    assert!(
+        md.contains("image threat model") && md.contains("Attack alarm, crop"),
+        "{md}"
+    );
     assert!(lab.join("lab.md").is_file());
     fs::remove_dir_all(&root).unwrap();
 }
