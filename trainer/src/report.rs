@@ -198,14 +198,14 @@ fn ours(cell: Option<&Cell>) -> String {
 fn table_markdown(table: &Table, paper: &[PaperRow<'_>]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "**{}** (same / different / average)\n", table.title);
-    let header: Vec<&str> = table.columns.iter().map(|c| c.1.as_str()).collect();
+    let header: Vec<&str> = table.columns.iter().map(|c| c.label()).collect();
     let _ = writeln!(s, "| Defense | threshold | {} |", header.join(" | "));
     let _ = writeln!(s, "|---|---|{}", "---|".repeat(header.len()));
     for row in &table.rows {
         let cells: Vec<String> = table
             .columns
             .iter()
-            .map(|(k, _)| ours(row.cells.get(k)))
+            .map(|c| ours(row.cells.get(c)))
             .collect();
         let _ = writeln!(
             s,
@@ -290,9 +290,9 @@ fn roc_figure(path: &Path, table: &Table, same: &[bool]) -> Result<()> {
     {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| draw_err(&e))?;
-        for ((key, label), area) in table.columns.iter().zip(root.split_evenly((rows, per_row))) {
+        for (cond, area) in table.columns.iter().zip(root.split_evenly((rows, per_row))) {
             let mut chart = ChartBuilder::on(&area)
-                .caption(label, (FAMILY, 16))
+                .caption(cond.label(), (FAMILY, 16))
                 .margin(10)
                 .x_label_area_size(30)
                 .y_label_area_size(40)
@@ -306,7 +306,7 @@ fn roc_figure(path: &Path, table: &Table, same: &[bool]) -> Result<()> {
                 .draw()
                 .map_err(|e| draw_err(&e))?;
             for (i, row) in table.rows.iter().enumerate() {
-                let Some(cell) = row.cells.get(key) else {
+                let Some(cell) = row.cells.get(cond) else {
                     continue;
                 };
                 let c = colour(i);
@@ -482,7 +482,7 @@ fn readme(summary: &EvalSummary, grids: &[Grid]) -> Result<String> {
          own error):"
     );
     for (k, v) in &summary.perturbation_l2 {
-        let _ = write!(s, " {k} {v:.3};");
+        let _ = write!(s, " {} {v:.3};", k.key());
     }
     let _ = writeln!(s, "\n\n## Image grids\n");
     for g in grids {
@@ -534,6 +534,7 @@ pub fn write(dir: &Path, summary: &EvalSummary, grids: &[Grid]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::Condition;
 
     #[test]
     fn roc_runs_from_origin_to_one_one() {
@@ -548,7 +549,7 @@ mod tests {
     fn tables_show_our_cells_and_the_papers_rows() {
         let mut cells = std::collections::BTreeMap::new();
         cells.insert(
-            "clean".to_owned(),
+            Condition::Clean,
             Cell {
                 same: 1.0,
                 different: 0.5,
@@ -559,10 +560,7 @@ mod tests {
         let table = Table {
             key: "grey".into(),
             title: "T".into(),
-            columns: vec![
-                ("clean".into(), "clean".into()),
-                ("cw".into(), "C&W".into()),
-            ],
+            columns: vec![Condition::Clean, Condition::Cw],
             rows: vec![crate::eval::Row {
                 key: "none".into(),
                 label: "No Defense".into(),
