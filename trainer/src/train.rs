@@ -769,84 +769,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let cfg = Config::preset(&opts.preset)?;
     fs::create_dir_all(opts.out.join("samples"))
         .with_context(|| format!("cannot create '{}'", opts.out.display()))?;
-
-    let resumed = if opts.resume {
-        let meta = CheckpointMeta::read(&opts.out)?;
-        ensure!(
-            meta.config.name == cfg.name && meta.objective == opts.objective,
-            "'{}' was trained with --preset {} --objective {}, not --preset {} --objective {}",
-            opts.out.display(),
-            meta.config.name,
-            meta.objective.label(),
-            cfg.name,
-            opts.objective.label()
-        );
-        Some(meta)
-    } else {
-        if let Ok(meta) = CheckpointMeta::read(&opts.out) {
-            bail!(
-                "'{}' already holds a run at step {}: pass --resume to continue it, or choose \
-                 another --out",
-                opts.out.display(),
-                meta.step
-            );
-        }
-        None
-    };
+    let resumed = resumed_run(opts, &cfg)?;
     let start = resumed.as_ref().map_or(0, |m| m.step);
     ensure!(
         start < opts.steps,
         "the run is already at step {start}; ask for more --steps (the total to reach)"
     );
-
-    let faces = FaceSet::load(
-        &opts.data,
-        &opts.data_name,
-        usize::try_from(cfg.image_size)?,
-    )?;
-    let train_idx = faces.indices(Split::Train);
-    let probe_idx = faces.fixed_test_faces(SAMPLE_FACES);
-    ensure!(
-        !probe_idx.is_empty(),
-        "the dataset has no test-split faces for the sample grids"
-    );
-    let dataset = faces.index.describe();
-    let commit = source_commit();
-
-    tch::manual_seed((h.seed ^ start.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
-    let mut models = Models::new(&cfg, opts.objective, device)?;
-    if let Some(meta) = &resumed {
-        models.load(&opts.out, meta)?;
-    } else if let Some(dir) = &opts.init_bundle {
-        models.init_from_bundle(dir, &cfg)?;
-    }
-    let mut denoise_rng = StdRng::seed_from_u64(h.seed ^ 0xD3_0153 ^ start);
-    let mut opt_g = adam(&models.gen_vs, h.lr)?;
-    opt_g.set_lr_group(MAPPING_GROUP, h.lr * cfg.mapping_lr_mul);
-    let mut opt_d = adam(&models.critic_vs, h.lr)?;
-
-    let mut loader = BatchLoader::new(
-        &faces.select(&train_idx),
-        device,
-        h.seed.wrapping_add(start),
-    )?;
-    let mut probe = Probe {
-        faces: data::to_unit_range(&faces.select(&probe_idx)).to_device(device),
-        eps: None,
-        seed: h.seed,
-    };
-    drop(faces);
-    let mut history = History::default();
-    let mut log = RunLog::open(&opts.out, resumed.as_ref().map(|m| m.step), &mut history)?;
-    log.write(
-        &json!({
-            "kind": "start", "step": start, "preset": cfg.name, "objective": opts.objective.label(),
-            "device": format!("{device:?}"), "threads": tch::get_num_threads(),
-            "generator_params": models.generator.num_params(), "hyper": h, "dataset": dataset,
-            "unix": now_unix(),
-        }),
-        &mut history,
-    )?;
+    let mut session = Session::new(opts, cfg, device, resumed.as_ref())?;
 
     let bar = data::progress_bar(opts.steps, "train");
     bar.set_position(start);
@@ -854,57 +783,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let started = Instant::now();
     let mut train_seconds = 0.0;
     for step in start + 1..=opts.steps {
-        let t0 = Instant::now();
-        let x = loader.next_batch(h.batch);
-        let family = h.denoise.draw(&mut denoise_rng);
-        let x_in = h
-            .denoise
-            .perturb(family, &x, &models.generator, &mut denoise_rng)?;
-        let losses = train_step(
-            &mut models,
-            &mut opt_g,
-            &mut opt_d,
-            &x,
-            &x_in,
-            opts.objective,
-            h,
-        );
-        models.update_ema(h.ema_decay, step);
-        let dt = t0.elapsed().as_secs_f64();
+        let (losses, dt) = session.step(step, started)?;
         train_seconds += dt;
-        ensure!(
-            losses.d_loss.is_finite() && losses.g_loss.is_finite(),
-            "losses diverged at step {step} (critic {}, generator {}); resume from the last \
-             checkpoint with a lower --lr",
-            losses.d_loss,
-            losses.g_loss
-        );
-        log.write(
-            &json!({
-                "kind": "train", "step": step, "d_loss": losses.d_loss, "d_wgan": losses.d_wgan,
-                "gp": losses.gp, "drift": losses.drift, "g_adv": losses.g_adv, "kl": losses.kl,
-                "consistency": losses.consistency, "g_loss": losses.g_loss, "s_per_step": dt,
-                "denoise": family.index(),
-                "elapsed_s": started.elapsed().as_secs_f64(),
-            }),
-            &mut history,
-        )?;
         bar.set_message(format!(
             "D {:.3} G {:.3} KL {:.4} C {:.4} | {:.2} s/step",
             losses.d_loss, losses.g_adv, losses.kl, losses.consistency, dt
         ));
         bar.inc(1);
-
         let last = step == opts.steps;
         if step % opts.sample_every == 0 || last {
-            let t = Instant::now();
-            let grid = opts.out.join("samples").join(format!("step-{step:08}.png"));
-            let psnr = probe.sample(&models, &grid)?;
-            log.write(
-                &json!({"kind": "sample", "step": step, "psnr_nearest": psnr,
-                        "file": grid.strip_prefix(&opts.out).unwrap_or(&grid), "s": t.elapsed().as_secs_f64()}),
-                &mut history,
-            )?;
+            let psnr = session.sample(step)?;
             bar.suspend(|| {
                 eprintln!(
                     "step {step}: D {:.3} G {:.3} KL {:.4} C {:.4}, nearest-of-{SAMPLE_CANDIDATES} \
@@ -916,30 +804,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                     train_seconds / (step - start) as f64
                 )
             });
-            let tmp = opts.out.join("loss-curves.tmp.png");
-            plot::loss_curves(&tmp, &history.panels(opts.objective.consistency()))?;
-            fs::rename(&tmp, opts.out.join(CURVES_FILE)).with_context(|| {
-                format!("cannot replace '{}'", opts.out.join(CURVES_FILE).display())
-            })?;
         }
         if step % opts.ckpt_every == 0 || last {
-            let t = Instant::now();
-            let meta = CheckpointMeta {
-                format_version: CHECKPOINT_FORMAT_VERSION,
-                step,
-                dir: format!("ckpt-{step:08}"),
-                config: cfg.clone(),
-                objective: opts.objective,
-                hyper: h.clone(),
-                dataset: dataset.clone(),
-                created_unix: now_unix(),
-                commit: commit.clone(),
-            };
-            save_checkpoint(&opts.out, &models, &meta, opts.keep_checkpoints)?;
-            log.write(
-                &json!({"kind": "checkpoint", "step": step, "dir": meta.dir, "s": t.elapsed().as_secs_f64()}),
-                &mut history,
-            )?;
+            session.checkpoint(step)?;
         }
     }
     bar.finish();
@@ -950,6 +817,213 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         seconds_per_step: train_seconds / steps,
         device: format!("{device:?}"),
     })
+}
+
+/// The checkpoint metadata of the run in `--out` with `--resume` (checked against the preset
+/// and objective asked for); without it, `None`, and an error if `--out` already holds a run.
+fn resumed_run(opts: &TrainOptions, cfg: &Config) -> Result<Option<CheckpointMeta>> {
+    if opts.resume {
+        let meta = CheckpointMeta::read(&opts.out)?;
+        ensure!(
+            meta.config.name == cfg.name && meta.objective == opts.objective,
+            "'{}' was trained with --preset {} --objective {}, not --preset {} --objective {}",
+            opts.out.display(),
+            meta.config.name,
+            meta.objective.label(),
+            cfg.name,
+            opts.objective.label()
+        );
+        return Ok(Some(meta));
+    }
+    if let Ok(meta) = CheckpointMeta::read(&opts.out) {
+        bail!(
+            "'{}' already holds a run at step {}: pass --resume to continue it, or choose \
+             another --out",
+            opts.out.display(),
+            meta.step
+        );
+    }
+    Ok(None)
+}
+
+/// Everything one `trainer train` call steps, samples and checkpoints.
+struct Session<'a> {
+    opts: &'a TrainOptions,
+    cfg: Config,
+    models: Models,
+    opt_g: nn::Optimizer,
+    opt_d: nn::Optimizer,
+    loader: BatchLoader,
+    probe: Probe,
+    denoise_rng: StdRng,
+    history: History,
+    log: RunLog,
+    /// The crop cache's description and the source commit, for checkpoints.
+    dataset: String,
+    commit: String,
+}
+
+impl<'a> Session<'a> {
+    /// Loads the data, builds (or resumes, or initialises from a bundle) the models and
+    /// optimisers, and logs the session's start.
+    fn new(
+        opts: &'a TrainOptions,
+        cfg: Config,
+        device: Device,
+        resumed: Option<&CheckpointMeta>,
+    ) -> Result<Self> {
+        let h = &opts.hyper;
+        let start = resumed.map_or(0, |m| m.step);
+        let faces = FaceSet::load(
+            &opts.data,
+            &opts.data_name,
+            usize::try_from(cfg.image_size)?,
+        )?;
+        let train_idx = faces.indices(Split::Train);
+        let probe_idx = faces.fixed_test_faces(SAMPLE_FACES);
+        ensure!(
+            !probe_idx.is_empty(),
+            "the dataset has no test-split faces for the sample grids"
+        );
+        let dataset = faces.index.describe();
+
+        tch::manual_seed((h.seed ^ start.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+        let mut models = Models::new(&cfg, opts.objective, device)?;
+        if let Some(meta) = resumed {
+            models.load(&opts.out, meta)?;
+        } else if let Some(dir) = &opts.init_bundle {
+            models.init_from_bundle(dir, &cfg)?;
+        }
+        let denoise_rng = StdRng::seed_from_u64(h.seed ^ 0xD3_0153 ^ start);
+        let mut opt_g = adam(&models.gen_vs, h.lr)?;
+        opt_g.set_lr_group(MAPPING_GROUP, h.lr * cfg.mapping_lr_mul);
+        let opt_d = adam(&models.critic_vs, h.lr)?;
+
+        let loader = BatchLoader::new(
+            &faces.select(&train_idx),
+            device,
+            h.seed.wrapping_add(start),
+        )?;
+        let probe = Probe {
+            faces: data::to_unit_range(&faces.select(&probe_idx)).to_device(device),
+            eps: None,
+            seed: h.seed,
+        };
+        drop(faces);
+        let mut history = History::default();
+        let mut log = RunLog::open(&opts.out, resumed.map(|m| m.step), &mut history)?;
+        log.write(
+            &json!({
+                "kind": "start", "step": start, "preset": cfg.name, "objective": opts.objective.label(),
+                "device": format!("{device:?}"), "threads": tch::get_num_threads(),
+                "generator_params": models.generator.num_params(), "hyper": h, "dataset": dataset,
+                "unix": now_unix(),
+            }),
+            &mut history,
+        )?;
+        Ok(Self {
+            opts,
+            cfg,
+            models,
+            opt_g,
+            opt_d,
+            loader,
+            probe,
+            denoise_rng,
+            history,
+            log,
+            dataset,
+            commit: source_commit(),
+        })
+    }
+
+    /// One training step (batch, denoising perturbation, update, EMA), logged; returns its
+    /// losses and seconds.
+    fn step(&mut self, step: u64, started: Instant) -> Result<(Losses, f64)> {
+        let h = &self.opts.hyper;
+        let t0 = Instant::now();
+        let x = self.loader.next_batch(h.batch);
+        let family = h.denoise.draw(&mut self.denoise_rng);
+        let x_in = h
+            .denoise
+            .perturb(family, &x, &self.models.generator, &mut self.denoise_rng)?;
+        let losses = train_step(
+            &mut self.models,
+            &mut self.opt_g,
+            &mut self.opt_d,
+            &x,
+            &x_in,
+            self.opts.objective,
+            h,
+        );
+        self.models.update_ema(h.ema_decay, step);
+        let dt = t0.elapsed().as_secs_f64();
+        ensure!(
+            losses.d_loss.is_finite() && losses.g_loss.is_finite(),
+            "losses diverged at step {step} (critic {}, generator {}); resume from the last \
+             checkpoint with a lower --lr",
+            losses.d_loss,
+            losses.g_loss
+        );
+        self.log.write(
+            &json!({
+                "kind": "train", "step": step, "d_loss": losses.d_loss, "d_wgan": losses.d_wgan,
+                "gp": losses.gp, "drift": losses.drift, "g_adv": losses.g_adv, "kl": losses.kl,
+                "consistency": losses.consistency, "g_loss": losses.g_loss, "s_per_step": dt,
+                "denoise": family.index(),
+                "elapsed_s": started.elapsed().as_secs_f64(),
+            }),
+            &mut self.history,
+        )?;
+        Ok((losses, dt))
+    }
+
+    /// Writes the sample grid of `step` and the loss curves; returns the probe PSNR.
+    fn sample(&mut self, step: u64) -> Result<f64> {
+        let out = &self.opts.out;
+        let t = Instant::now();
+        let grid = out.join("samples").join(format!("step-{step:08}.png"));
+        let psnr = self.probe.sample(&self.models, &grid)?;
+        self.log.write(
+            &json!({"kind": "sample", "step": step, "psnr_nearest": psnr,
+                    "file": grid.strip_prefix(out).unwrap_or(&grid), "s": t.elapsed().as_secs_f64()}),
+            &mut self.history,
+        )?;
+        let tmp = out.join("loss-curves.tmp.png");
+        plot::loss_curves(
+            &tmp,
+            &self.history.panels(self.opts.objective.consistency()),
+        )?;
+        fs::rename(&tmp, out.join(CURVES_FILE))
+            .with_context(|| format!("cannot replace '{}'", out.join(CURVES_FILE).display()))?;
+        Ok(psnr)
+    }
+
+    /// Saves the checkpoint of `step` (keeping the newest `--keep-checkpoints`).
+    fn checkpoint(&mut self, step: u64) -> Result<()> {
+        let t = Instant::now();
+        let meta = CheckpointMeta {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            step,
+            dir: format!("ckpt-{step:08}"),
+            config: self.cfg.clone(),
+            objective: self.opts.objective,
+            hyper: self.opts.hyper.clone(),
+            dataset: self.dataset.clone(),
+            created_unix: now_unix(),
+            commit: self.commit.clone(),
+        };
+        save_checkpoint(
+            &self.opts.out,
+            &self.models,
+            &meta,
+            self.opts.keep_checkpoints,
+        )?;
+        self.log.write(
+            &json!({"kind": "checkpoint", "step": step, "dir": meta.dir, "s": t.elapsed().as_secs_f64()}),
+            &mut self.history,
+        )
+    }
 }
 
 /// Provenance entries of a bundle exported from `meta` (docs/CONTRACT.md).

@@ -566,13 +566,47 @@ fn objective_text(objective: Objective) -> &'static str {
 }
 
 fn render(r: &RenderInput<'_>) -> Result<String> {
-    let (opts, meta, h) = (r.opts, r.meta, r.history);
-    let cfg = &meta.config;
-    let manifest = &r.purifier.bundle().manifest;
-    let (gen_params, critic_params) = param_counts(cfg, meta.objective);
-    let bundle_steps = manifest.provenance.get("steps").and_then(Value::as_u64);
+    let sizes = bundle_file_sizes(&r.opts.bundle)?;
     let mut md = String::new();
-    let w = &mut md;
+    render_intro(&mut md, r);
+    render_model(&mut md, r, &sizes)?;
+    render_objective(&mut md, r);
+    render_training(&mut md, r);
+    render_final_losses(&mut md, r);
+    render_quality(&mut md, r);
+    render_commands(&mut md, r);
+    Ok(md)
+}
+
+/// The `.onnx` files and the manifest of the bundle folder `dir`, with their sizes, by name.
+fn bundle_file_sizes(dir: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<(String, u64)> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list '{}'", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let len = e.metadata().map_or(0, |m| m.len());
+            (e.file_name().to_string_lossy().into_owned(), len)
+        })
+        .filter(|(name, _)| name.ends_with(".onnx") || name == "manifest.json")
+        .collect();
+    files.sort();
+    let sizes: Vec<String> = files
+        .iter()
+        .map(|(name, len)| format!("`{name}` {}", file_size(*len)))
+        .collect();
+    Ok(sizes)
+}
+
+/// Title, provenance and the warning when the bundle is not from the run's latest checkpoint.
+fn render_intro(w: &mut String, r: &RenderInput<'_>) {
+    let (opts, meta) = (r.opts, r.meta);
+    let bundle_steps = r
+        .purifier
+        .bundle()
+        .manifest
+        .provenance
+        .get("steps")
+        .and_then(Value::as_u64);
     let _ = writeln!(w, "# Training report: `{}`\n", opts.bundle.display());
     let _ = writeln!(
         w,
@@ -600,78 +634,78 @@ fn render(r: &RenderInput<'_>) -> Result<String> {
             meta.step
         );
     }
+}
 
-    let mut files: Vec<(String, u64)> = fs::read_dir(&opts.bundle)
-        .with_context(|| format!("cannot list '{}'", opts.bundle.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let len = e.metadata().map_or(0, |m| m.len());
-            (e.file_name().to_string_lossy().into_owned(), len)
-        })
-        .filter(|(name, _)| name.ends_with(".onnx") || name == "manifest.json")
-        .collect();
-    files.sort();
-    let sizes: Vec<String> = files
-        .iter()
-        .map(|(name, len)| format!("`{name}` {}", file_size(*len)))
-        .collect();
+/// The model's sizes, in rows of the Model table.
+fn model_rows(r: &RenderInput<'_>, sizes: &[String]) -> Vec<(&'static str, String)> {
+    let cfg = &r.meta.config;
+    let manifest = &r.purifier.bundle().manifest;
+    let (gen_params, critic_params) = param_counts(cfg, r.meta.objective);
+    vec![
+        ("preset", format!("`{}`", cfg.name)),
+        ("face size S", format!("{0} x {0}", cfg.image_size)),
+        (
+            "latent",
+            format!(
+                "{} x 4 x 4 = {} values",
+                cfg.latent_channels,
+                cfg.latent_dim()
+            ),
+        ),
+        (
+            "encoder widths (32, 16, 8, 4 px)",
+            format!("{:?}", cfg.enc_channels),
+        ),
+        (
+            "mapping network",
+            format!(
+                "{} layers, w = {}, learning rate x {}",
+                cfg.mapping_layers, cfg.w_dim, cfg.mapping_lr_mul
+            ),
+        ),
+        (
+            "decoder widths (4 px to S)",
+            format!("{:?}", cfg.dec_channels),
+        ),
+        (
+            "critic widths (S to 4 px)",
+            format!(
+                "{:?}, minibatch stddev {}",
+                cfg.disc_channels, cfg.minibatch_stddev
+            ),
+        ),
+        (
+            "parameters",
+            format!(
+                "generator (encoder + mapping + decoder, what ships) {gen_params}; critic \
+                 {critic_params}"
+            ),
+        ),
+        (
+            "decoding one candidate",
+            format!("{:.3} GFLOP", manifest.decoder_flops as f64 / 1e9),
+        ),
+        ("default KL clip tau", manifest.tau.to_string()),
+        ("bundle files", sizes.join(", ")),
+    ]
+}
+
+/// The Model section: sizes and the checkpoint's config.
+fn render_model(w: &mut String, r: &RenderInput<'_>, sizes: &[String]) -> Result<()> {
+    let cfg = &r.meta.config;
     let _ = writeln!(w, "## Model\n");
-    key_value_table(
-        w,
-        &[
-            ("preset", format!("`{}`", cfg.name)),
-            ("face size S", format!("{0} x {0}", cfg.image_size)),
-            (
-                "latent",
-                format!(
-                    "{} x 4 x 4 = {} values",
-                    cfg.latent_channels,
-                    cfg.latent_dim()
-                ),
-            ),
-            (
-                "encoder widths (32, 16, 8, 4 px)",
-                format!("{:?}", cfg.enc_channels),
-            ),
-            (
-                "mapping network",
-                format!(
-                    "{} layers, w = {}, learning rate x {}",
-                    cfg.mapping_layers, cfg.w_dim, cfg.mapping_lr_mul
-                ),
-            ),
-            (
-                "decoder widths (4 px to S)",
-                format!("{:?}", cfg.dec_channels),
-            ),
-            (
-                "critic widths (S to 4 px)",
-                format!(
-                    "{:?}, minibatch stddev {}",
-                    cfg.disc_channels, cfg.minibatch_stddev
-                ),
-            ),
-            (
-                "parameters",
-                format!(
-                    "generator (encoder + mapping + decoder, what ships) {gen_params}; critic \
-                     {critic_params}"
-                ),
-            ),
-            (
-                "decoding one candidate",
-                format!("{:.3} GFLOP", manifest.decoder_flops as f64 / 1e9),
-            ),
-            ("default KL clip tau", manifest.tau.to_string()),
-            ("bundle files", sizes.join(", ")),
-        ],
-    );
+    key_value_table(w, &model_rows(r, sizes));
     let _ = writeln!(
         w,
         "<details><summary>Config as stored in the checkpoint</summary>\n\n```json\n{}\n```\n\n</details>\n",
         serde_json::to_string_pretty(cfg)?
     );
+    Ok(())
+}
 
+/// The Objective and hyper-parameters section.
+fn render_objective(w: &mut String, r: &RenderInput<'_>) {
+    let (meta, cfg) = (r.meta, &r.meta.config);
     let hy = &meta.hyper;
     let _ = writeln!(w, "## Objective and hyper-parameters\n");
     let _ = writeln!(
@@ -709,7 +743,11 @@ fn render(r: &RenderInput<'_>) -> Result<String> {
         ("seed", hy.seed.to_string()),
     ]);
     key_value_table(w, &rows);
+}
 
+/// The Training section: steps, data, time, sessions and machine.
+fn render_training(w: &mut String, r: &RenderInput<'_>) {
+    let (meta, h) = (r.meta, r.history);
     let _ = writeln!(w, "## Training\n");
     let m = r.machine;
     let mut rows = vec![
@@ -763,7 +801,11 @@ fn render(r: &RenderInput<'_>) -> Result<String> {
         ("source commit", format!("`{}`", meta.commit)),
     ]);
     key_value_table(w, &rows);
+}
 
+/// Final losses, the last probe PSNR and the loss curves.
+fn render_final_losses(w: &mut String, r: &RenderInput<'_>) {
+    let (meta, h) = (r.meta, r.history);
     let _ = writeln!(
         w,
         "### Final losses (mean of the last {} logged steps, {}..{})\n",
@@ -789,7 +831,10 @@ fn render(r: &RenderInput<'_>) -> Result<String> {
     if r.have_curves {
         let _ = writeln!(w, "### Loss curves\n\n![loss curves]({CURVES_FILE})\n");
     }
+}
 
+/// The before/after and sample grids and the quality table.
+fn render_quality(w: &mut String, r: &RenderInput<'_>) {
     let q = r.quality;
     let _ = writeln!(w, "## Test faces before and after purification\n");
     let _ = writeln!(
@@ -822,7 +867,12 @@ fn render(r: &RenderInput<'_>) -> Result<String> {
         "Does sampling make a difference? {}\n",
         q.sampling_verdict()
     );
+}
 
+/// The commands that reproduce the run, the bundle and this report.
+fn render_commands(w: &mut String, r: &RenderInput<'_>) {
+    let (opts, meta, q) = (r.opts, r.meta, r.quality);
+    let (cfg, hy) = (&meta.config, &meta.hyper);
     let _ = writeln!(w, "## Commands\n");
     let _ = writeln!(
         w,
@@ -867,7 +917,6 @@ fn render(r: &RenderInput<'_>) -> Result<String> {
         opts.seed
     );
     let _ = writeln!(w, "{}\n```", opts.command_line);
-    Ok(md)
 }
 
 #[cfg(test)]
