@@ -109,7 +109,9 @@ impl AlarmParams {
             .iter()
             .chain(&self.weights)
             .chain([&self.threshold_1, &self.threshold_5]);
-        if values.clone().any(|v| !v.is_finite()) || self.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
+        if values.clone().any(|v| !v.is_finite())
+            || self.std.iter().any(|s| s.is_nan() || *s <= 0.0)
+        {
             return Err(bad(
                 format!("{self:?}"),
                 "finite means, weights and thresholds, and positive deviations",

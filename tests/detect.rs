@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
@@ -14,61 +14,7 @@ use gst_video::{VideoFormat, VideoInfo, VideoRegionOfInterestMeta};
 use gstavaepurify::avaefacedetect::face_from_detection;
 use gstavaepurify::core::detect::Face;
 
-/// LFW deep-funneled images are 250x250 with the funneled face in the middle.
-const LFW_SIDE: u32 = 250;
-
-/// The fixed LFW selection: the first image of every `step`-th person (sorted by name).
-fn lfw_images(count: usize, step: usize) -> Vec<PathBuf> {
-    let root = common::shared().join("datasets/lfw/lfw-deepfunneled");
-    let mut people: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("LFW missing at {}: {e}", root.display()))
-        .map(|entry| entry.expect("readable LFW folder").path())
-        .collect();
-    people.sort();
-    people
-        .iter()
-        .step_by(step)
-        .take(count)
-        .map(|person| {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(person)
-                .expect("readable person folder")
-                .map(|entry| entry.expect("readable entry").path())
-                .collect();
-            files.sort();
-            files.into_iter().next().expect("a person has an image")
-        })
-        .collect()
-}
-
-fn load_rgb(path: &Path) -> image::RgbImage {
-    image::open(path)
-        .unwrap_or_else(|e| panic!("cannot decode {}: {e}", path.display()))
-        .to_rgb8()
-}
-
-/// A buffer of `format` at the stride GStreamer gives that format and width, holding `rgb`.
-fn frame_buffer(rgb: &image::RgbImage, info: &VideoInfo, pts_ms: u64) -> gst::Buffer {
-    let mut buffer = gst::Buffer::with_size(info.size()).expect("buffer");
-    {
-        let buffer = buffer.get_mut().expect("new buffer is writable");
-        buffer.set_pts(gst::ClockTime::from_mseconds(pts_ms));
-        let stride = info.stride()[0] as usize;
-        let bpp = info.format_info().pixel_stride()[0] as usize;
-        let offsets: [usize; 3] = match info.format() {
-            VideoFormat::Bgr | VideoFormat::Bgra | VideoFormat::Bgrx => [2, 1, 0],
-            _ => [0, 1, 2],
-        };
-        let mut map = buffer.map_writable().expect("writable map");
-        map.fill(0x5a); // padding and alpha bytes must not matter
-        for (x, y, px) in rgb.enumerate_pixels() {
-            let at = y as usize * stride + x as usize * bpp;
-            for (c, off) in offsets.iter().enumerate() {
-                map[at + off] = px[c];
-            }
-        }
-    }
-    buffer
-}
+use common::{LFW_SIDE, frame_buffer, lfw_images, load_rgb};
 
 /// An `avaefacedetect` harness on `backend` fed `format` frames of `width` x `height`.
 fn harness(

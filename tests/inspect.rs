@@ -8,7 +8,7 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 15] = [
+const PROPERTIES: [&str; 17] = [
     "align",
     "feather",
     "model",
@@ -23,6 +23,8 @@ const PROPERTIES: [&str; 15] = [
     "full-frame",
     "max-faces",
     "on-failure",
+    "alarm",
+    "alarm-threshold",
     "stats",
 ];
 

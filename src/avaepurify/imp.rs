@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::OnFailure;
+use super::alarms::{self, Limiter, Verdict};
 use super::report::{Cause, FrameReport, Stats};
 use super::settings::{self, Settings};
 use super::targets::{self, Geometry, Target};
@@ -37,6 +38,8 @@ struct State {
     /// Storage of the `[N, 3, S, S]` face batch, reused from frame to frame.
     faces: Vec<f32>,
     warned: Warned<Cause>,
+    /// The rate limit of the `avae-purify-alarm` messages.
+    limiter: Limiter,
 }
 
 /// The `avaepurify` element.
@@ -191,10 +194,12 @@ impl AvaePurify {
                     .count() as u64;
                 report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
                 report.engine_ms = (state.purifier.engine_seconds() - engine_before) * 1000.0;
+                let verdicts = Self::judge(state, settings, buffer, targets, &results, report);
                 targets::annotate_rois(
                     buffer,
                     targets,
                     &results,
+                    verdicts.as_deref(),
                     settings.samples,
                     policy == OnFailure::Mark,
                 );
@@ -222,6 +227,26 @@ impl AvaePurify {
             });
         }
         Some((cause, reason))
+    }
+
+    /// The alarm's verdicts on the purified faces (`None` with `alarm=false` or a bundle without
+    /// an alarm); counts the suspicious ones and queues their rate-limited messages.
+    fn judge(
+        state: &mut State,
+        settings: &Settings,
+        buffer: &gst::BufferRef,
+        targets: &[Target],
+        results: &[Purified],
+        report: &mut FrameReport,
+    ) -> Option<Vec<Verdict>> {
+        let params = state.purifier.bundle().manifest.alarm.as_ref();
+        let params = params.filter(|_| settings.alarm)?;
+        let threshold = alarms::threshold(settings.alarm_threshold, params);
+        let verdicts = alarms::verdicts(params, threshold, results);
+        let ids: Vec<Option<i32>> = targets.iter().map(|t| t.id).collect();
+        report.alarms = verdicts.iter().filter(|v| v.suspicious).count() as u64;
+        report.alarm_messages = (state.limiter).messages(&ids, &verdicts, threshold, buffer.pts());
+        Some(verdicts)
     }
 
     /// Applies `on-failure` to the faces that go on unpurified: those of a failed frame
@@ -377,6 +402,10 @@ impl BaseTransformImpl for AvaePurify {
             &purifier.backend_name(),
             &purifier.fallbacks(),
         );
+        let alarm = purifier.bundle().manifest.alarm.as_ref();
+        if let Some(note) = alarms::start_note(settings.alarm, settings.alarm_threshold, alarm) {
+            gst::info!(CAT, imp = self, "{note} (model '{}')", settings.model);
+        }
         let rng = if settings.seed == 0 {
             StdRng::from_os_rng()
         } else {
@@ -388,6 +417,7 @@ impl BaseTransformImpl for AvaePurify {
             info: None,
             faces: Vec::new(),
             warned: Warned::default(),
+            limiter: Limiter::default(),
         });
         *lock(&self.stats) = Stats::default();
         Ok(())
@@ -410,6 +440,14 @@ impl BaseTransformImpl for AvaePurify {
         let error = report.error.take();
         let drop_frame = report.drop;
         lock(&self.stats).add(&report);
+        for alarm in std::mem::take(&mut report.alarm_messages) {
+            gst::debug!(CAT, imp = self, "Posting {alarm}");
+            let message = gst::message::Element::builder(alarm)
+                .src(&*self.obj())
+                .build();
+            // Without a bus (no pipeline) nobody listens: not an error.
+            let _ = self.obj().post_message(message);
+        }
         for (cause, message) in report.warnings {
             gst::warning!(CAT, imp = self, "{message}");
             match cause {

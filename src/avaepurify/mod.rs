@@ -3,7 +3,9 @@
 //!
 //! Faces come from upstream `GstVideoRegionOfInterestMeta`s whose type matches the `roi-type`
 //! property (or the whole frame with `full-frame=true`); each purified ROI gets an `avae-purify`
-//! param structure with `distance`, `candidate` and `samples`.
+//! param structure with `distance`, `candidate` and `samples`, and, when the bundle has an
+//! attack alarm (`alarm`), the face's `score` and whether it is `suspicious`; a suspicious face
+//! also posts an `avae-purify-alarm` element message (rate-limited, see [`alarms`]).
 //!
 //! A face whose ROI carries a `detection` param with 5 landmarks (as `avaefacedetect` attaches)
 //! is cropped with the similarity transform that puts them on the bundle's landmark template,
@@ -14,6 +16,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod alarms;
 mod imp;
 mod report;
 mod settings;

@@ -46,6 +46,10 @@ pub(super) struct FrameReport {
     pub(super) failed: bool,
     pub(super) latency_ms: f64,
     pub(super) engine_ms: f64,
+    /// Suspicious faces (score above the alarm threshold).
+    pub(super) alarms: u64,
+    /// The `avae-purify-alarm` messages to post, rate limit applied.
+    pub(super) alarm_messages: Vec<gst::Structure>,
     pub(super) warnings: Vec<(Cause, String)>,
     /// `on-failure=error`: the message of the element error to post; the frame fails.
     pub(super) error: Option<String>,
@@ -75,6 +79,7 @@ pub(super) struct Stats {
     faces_aligned: u64,
     faces_skipped: u64,
     failures: u64,
+    alarms: u64,
     latency_ms_total: f64,
     engine_ms_total: f64,
 }
@@ -87,6 +92,7 @@ impl Stats {
         self.faces_aligned += report.aligned;
         self.faces_skipped += report.skipped;
         self.failures += u64::from(report.failed);
+        self.alarms += report.alarms;
         self.latency_ms_total += report.latency_ms;
         self.engine_ms_total += report.engine_ms;
     }
@@ -106,6 +112,7 @@ impl Stats {
             .field("faces-aligned", self.faces_aligned)
             .field("faces-skipped", self.faces_skipped)
             .field("failures", self.failures)
+            .field("alarms", self.alarms)
             .field("mean-latency-ms", per_face(self.latency_ms_total))
             .field("mean-engine-ms", per_face(self.engine_ms_total))
             .build()

@@ -18,6 +18,9 @@ const DEFAULT_MAX_FACES: u32 = 16;
 const DEFAULT_FEATHER: f32 = 0.15;
 const DEFAULT_ALIGN: bool = true;
 const DEFAULT_ON_FAILURE: OnFailure = OnFailure::Pass;
+const DEFAULT_ALARM: bool = true;
+/// Negative: use the bundle's threshold at 1% clean false alarms (`manifest.json`, `alarm`).
+const DEFAULT_ALARM_THRESHOLD: f64 = -1.0;
 
 const MAX_SAMPLES: u32 = 4096;
 const MAX_BATCH: u32 = 4096;
@@ -42,6 +45,8 @@ pub(super) struct Settings {
     pub(super) feather: f32,
     pub(super) align: bool,
     pub(super) on_failure: OnFailure,
+    pub(super) alarm: bool,
+    pub(super) alarm_threshold: f64,
 }
 
 impl Default for Settings {
@@ -63,6 +68,8 @@ impl Default for Settings {
             feather: DEFAULT_FEATHER,
             align: DEFAULT_ALIGN,
             on_failure: DEFAULT_ON_FAILURE,
+            alarm: DEFAULT_ALARM,
+            alarm_threshold: DEFAULT_ALARM_THRESHOLD,
         }
     }
 }
@@ -104,6 +111,8 @@ impl Settings {
             "feather" => self.feather = value.get().expect(checked),
             "align" => self.align = value.get().expect(checked),
             "on-failure" => self.on_failure = value.get().expect(checked),
+            "alarm" => self.alarm = value.get().expect(checked),
+            "alarm-threshold" => self.alarm_threshold = value.get().expect(checked),
             _ => unimplemented!("property {name}"),
         }
         Ok(())
@@ -126,6 +135,8 @@ impl Settings {
             "feather" => self.feather.to_value(),
             "align" => self.align.to_value(),
             "on-failure" => self.on_failure.to_value(),
+            "alarm" => self.alarm.to_value(),
+            "alarm-threshold" => self.alarm_threshold.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -153,6 +164,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
     ];
     specs.extend(sampling_properties());
     specs.extend(face_properties());
+    specs.extend(alarm_properties());
     specs.push(
             glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                 .nick("Statistics")
@@ -160,7 +172,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
                     "Counters since start (avaepurify-stats): frames, faces-purified, \
                      faces-aligned (purified through landmark alignment), faces-skipped (ROI empty, outside the frame or beyond max-faces), \
                      failures (frames passed through unpurified: unreadable frame or engine \
-                     error), mean-latency-ms (per purified face), mean-engine-ms (of it, inside \
+                     error), alarms (suspicious faces, every one, not rate-limited), mean-latency-ms (per purified face), mean-engine-ms (of it, inside \
                      the inference engine)",
                 )
                 .read_only()
@@ -290,6 +302,37 @@ fn face_properties() -> Vec<glib::ParamSpec> {
              frame that cannot be mapped is dropped) or error (element error, \
              the stream stops)",
             )
+            .mutable_playing()
+            .build(),
+    ]
+}
+
+/// The properties of the attack alarm: `alarm`, `alarm-threshold`.
+fn alarm_properties() -> Vec<glib::ParamSpec> {
+    vec![
+        glib::ParamSpecBoolean::builder("alarm")
+            .nick("Attack alarm")
+            .blurb(
+                "Score every purified face with the bundle's alarm (a calibrated score from \
+             purification's own signals): its ROI's avae-purify param gains score and \
+             suspicious (score > alarm-threshold), and a suspicious face posts an element \
+             message avae-purify-alarm (pts, roi-id, score, threshold), at most one per ROI \
+             id per second of PTS; faces whose id is not unique in their frame (or \
+             full-frame, roi-id -1) share one such limit, and frames without PTS are limited \
+             per frame. A bundle without an alarm scores nothing",
+            )
+            .default_value(DEFAULT_ALARM)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecDouble::builder("alarm-threshold")
+            .nick("Alarm threshold")
+            .blurb(
+                "Score above which a face is suspicious: -1 uses the bundle's threshold at 1% \
+             false alarms on clean training faces; any value >= 0 replaces it",
+            )
+            .minimum(-1.0)
+            .maximum(f64::MAX)
+            .default_value(DEFAULT_ALARM_THRESHOLD)
             .mutable_playing()
             .build(),
     ]

@@ -1,6 +1,7 @@
 //! The faces of a frame for `avaepurify`: ROI metas of `roi-type` (or the whole frame) turned
 //! into [`Placement`]s, and the `avae-purify` params written back onto those ROIs.
 
+use super::alarms::Verdict;
 use super::report::{Cause, FrameReport};
 use super::settings::Settings;
 use crate::core::image::{self, Region};
@@ -11,9 +12,11 @@ use crate::purifier::Purified;
 /// Name of the param structure added to each purified ROI meta.
 const PARAM_NAME: &str = "avae-purify";
 
-/// A face to purify: how it is cropped, and the ROI meta it came from (none in full-frame mode).
+/// A face to purify: how it is cropped, and the ROI meta it came from with that meta's id
+/// (none in full-frame mode).
 pub(super) struct Target {
     pub(super) roi: Option<gst::meta::MetaSeqnum>,
+    pub(super) id: Option<i32>,
     pub(super) placement: Placement,
 }
 
@@ -26,10 +29,11 @@ pub(super) struct Geometry<'a> {
     pub(super) template: Option<&'a [[f32; 2]; 5]>,
 }
 
-/// A matching ROI meta: its seqnum, pixel rectangle and aligned placement (when it has
+/// A matching ROI meta: its seqnum, id, pixel rectangle and aligned placement (when it has
 /// landmarks and alignment is on).
 type Roi = (
     gst::meta::MetaSeqnum,
+    i32,
     (u32, u32, u32, u32),
     Option<Placement>,
 );
@@ -66,7 +70,7 @@ fn matching_rois(
                 let detection = meta.param(DETECTION_PARAM)?;
                 landmark_alignment(detection, template, geometry)
             });
-            (meta.seqnum(), meta.rect(), aligned)
+            (meta.seqnum(), meta.id(), meta.rect(), aligned)
         })
         .collect();
     rois.sort_by_key(|(seqnum, ..)| *seqnum);
@@ -105,7 +109,7 @@ fn note_other_roi_types(
 /// The target of `roi`: its aligned placement, else the square box around it with `margin`;
 /// `None` when the ROI is empty or outside the frame.
 fn roi_target(roi: &Roi, settings: &Settings, geometry: &Geometry<'_>) -> Option<Target> {
-    let (seqnum, (x, y, w, h), aligned) = *roi;
+    let (seqnum, id, (x, y, w, h), aligned) = *roi;
     let square = image::square_box(
         i64::from(x),
         i64::from(y),
@@ -117,6 +121,7 @@ fn roi_target(roi: &Roi, settings: &Settings, geometry: &Geometry<'_>) -> Option
     )?;
     Some(Target {
         roi: Some(seqnum),
+        id: Some(id),
         placement: aligned.unwrap_or(Placement::Box(square.into())),
     })
 }
@@ -133,6 +138,7 @@ pub(super) fn targets(
     if settings.full_frame {
         let whole = Target {
             roi: None,
+            id: None,
             placement: Placement::Frame(Region::full(geometry.width, geometry.height)),
         };
         return (vec![whole], Vec::new());
@@ -166,7 +172,7 @@ pub(super) fn targets(
         match roi_target(roi, settings, geometry) {
             Some(target) => targets.push(target),
             None => {
-                let (_, (x, y, w, h), _) = *roi;
+                let (_, _, (x, y, w, h), _) = *roi;
                 let (width, height) = (geometry.width, geometry.height);
                 report.skipped += 1;
                 report.note(warned, Cause::RoiOutsideFrame, || {
@@ -183,11 +189,12 @@ pub(super) fn targets(
 }
 
 /// Adds the `avae-purify` param structure to each ROI meta that was purified (with
-/// `purified=true` when `mark`).
+/// `purified=true` when `mark`, and `score` and `suspicious` when the alarm gave `verdicts`).
 pub(super) fn annotate_rois(
     buffer: &mut gst::BufferRef,
     targets: &[Target],
     results: &[Purified],
+    verdicts: Option<&[Verdict]>,
     samples: u32,
     mark: bool,
 ) {
@@ -203,16 +210,20 @@ pub(super) fn annotate_rois(
         } else {
             builder
         };
-        meta.add_param(
-            builder
-                .field("distance", f64::from(result.distance))
-                .field(
-                    "candidate",
-                    u32::try_from(result.candidate).unwrap_or(u32::MAX),
-                )
-                .field("samples", samples)
-                .build(),
-        );
+        let builder = builder
+            .field("distance", f64::from(result.distance))
+            .field(
+                "candidate",
+                u32::try_from(result.candidate).unwrap_or(u32::MAX),
+            )
+            .field("samples", samples);
+        let builder = match verdicts.map(|v| v[found]) {
+            Some(verdict) => builder
+                .field("score", verdict.score)
+                .field("suspicious", verdict.suspicious),
+            None => builder,
+        };
+        meta.add_param(builder.build());
     }
 }
 

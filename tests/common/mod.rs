@@ -1,4 +1,4 @@
-//! Helpers shared by the element, pipeline and inspect tests.
+//! Helpers shared by the element, pipeline, detector, alarm and inspect tests.
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::path::{Path, PathBuf};
@@ -70,4 +70,67 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
             ((i / 7 % 200) as u8).wrapping_add(noise)
         })
         .collect()
+}
+
+/// LFW deep-funneled images are 250x250 with the funneled face in the middle.
+pub const LFW_SIDE: u32 = 250;
+
+/// The fixed LFW selection: the first image of every `step`-th person (sorted by name).
+pub fn lfw_images(count: usize, step: usize) -> Vec<PathBuf> {
+    let root = shared().join("datasets/lfw/lfw-deepfunneled");
+    let mut people: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("LFW missing at {}: {e}", root.display()))
+        .map(|entry| entry.expect("readable LFW folder").path())
+        .collect();
+    people.sort();
+    people
+        .iter()
+        .step_by(step)
+        .take(count)
+        .map(|person| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(person)
+                .expect("readable person folder")
+                .map(|entry| entry.expect("readable entry").path())
+                .collect();
+            files.sort();
+            files.into_iter().next().expect("a person has an image")
+        })
+        .collect()
+}
+
+/// The RGB pixels of the image file at `path`.
+pub fn load_rgb(path: &Path) -> image::RgbImage {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("cannot decode {}: {e}", path.display()))
+        .to_rgb8()
+}
+
+/// A buffer of `format` at the stride GStreamer gives that format and width, holding `rgb`.
+pub fn frame_buffer(
+    rgb: &image::RgbImage,
+    info: &gst_video::VideoInfo,
+    pts_ms: u64,
+) -> gst::Buffer {
+    let mut buffer = gst::Buffer::with_size(info.size()).expect("buffer");
+    {
+        let buffer = buffer.get_mut().expect("new buffer is writable");
+        buffer.set_pts(gst::ClockTime::from_mseconds(pts_ms));
+        let stride = info.stride()[0] as usize;
+        let bpp = info.format_info().pixel_stride()[0] as usize;
+        let offsets: [usize; 3] = match info.format() {
+            gst_video::VideoFormat::Bgr
+            | gst_video::VideoFormat::Bgra
+            | gst_video::VideoFormat::Bgrx => [2, 1, 0],
+            _ => [0, 1, 2],
+        };
+        let mut map = buffer.map_writable().expect("writable map");
+        map.fill(0x5a); // padding and alpha bytes must not matter
+        for (x, y, px) in rgb.enumerate_pixels() {
+            let at = y as usize * stride + x as usize * bpp;
+            for (c, off) in offsets.iter().enumerate() {
+                map[at + off] = px[c];
+            }
+        }
+    }
+    buffer
 }
