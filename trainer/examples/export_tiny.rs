@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use avae_trainer::config::Config;
-use avae_trainer::export::{check_parity, export_bundle};
+use avae_trainer::export::{ManifestExtras, check_parity, export_bundle};
 use avae_trainer::model::AVae;
 use tch::nn;
 
@@ -27,7 +27,7 @@ fn main() -> Result<()> {
             concat!("avae-trainer ", env!("CARGO_PKG_VERSION")).into(),
         ),
     ]);
-    let report = export_bundle(&model, &out, provenance)?;
+    let report = export_bundle(&model, &out, provenance, ManifestExtras::default())?;
     let parity = check_parity(&model, &out, None)?;
     println!(
         "wrote {} ({} parameters, {} decoder FLOPs); parity max error {:e} over {} checks",

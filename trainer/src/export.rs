@@ -112,13 +112,25 @@ fn usize_of(v: i64, what: &str) -> Result<usize> {
     usize::try_from(v).with_context(|| format!("{what} {v} is negative"))
 }
 
+/// What the manifest holds beyond the model itself, known before the bundle is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManifestExtras {
+    /// Default KL clip (see [`crate::calibrate`]); `None` keeps the preset's.
+    pub tau: Option<f32>,
+    /// Where the 5 landmarks sit in the training crops (measured by `trainer template`); `None`
+    /// when the crops are fixed boxes, not aligned to landmarks.
+    pub landmark_template: Option<[[f32; 2]; 5]>,
+}
+
 /// Writes `encoder.onnx`, `decoder.onnx`, `purifier.onnx` and `manifest.json` (with sha256 of each
-/// graph and the decoder FLOPs) to `out_dir`, then loads the folder with the plugin's
-/// [`Bundle::load`] to validate names and shapes.
+/// graph, the decoder FLOPs and `extras`) to `out_dir`, then loads the folder with the plugin's
+/// [`Bundle::load`] to validate names and shapes. The alarm, which is fitted on the written
+/// graphs, is added afterwards by [`write_alarm`].
 pub fn export_bundle(
     model: &AVae,
     out_dir: &Path,
     provenance: BTreeMap<String, serde_json::Value>,
+    extras: ManifestExtras,
 ) -> Result<ExportReport> {
     let cfg = model.config();
     cfg.validate()?;
@@ -151,7 +163,7 @@ pub fn export_bundle(
         encoder_input_size: usize_of(ENCODER_INPUT_SIZE, "encoder_input_size")?,
         latent_dim: usize_of(cfg.latent_dim(), "latent_dim")?,
         skip_channels: usize_of(cfg.skip_channels(), "skip_channels")?,
-        tau: cfg.tau as f32,
+        tau: extras.tau.unwrap_or(cfg.tau as f32),
         value_range: [-1.0, 1.0],
         decoder_flops: u64::try_from(model::decoder_flops(cfg))?,
         graphs: Graphs {
@@ -159,8 +171,7 @@ pub fn export_bundle(
             decoder,
             purifier: Some(purifier),
         },
-        // The trainer's crops are fixed boxes, not aligned to landmarks.
-        landmark_template: None,
+        landmark_template: extras.landmark_template,
         alarm: None,
         provenance,
     };
@@ -177,21 +188,9 @@ pub fn export_bundle(
     })
 }
 
-/// Sets the manifest's `landmark_template` of the bundle in `dir` (the geometry of the training
-/// crops, measured by `trainer template`) and checks the bundle again; graphs are untouched, so
-/// their checksums stay valid.
-pub fn write_landmark_template(dir: &Path, template: [[f32; 2]; 5]) -> Result<Manifest> {
-    update_manifest(dir, |m| m.landmark_template = Some(template))
-}
-
 /// Sets the bundle's attack alarm (see [`crate::alarm`]) and re-validates the bundle.
 pub fn write_alarm(dir: &Path, alarm: gstavaepurify::alarm::AlarmParams) -> Result<Manifest> {
     update_manifest(dir, |m| m.alarm = Some(alarm))
-}
-
-/// Sets the bundle's default KL clip (see [`crate::calibrate`]) and re-validates the bundle.
-pub fn write_tau(dir: &Path, tau: f32) -> Result<Manifest> {
-    update_manifest(dir, |m| m.tau = tau)
 }
 
 /// Rewrites `manifest.json` of the bundle in `dir` after `edit` (the manifest carries no
@@ -394,7 +393,8 @@ mod tests {
         let model = AVae::new(&vs.root(), &Config::tiny());
         let dir = std::env::temp_dir().join(format!("avae-export-test-{}", std::process::id()));
         let provenance = BTreeMap::from([("dataset".to_owned(), "none (untrained)".into())]);
-        let report = export_bundle(&model, &dir, provenance).expect("export");
+        let report =
+            export_bundle(&model, &dir, provenance, ManifestExtras::default()).expect("export");
         let m = &report.manifest;
         assert_eq!((m.image_size, m.latent_dim, m.skip_channels), (64, 64, 8));
         assert_eq!(m.decoder_flops, model::decoder_flops(model.config()) as u64);
@@ -424,7 +424,7 @@ mod tests {
         let other_vs = nn::VarStore::new(tch::Device::Cpu);
         let other = AVae::new(&other_vs.root(), &Config::tiny());
         let dir = std::env::temp_dir().join(format!("avae-tamper-test-{}", std::process::id()));
-        export_bundle(&other, &dir, BTreeMap::new()).expect("export");
+        export_bundle(&other, &dir, BTreeMap::new(), ManifestExtras::default()).expect("export");
         let err = check_parity(&model, &dir, None).unwrap_err().to_string();
         assert!(err.contains("encoder") && err.contains("tract"), "{err}");
         fs::remove_dir_all(&dir).ok();

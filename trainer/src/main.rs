@@ -344,7 +344,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
 const CALIBRATION_FACES: usize = 512;
 
 fn run_export(args: ExportArgs) -> Result<()> {
-    let template = args
+    let landmark_template = args
         .landmark_template
         .as_deref()
         .map(template::read_template)
@@ -355,44 +355,30 @@ fn run_export(args: ExportArgs) -> Result<()> {
     let faces = set
         .as_ref()
         .map(|set| data::to_unit_range(&set.select(&set.fixed_test_faces(4))));
-    let report = export::export_bundle(&model, &args.out, train::provenance(&meta))
-        .with_context(|| format!("cannot export '{}'", args.run.display()))?;
-    let parity = export::check_parity(&model, &args.out, faces.as_ref())?;
     let tau = match (args.tau, &set) {
         (Some(tau), _) => Some(tau),
-        (None, Some(set)) => {
-            let train_idx = set.indices(data::Split::Train);
-            let step = (train_idx.len() / CALIBRATION_FACES).max(1);
-            let chosen: Vec<i64> = train_idx
-                .iter()
-                .step_by(step)
-                .take(CALIBRATION_FACES)
-                .copied()
-                .collect();
-            let tau =
-                calibrate::median_posterior_kl(&model, &data::to_unit_range(&set.select(&chosen)))?;
-            println!(
-                "tau calibrated on {} training faces: {tau:.4}",
-                chosen.len()
-            );
-            Some(tau)
-        }
+        (None, Some(set)) => Some(calibrate_tau(&model, set)?),
         (None, None) => {
             println!(
                 "no crop cache in '{}': tau left at the preset's {}",
                 args.data.display(),
-                report.manifest.tau
+                meta.config.tau as f32
             );
             None
         }
     };
-    if let Some(tau) = tau {
-        export::write_tau(&args.out, tau)?;
-    }
-    if let Some(template) = template {
-        export::write_landmark_template(&args.out, template)?;
+    let extras = export::ManifestExtras {
+        tau,
+        landmark_template,
+    };
+    let report = export::export_bundle(&model, &args.out, train::provenance(&meta), extras)
+        .with_context(|| format!("cannot export '{}'", args.run.display()))?;
+    if let Some(template) = landmark_template {
         println!("landmark template {template:?}");
     }
+    let parity = export::check_parity(&model, &args.out, faces.as_ref())?;
+    // The alarm is fitted on the written bundle's graphs: the one change to the manifest after
+    // export.
     match &set {
         Some(set) => fit_alarm(&args.out, set, &args.alarm)?,
         None => println!("no crop cache: the bundle gets no alarm (run `trainer alarm` later)"),
@@ -412,6 +398,25 @@ fn run_export(args: ExportArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// The bundle's default tau: the median posterior KL of `model` on up to
+/// [`CALIBRATION_FACES`] training faces of `set`.
+fn calibrate_tau(model: &avae_trainer::model::AVae, set: &FaceSet) -> Result<f32> {
+    let train_idx = set.indices(data::Split::Train);
+    let step = (train_idx.len() / CALIBRATION_FACES).max(1);
+    let chosen: Vec<i64> = train_idx
+        .iter()
+        .step_by(step)
+        .take(CALIBRATION_FACES)
+        .copied()
+        .collect();
+    let tau = calibrate::median_posterior_kl(model, &data::to_unit_range(&set.select(&chosen)))?;
+    println!(
+        "tau calibrated on {} training faces: {tau:.4}",
+        chosen.len()
+    );
+    Ok(tau)
 }
 
 fn run_quality(args: QualityArgs) -> Result<()> {
