@@ -393,10 +393,25 @@ mod tests {
         let model = AVae::new(&vs.root(), &Config::tiny());
         let dir = std::env::temp_dir().join(format!("avae-export-test-{}", std::process::id()));
         let provenance = BTreeMap::from([("dataset".to_owned(), "none (untrained)".into())]);
-        let report =
-            export_bundle(&model, &dir, provenance, ManifestExtras::default()).expect("export");
+        let template = [
+            [0.34, 0.45],
+            [0.66, 0.45],
+            [0.5, 0.6],
+            [0.37, 0.75],
+            [0.63, 0.75],
+        ];
+        let extras = ManifestExtras {
+            tau: Some(0.25),
+            landmark_template: Some(template),
+        };
+        let report = export_bundle(&model, &dir, provenance, extras).expect("export");
         let m = &report.manifest;
         assert_eq!((m.image_size, m.latent_dim, m.skip_channels), (64, 64, 8));
+        let written = Bundle::load(&dir).expect("bundle").manifest;
+        assert_eq!(
+            (written.tau, written.landmark_template),
+            (0.25, Some(template))
+        );
         assert_eq!(m.decoder_flops, model::decoder_flops(model.config()) as u64);
         assert!(m.graphs.purifier.is_some());
         let faces = Tensor::rand([3, 3, 64, 64], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
