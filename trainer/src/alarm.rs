@@ -173,9 +173,13 @@ pub fn combination(name: &str) -> anyhow::Result<[f32; 5]> {
 }
 
 /// Fits the alarm of the bundle in `dir` on up to `faces` clean training faces of `set`
-/// (evenly spread), purified by the plugin's own [`gstavaepurify::purifier::Purifier`] at
-/// `samples` candidates and the bundle's tau, each face seeded from `seed`; and writes it into
-/// the bundle's manifest.
+/// (evenly spread), purified by the plugin's own code at `samples` candidates and the
+/// bundle's tau, each face seeded from `seed`; and writes it into the bundle's manifest.
+///
+/// When the bundle has a landmark template and the faces' photos are LFW's 250 x 250 images,
+/// the faces are cut out of their photos as the element cuts them (CenterFace landmarks onto
+/// the template, [`gstavaepurify::frame::purify_faces`]), because the score depends on how the
+/// crop was resampled; otherwise the cache's crops are purified as they are.
 pub fn calibrate_bundle(
     dir: &std::path::Path,
     set: &crate::data::FaceSet,
@@ -185,40 +189,87 @@ pub fn calibrate_bundle(
     seed: u64,
 ) -> anyhow::Result<AlarmParams> {
     use anyhow::Context;
-    use gstavaepurify::engine::{Backend, Device};
-    use gstavaepurify::purifier::{Purifier, PurifyParams};
-    use rand::SeedableRng;
+    use gstavaepurify::engine::Backend;
+    use gstavaepurify::purifier::PurifyParams;
+
+    use crate::defense::{AVaeDefense, Defense};
 
     let weights = combination(score)?;
-    let mut purifier = Purifier::load(dir, Backend::Auto, Device::Cpu)
+    let bundle = gstavaepurify::bundle::Bundle::load(dir)
         .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
     let train = set.indices(crate::data::Split::Train);
     anyhow::ensure!(!train.is_empty(), "the crop cache has no training faces");
     let step = (train.len() / faces.max(1)).max(1);
     let chosen: Vec<i64> = train.iter().step_by(step).take(faces).copied().collect();
-    let pixels = crate::data::to_unit_range(&set.select(&chosen));
-    let s = purifier.image_size();
-    let values = Vec::<f32>::try_from(&pixels.contiguous().view([-1]))?;
-    let mut batch = ndarray::Array4::from_shape_vec((chosen.len(), 3, s, s), values)?;
     let params = PurifyParams {
         samples,
         batch: 64,
-        tau: purifier.default_tau(),
+        tau: bundle.manifest.tau,
     };
-    let bar = crate::data::progress_bar(chosen.len() as u64, "alarm calibration");
-    let mut clean = Vec::with_capacity(chosen.len());
-    for (i, mut face) in batch.outer_iter_mut().enumerate() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(i as u64));
-        let one = face.view_mut().insert_axis(ndarray::Axis(0));
-        clean.extend(purifier.purify(one, &params, &mut rng)?);
-        bar.inc(1);
-    }
-    bar.finish();
+    let mut defense = Defense::AVae(Box::new(AVaeDefense::load(dir, Backend::Auto, params)?));
+    let seeds: Vec<u64> = (0..chosen.len() as u64)
+        .map(|i| seed.wrapping_add(i))
+        .collect();
+    let template = bundle.manifest.landmark_template;
+    let photos = match template {
+        Some(_) => crate::threat::load_photos(set, &chosen).ok(),
+        None => None,
+    };
+    let how = match photos {
+        Some(photos) => {
+            let root = std::path::Path::new(&set.index.source);
+            let paths: Vec<std::path::PathBuf> = chosen
+                .iter()
+                .map(|&k| root.join(&set.index.images[k as usize].file))
+                .collect();
+            let landmarks = crate::recognizer::detect_landmarks(&paths)?;
+            let placements = crate::threat::placements(
+                &landmarks,
+                template.as_ref(),
+                &set.index.crop,
+                bundle.manifest.image_size,
+            )?;
+            let pipeline = crate::threat::PastePipeline {
+                side: bundle.manifest.image_size,
+                feather: 0.15,
+            };
+            let bar = crate::data::progress_bar(chosen.len() as u64, "alarm calibration");
+            for start in (0..chosen.len()).step_by(16) {
+                let len = 16.min(chosen.len() - start);
+                // Only the log of what purification chose is needed, not the photos.
+                let _photos = pipeline.apply(
+                    &mut defense,
+                    &photos.narrow(0, start as i64, len as i64),
+                    &placements[start..start + len],
+                    &seeds[start..start + len],
+                )?;
+                bar.inc(len as u64);
+            }
+            bar.finish();
+            "aligned out of their photos as the element aligns them"
+        }
+        None => {
+            let pixels = crate::data::to_unit_range(&set.select(&chosen));
+            let _faces = defense.apply(&pixels, &seeds)?;
+            "as the cache's crops"
+        }
+    };
+    let clean = match &mut defense {
+        Defense::AVae(avae) => avae.take_log(),
+        _ => Vec::new(),
+    };
+    anyhow::ensure!(
+        clean.len() == chosen.len(),
+        "purified {} of {} calibration faces",
+        clean.len(),
+        chosen.len()
+    );
     let alarm = fit(
         &clean,
         weights,
         format!(
-            "score '{score}' fitted on {} clean training faces, M = {samples}, tau = {}, seed {seed}",
+            "score '{score}' fitted on {} clean training faces ({how}), M = {samples}, tau = {}, \
+             seed {seed}",
             clean.len(),
             params.tau
         ),

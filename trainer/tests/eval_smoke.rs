@@ -260,5 +260,74 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         "{md}"
     );
     assert!(lab.join("lab.md").is_file());
+
+    // The alarm, fitted on clean training faces: on the cache's crops for a bundle without a
+    // landmark template, cut out of the photos as the element does for one with a template.
+    for (name, template) in [
+        ("crops", None),
+        (
+            "aligned",
+            Some([
+                [0.33, 0.37],
+                [0.68, 0.35],
+                [0.5, 0.57],
+                [0.36, 0.74],
+                [0.66, 0.72],
+            ]),
+        ),
+    ] {
+        let bundle = root.join(format!("bundle-{name}"));
+        fs::create_dir_all(&bundle).unwrap();
+        for f in [
+            "encoder.onnx",
+            "decoder.onnx",
+            "purifier.onnx",
+            "manifest.json",
+        ] {
+            fs::copy(
+                workspace().join("tests/data/bundle-tiny").join(f),
+                bundle.join(f),
+            )
+            .unwrap();
+        }
+        if let Some(t) = template {
+            let path = bundle.join("manifest.json");
+            let mut m: serde_json::Value =
+                serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+            m["landmark_template"] = serde_json::json!(t);
+            fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+        }
+        let out = trainer(&[
+            "alarm",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--alarm-faces",
+            "8",
+            "--alarm-samples",
+            "2",
+        ]);
+        assert!(out.contains("thresholds"), "{out}");
+        let m: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(bundle.join("manifest.json")).unwrap())
+                .unwrap();
+        let alarm = &m["alarm"];
+        let (t1, t5) = (
+            alarm["threshold_1"].as_f64().unwrap(),
+            alarm["threshold_5"].as_f64().unwrap(),
+        );
+        assert!(t5 <= t1, "{alarm}");
+        let how = alarm["calibration"].as_str().unwrap();
+        let expected = if template.is_some() {
+            "photos"
+        } else {
+            "crops"
+        };
+        assert!(
+            how.contains("8 clean training faces") && how.contains(expected),
+            "{how}"
+        );
+    }
     fs::remove_dir_all(&root).unwrap();
 }
