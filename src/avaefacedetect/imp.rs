@@ -121,7 +121,7 @@ impl AvaeFaceDetect {
         let message = format!(
             "Face detection failed, frames pass through without face metas (model '{}'): \
              {reason}",
-            settings.model
+            settings.engine.model
         );
         gst::warning!(CAT, imp = self, "{message}");
         match cause {
@@ -217,22 +217,22 @@ impl BaseTransformImpl for AvaeFaceDetect {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
         let detector = Detector::open(
-            Path::new(&settings.model),
-            settings.backend.into(),
-            settings.device.into(),
+            Path::new(&settings.engine.model),
+            settings.engine.backend.into(),
+            settings.engine.device.into(),
         )
-        .map_err(|err| element::load_error("face detector", &settings.model, &err))?;
+        .map_err(|err| element::load_error("face detector", &settings.engine.model, &err))?;
         gst::info!(
             CAT,
             imp = self,
             "Loaded face detector '{}' on backend {}",
-            settings.model,
+            settings.engine.model,
             detector.describe(),
         );
         element::report_engine(
             self,
             *CAT,
-            settings.device,
+            settings.engine.device,
             &detector.describe(),
             detector.fallbacks(),
         );

@@ -4,7 +4,7 @@ use gst::glib;
 use gst::prelude::*;
 
 use crate::detector::{DetectorParams, default_model_path};
-use crate::element::{BackendChoice, DeviceChoice, backend_property, device_property};
+use crate::element::{EngineSettings, backend_property, device_property};
 
 const DEFAULT_THRESHOLD: f32 = 0.5;
 const DEFAULT_NMS_IOU: f32 = 0.3;
@@ -22,9 +22,7 @@ const MAX_INTERVAL: u32 = 1000;
 /// What the properties set; read once per frame.
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
-    pub(super) model: String,
-    pub(super) backend: BackendChoice,
-    pub(super) device: DeviceChoice,
+    pub(super) engine: EngineSettings,
     pub(super) threshold: f32,
     pub(super) nms_iou: f32,
     pub(super) min_size: u32,
@@ -36,9 +34,7 @@ pub(super) struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            model: default_model_path().to_string_lossy().into_owned(),
-            backend: BackendChoice::default(),
-            device: DeviceChoice::default(),
+            engine: EngineSettings::new(default_model_path().to_string_lossy().into_owned()),
             threshold: DEFAULT_THRESHOLD,
             nms_iou: DEFAULT_NMS_IOU,
             min_size: DEFAULT_MIN_SIZE,
@@ -63,16 +59,11 @@ impl Settings {
 
     /// Sets the property `name` (type checked by GObject).
     pub(super) fn set(&mut self, name: &str, value: &glib::Value) {
+        if self.engine.set(name, value) {
+            return;
+        }
         let checked = "type checked upstream";
         match name {
-            "model" => {
-                self.model = value
-                    .get::<Option<String>>()
-                    .expect(checked)
-                    .unwrap_or_else(|| Settings::default().model);
-            }
-            "backend" => self.backend = value.get().expect(checked),
-            "device" => self.device = value.get().expect(checked),
             "threshold" => self.threshold = value.get().expect(checked),
             "nms-iou" => self.nms_iou = value.get().expect(checked),
             "min-size" => self.min_size = value.get().expect(checked),
@@ -85,10 +76,10 @@ impl Settings {
 
     /// The value of the property `name` (all but `stats`).
     pub(super) fn get(&self, name: &str) -> glib::Value {
+        if let Some(value) = self.engine.get(name) {
+            return value;
+        }
         match name {
-            "model" => self.model.to_value(),
-            "backend" => self.backend.to_value(),
-            "device" => self.device.to_value(),
             "threshold" => self.threshold.to_value(),
             "nms-iou" => self.nms_iou.to_value(),
             "min-size" => self.min_size.to_value(),
@@ -102,7 +93,7 @@ impl Settings {
 
 /// The element's properties, `stats` last.
 pub(super) fn properties() -> Vec<glib::ParamSpec> {
-    let default_model = Settings::default().model;
+    let default_model = Settings::default().engine.model;
     let mut specs = vec![
         glib::ParamSpecString::builder("model")
             .nick("Detector model")

@@ -222,7 +222,7 @@ impl AvaePurify {
             report.note(&mut state.warned, cause, || {
                 format!(
                     "Purification failed, {fate} (model '{}'): {reason}",
-                    settings.model
+                    settings.engine.model
                 )
             });
         }
@@ -285,7 +285,7 @@ impl AvaePurify {
                 };
                 report.error = Some(format!(
                     "A face could not be purified and on-failure=error (model '{}'): {reason}",
-                    settings.model
+                    settings.engine.model
                 ));
             }
         }
@@ -380,16 +380,16 @@ impl BaseTransformImpl for AvaePurify {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
         let purifier = Purifier::load(
-            Path::new(&settings.model),
-            settings.backend.into(),
-            settings.device.into(),
+            Path::new(&settings.engine.model),
+            settings.engine.backend.into(),
+            settings.engine.device.into(),
         )
-        .map_err(|err| element::load_error("A-VAE model bundle", &settings.model, &err))?;
+        .map_err(|err| element::load_error("A-VAE model bundle", &settings.engine.model, &err))?;
         gst::info!(
             CAT,
             imp = self,
             "Loaded model bundle '{}' on backend {} (face size {}, bundle tau {}, tau {})",
-            settings.model,
+            settings.engine.model,
             purifier.backend_name(),
             purifier.image_size(),
             purifier.default_tau(),
@@ -398,13 +398,18 @@ impl BaseTransformImpl for AvaePurify {
         element::report_engine(
             self,
             *CAT,
-            settings.device,
+            settings.engine.device,
             &purifier.backend_name(),
             &purifier.fallbacks(),
         );
         let alarm = purifier.bundle().manifest.alarm.as_ref();
         if let Some(note) = alarms::start_note(settings.alarm, settings.alarm_threshold, alarm) {
-            gst::info!(CAT, imp = self, "{note} (model '{}')", settings.model);
+            gst::info!(
+                CAT,
+                imp = self,
+                "{note} (model '{}')",
+                settings.engine.model
+            );
         }
         let rng = if settings.seed == 0 {
             StdRng::from_os_rng()

@@ -4,7 +4,7 @@ use gst::glib;
 use gst::prelude::*;
 
 use super::OnFailure;
-use crate::element::{BackendChoice, DeviceChoice, backend_property, device_property};
+use crate::element::{EngineSettings, backend_property, device_property};
 
 const DEFAULT_SAMPLES: u32 = 16;
 const DEFAULT_BATCH: u32 = 16;
@@ -31,9 +31,7 @@ const MAX_FEATHER: f32 = 0.5;
 /// What the properties set; read once per frame.
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
-    pub(super) model: String,
-    pub(super) backend: BackendChoice,
-    pub(super) device: DeviceChoice,
+    pub(super) engine: EngineSettings,
     pub(super) samples: u32,
     pub(super) batch: u32,
     pub(super) tau: f32,
@@ -52,11 +50,11 @@ pub(super) struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            model: crate::bundle::default_model_dir()
-                .to_string_lossy()
-                .into_owned(),
-            backend: BackendChoice::default(),
-            device: DeviceChoice::default(),
+            engine: EngineSettings::new(
+                crate::bundle::default_model_dir()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             samples: DEFAULT_SAMPLES,
             batch: DEFAULT_BATCH,
             tau: DEFAULT_TAU,
@@ -78,16 +76,11 @@ impl Settings {
     /// Sets the property `name` (type checked by GObject). An empty `roi-type` is refused:
     /// the previous value stays and the error is the message to log.
     pub(super) fn set(&mut self, name: &str, value: &glib::Value) -> Result<(), String> {
+        if self.engine.set(name, value) {
+            return Ok(());
+        }
         let checked = "type checked upstream";
         match name {
-            "model" => {
-                self.model = value
-                    .get::<Option<String>>()
-                    .expect(checked)
-                    .unwrap_or_else(|| Settings::default().model);
-            }
-            "backend" => self.backend = value.get().expect(checked),
-            "device" => self.device = value.get().expect(checked),
             "samples" => self.samples = value.get().expect(checked),
             "batch" => self.batch = value.get().expect(checked),
             "tau" => self.tau = value.get().expect(checked),
@@ -120,10 +113,10 @@ impl Settings {
 
     /// The value of the property `name` (all but `stats`).
     pub(super) fn get(&self, name: &str) -> glib::Value {
+        if let Some(value) = self.engine.get(name) {
+            return value;
+        }
         match name {
-            "model" => self.model.to_value(),
-            "backend" => self.backend.to_value(),
-            "device" => self.device.to_value(),
             "samples" => self.samples.to_value(),
             "batch" => self.batch.to_value(),
             "tau" => self.tau.to_value(),
@@ -144,7 +137,7 @@ impl Settings {
 
 /// The element's properties, in the order `gst-inspect-1.0` lists them, `stats` last.
 pub(super) fn properties() -> Vec<glib::ParamSpec> {
-    let default_model = Settings::default().model;
+    let default_model = Settings::default().engine.model;
     let mut specs = vec![
         glib::ParamSpecString::builder("model")
             .nick("Model bundle")

@@ -97,3 +97,57 @@ pub(crate) fn mark_as_plugin_api() {
     BackendChoice::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     DeviceChoice::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
 }
+
+/// The `model`, `backend` and `device` properties of an element, and the model path they fall
+/// back to when `model` is set to NULL.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineSettings {
+    /// The `model` property: a bundle folder or an ONNX file.
+    pub(crate) model: String,
+    /// The `backend` property.
+    pub(crate) backend: BackendChoice,
+    /// The `device` property.
+    pub(crate) device: DeviceChoice,
+    /// What `model` returns to when set to NULL.
+    default_model: String,
+}
+
+impl EngineSettings {
+    /// Defaults: `default_model`, `auto`, `auto`.
+    pub(crate) fn new(default_model: String) -> Self {
+        Self {
+            model: default_model.clone(),
+            backend: BackendChoice::default(),
+            device: DeviceChoice::default(),
+            default_model,
+        }
+    }
+
+    /// Sets `model`, `backend` or `device` (type checked by GObject); `false` for any other
+    /// property name.
+    pub(crate) fn set(&mut self, name: &str, value: &glib::Value) -> bool {
+        let checked = "type checked upstream";
+        match name {
+            "model" => {
+                self.model = value
+                    .get::<Option<String>>()
+                    .expect(checked)
+                    .unwrap_or_else(|| self.default_model.clone());
+            }
+            "backend" => self.backend = value.get().expect(checked),
+            "device" => self.device = value.get().expect(checked),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The value of `model`, `backend` or `device`; `None` for any other property name.
+    pub(crate) fn get(&self, name: &str) -> Option<glib::Value> {
+        match name {
+            "model" => Some(self.model.to_value()),
+            "backend" => Some(self.backend.to_value()),
+            "device" => Some(self.device.to_value()),
+            _ => None,
+        }
+    }
+}
