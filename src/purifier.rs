@@ -95,6 +95,28 @@ pub fn coarse_signals(
     )
 }
 
+/// What [`Purifier::purify_observed`] hands out while it purifies.
+#[derive(Debug)]
+pub enum Observed<'a> {
+    /// Latents of `face` were drawn (one call may draw only part of its M), with what the KL
+    /// clip did to them.
+    Latents {
+        /// Index of the face in the batch.
+        face: usize,
+        /// What the clip did to these latents.
+        stats: crate::core::latent::SampleStats,
+    },
+    /// Candidate `sample` of `face` was decoded.
+    Candidate {
+        /// Index of the face in the batch.
+        face: usize,
+        /// Index of the candidate, in `0..samples`.
+        sample: usize,
+        /// The candidate `[3, S, S]`.
+        image: ArrayView3<'a, f32>,
+    },
+}
+
 /// The encoder's outputs for a batch of faces.
 #[derive(Debug, Clone)]
 pub struct Encoded {
@@ -294,9 +316,23 @@ impl Purifier {
     /// `samples`; for a given `rng` state the result does not depend on `batch`.
     pub fn purify(
         &mut self,
+        faces: ArrayViewMut4<'_, f32>,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<Vec<Purified>, Error> {
+        self.purify_observed(faces, params, rng, None)
+    }
+
+    /// [`Purifier::purify`], handing every latent draw and every decoded candidate to
+    /// `observe` as it goes (for measuring what purification does without replaying its random
+    /// generator). With an observer the plain decoder runs even where the fused graph is in
+    /// use, so that every candidate exists; the choice is the same either way.
+    pub fn purify_observed(
+        &mut self,
         mut faces: ArrayViewMut4<'_, f32>,
         params: &PurifyParams,
         rng: &mut StdRng,
+        mut observe: Option<&mut dyn FnMut(Observed<'_>)>,
     ) -> Result<Vec<Purified>, Error> {
         check_params(params)?;
         self.check_faces(faces.dim())?;
@@ -305,7 +341,7 @@ impl Purifier {
             return Ok(Vec::new());
         }
         let enc = self.encode(faces.view())?;
-        if self.fused.is_some() {
+        if self.fused.is_some() && observe.is_none() {
             return self.purify_fused(faces, &enc, params, rng);
         }
         let (m, s) = (params.samples, self.image_size());
@@ -331,6 +367,9 @@ impl Purifier {
                     z.slice_mut(s![row..row + take, ..]),
                 );
                 clipped[face] |= stats.scaled > 0 || stats.unreachable;
+                if let Some(observe) = observe.as_mut() {
+                    observe(Observed::Latents { face, stats });
+                }
                 for r in row..row + take {
                     skip.index_axis_mut(Axis(0), r)
                         .assign(&enc.skip.index_axis(Axis(0), face));
@@ -340,6 +379,13 @@ impl Purifier {
             let images = self.decode(z.slice(s![..b, ..]), skip.slice(s![..b, .., .., ..]))?;
             for (r, image) in images.outer_iter().enumerate() {
                 let (face, sample) = ((start + r) / m, (start + r) % m);
+                if let Some(observe) = observe.as_mut() {
+                    observe(Observed::Candidate {
+                        face,
+                        sample,
+                        image: image.view(),
+                    });
+                }
                 tracker.offer(face, sample, image, faces.index_axis(Axis(0), face));
             }
             start += b;
@@ -519,6 +565,56 @@ pub fn check_params(params: &PurifyParams) -> Result<(), Error> {
 mod tests {
     use super::*;
     use ndarray::Array3;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_observer_sees_every_candidate_and_changes_nothing() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
+        let mut purifier = Purifier::load(&dir, Backend::Tract, Device::Cpu).unwrap();
+        let s = purifier.image_size();
+        let faces = Array4::from_shape_fn((2, 3, s, s), |(n, c, y, x)| {
+            ((n * 7 + c * 3 + y + 2 * x) % 17) as f32 / 8.5 - 1.0
+        });
+        let params = PurifyParams {
+            samples: 5,
+            batch: 3,
+            tau: purifier.default_tau(),
+        };
+        let mut plain = faces.clone();
+        let a = purifier
+            .purify(plain.view_mut(), &params, &mut StdRng::seed_from_u64(3))
+            .unwrap();
+        let mut seen: Vec<(usize, usize, Array3<f32>)> = Vec::new();
+        let mut draws = 0;
+        let mut observe = |o: Observed<'_>| match o {
+            Observed::Latents { .. } => draws += 1,
+            Observed::Candidate {
+                face,
+                sample,
+                image,
+            } => seen.push((face, sample, image.to_owned())),
+        };
+        let mut observed = faces.clone();
+        let b = purifier
+            .purify_observed(
+                observed.view_mut(),
+                &params,
+                &mut StdRng::seed_from_u64(3),
+                Some(&mut observe),
+            )
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(plain, observed);
+        assert_eq!(seen.len(), 10);
+        assert!(draws >= 2);
+        for (face, result) in b.iter().enumerate() {
+            let chosen = seen
+                .iter()
+                .find(|(f, k, _)| *f == face && *k == result.candidate)
+                .unwrap();
+            assert_eq!(chosen.2, observed.index_axis(Axis(0), face));
+        }
+    }
 
     #[test]
     fn coarse_signals_separate_detail_from_the_coarse_image() {

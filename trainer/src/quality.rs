@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use gstavaepurify::core::image::area_downsample;
-use gstavaepurify::core::latent::{SampleStats, mean_kl, sample_latents};
+use gstavaepurify::core::latent::{SampleStats, mean_kl};
 use gstavaepurify::engine::{Backend, Device};
-use gstavaepurify::purifier::{Purifier, PurifyParams};
-use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, Zip, s};
+use gstavaepurify::purifier::{Observed, Purifier, PurifyParams};
+use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, Zip};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -241,8 +241,8 @@ pub struct FaceOutputs {
 }
 
 /// Purifies one face (`[3, S, S]`, `[-1, 1]`) with `purifier` and also returns all its
-/// candidates: `purify` chooses, then the same latents are drawn again from a copy of `rng` and
-/// decoded, and the chosen candidate is checked to be `purify`'s output.
+/// candidates, handed out by [`Purifier::purify_observed`] as it decodes them; the chosen one
+/// is checked to be `purify`'s output.
 pub fn purify_face(
     purifier: &mut Purifier,
     face: ArrayView3<'_, f32>,
@@ -254,51 +254,40 @@ pub fn purify_face(
     let mean_latent = purifier
         .decode(enc.mu.view(), enc.skip.view())?
         .index_axis_move(Axis(0), 0);
-    let mut replay = rng.clone();
-    let mut purified = input.to_owned();
-    let chosen = purifier.purify(purified.view_mut(), params, rng)?;
-    let chosen = chosen.first().context("purify returned no result")?;
-
     let m = params.samples;
-    let mut z = Array2::<f32>::zeros((m, enc.mu.ncols()));
-    let stats = sample_latents(
-        enc.mu.row(0),
-        enc.logvar.row(0),
-        params.tau,
-        &mut replay,
-        z.view_mut(),
-    );
-    let (_, c, hs, ws) = enc.skip.dim();
     let (_, _, h, w) = input.dim();
     let mut candidates = Array4::<f32>::zeros((m, 3, h, w));
-    let mut start = 0;
-    while start < m {
-        let end = (start + params.batch.max(1)).min(m);
-        let skip = enc
-            .skip
-            .broadcast((end - start, c, hs, ws))
-            .context("internal error: skip feature shape")?
-            .to_owned();
-        let images = purifier.decode(z.slice(s![start..end, ..]), skip.view())?;
-        candidates
-            .slice_mut(s![start..end, .., .., ..])
-            .assign(&images);
-        start = end;
-    }
+    let mut stats = SampleStats {
+        scaled: 0,
+        unreachable: false,
+    };
+    let mut observe = |seen: Observed<'_>| match seen {
+        Observed::Latents { stats: s, .. } => {
+            stats.scaled += s.scaled;
+            stats.unreachable |= s.unreachable;
+        }
+        Observed::Candidate { sample, image, .. } => {
+            if sample < m {
+                candidates.index_axis_mut(Axis(0), sample).assign(&image);
+            }
+        }
+    };
+    let mut purified = input.to_owned();
+    let chosen = purifier.purify_observed(purified.view_mut(), params, rng, Some(&mut observe))?;
+    let chosen = chosen.first().context("purify returned no result")?;
     let logvar = enc.logvar.row(0);
     let least_kl = mean_kl(ndarray::Array1::zeros(logvar.len()).view(), logvar);
     let kl_at_mu = mean_kl(enc.mu.row(0), logvar);
     let nearest = purified.index_axis_move(Axis(0), 0);
-    let replayed = candidates
+    let handed = candidates
         .index_axis(Axis(0), chosen.candidate.min(m - 1))
         .to_owned();
-    let gap = (&replayed - &nearest)
+    let gap = (&handed - &nearest)
         .iter()
         .fold(0.0f32, |g, v| g.max(v.abs()));
     ensure!(
-        chosen.candidate < m && gap <= 1e-4,
-        "internal error: candidate {} re-decoded from the same latents differs from purify's \
-         output by {gap:e}",
+        chosen.candidate < m && gap <= 1e-6,
+        "internal error: the chosen candidate {} differs from purify's output by {gap:e}",
         chosen.candidate
     );
     Ok(FaceOutputs {
