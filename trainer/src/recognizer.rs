@@ -124,10 +124,9 @@ pub fn check_model(path: &Path) -> Result<()> {
 /// The crop box `(x0, y0, side)` of `crop` in a `LFW_IMAGE_SIDE`-square image, rounded as
 /// `trainer prepare` rounds it.
 fn crop_box(crop: &CropSpec) -> (f32, f32, f32) {
-    let side = (crop.side * LFW_IMAGE_SIDE).round().max(1.0);
-    let x0 = (crop.center_x * LFW_IMAGE_SIDE - side / 2.0).round();
-    let y0 = (crop.center_y * LFW_IMAGE_SIDE - side / 2.0).round();
-    (x0, y0, side)
+    let side = LFW_IMAGE_SIDE as u32;
+    let (x0, y0, s) = crate::data::crop_box(crop, side, side);
+    (x0 as f32, y0 as f32, s as f32)
 }
 
 /// The similarity taking crop pixels (of an `size x size` crop made with `crop` from a
