@@ -245,17 +245,23 @@ fn scan_layout(data: &Path) -> Result<Layout> {
     })
 }
 
-/// One line of fold 1 of `pairs.txt`: two (name, image number) references.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PairLine {
-    a: (String, usize),
-    b: (String, usize),
-    same: bool,
+/// One line of an LFW `pairs.txt`: two images (person name, image number) and whether they show
+/// the same person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairLine {
+    /// First image.
+    pub a: (String, usize),
+    /// Second image.
+    pub b: (String, usize),
+    /// Same person.
+    pub same: bool,
 }
 
-/// Parses fold 1 of an LFW `pairs.txt` (first line "folds n", then per fold n same-person lines
-/// `name n1 n2` and n different-person lines `name1 n1 name2 n2`).
-fn parse_fold1(path: &Path) -> Result<Vec<PairLine>> {
+/// Parses an LFW `pairs.txt` (first line "folds n", then per fold n same-person lines
+/// `name n1 n2` and n different-person lines `name1 n1 name2 n2`): one list per fold, for the
+/// first `max_folds` folds (the rest of the file is not read). The error names the file and
+/// line.
+pub fn parse_pairs(path: &Path, max_folds: usize) -> Result<Vec<Vec<PairLine>>> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
     let mut lines = text.lines().enumerate();
@@ -267,7 +273,7 @@ fn parse_fold1(path: &Path) -> Result<Vec<PairLine>> {
                 .collect()
         })
         .unwrap_or_default();
-    let [_, per_kind] = header[..] else {
+    let [folds, per_kind] = header[..] else {
         bail!(
             "'{}' line 1: expected '<folds> <pairs per kind>', e.g. '10 300'",
             path.display()
@@ -281,41 +287,55 @@ fn parse_fold1(path: &Path) -> Result<Vec<PairLine>> {
             )
         })
     };
-    let mut pairs = Vec::with_capacity(2 * per_kind);
-    for (i, line) in lines.take(2 * per_kind) {
-        let t: Vec<&str> = line.split_whitespace().collect();
-        let pair = match (pairs.len() < per_kind, t.as_slice()) {
-            (true, [name, n1, n2]) => PairLine {
-                a: (name.to_string(), number(n1, i + 1)?),
-                b: (name.to_string(), number(n2, i + 1)?),
-                same: true,
-            },
-            (false, [name1, n1, name2, n2]) => PairLine {
-                a: (name1.to_string(), number(n1, i + 1)?),
-                b: (name2.to_string(), number(n2, i + 1)?),
-                same: false,
-            },
-            _ => bail!(
-                "'{}' line {}: expected '{}', got '{line}'",
-                path.display(),
-                i + 1,
-                if pairs.len() < per_kind {
-                    "name n1 n2"
-                } else {
-                    "name1 n1 name2 n2"
-                }
-            ),
-        };
-        pairs.push(pair);
+    let folds = folds.min(max_folds);
+    let mut out = Vec::with_capacity(folds);
+    for fold in 0..folds {
+        let mut pairs = Vec::with_capacity(2 * per_kind);
+        for (i, line) in lines.by_ref().take(2 * per_kind) {
+            let t: Vec<&str> = line.split_whitespace().collect();
+            let pair = match (pairs.len() < per_kind, t.as_slice()) {
+                (true, [name, n1, n2]) => PairLine {
+                    a: (name.to_string(), number(n1, i + 1)?),
+                    b: (name.to_string(), number(n2, i + 1)?),
+                    same: true,
+                },
+                (false, [name1, n1, name2, n2]) => PairLine {
+                    a: (name1.to_string(), number(n1, i + 1)?),
+                    b: (name2.to_string(), number(n2, i + 1)?),
+                    same: false,
+                },
+                _ => bail!(
+                    "'{}' line {}: expected '{}', got '{line}'",
+                    path.display(),
+                    i + 1,
+                    if pairs.len() < per_kind {
+                        "name n1 n2"
+                    } else {
+                        "name1 n1 name2 n2"
+                    }
+                ),
+            };
+            pairs.push(pair);
+        }
+        ensure!(
+            pairs.len() == 2 * per_kind,
+            "'{}' ends after {} lines of fold {}, expected {}",
+            path.display(),
+            pairs.len(),
+            fold + 1,
+            2 * per_kind
+        );
+        out.push(pairs);
     }
-    ensure!(
-        pairs.len() == 2 * per_kind,
-        "'{}' ends after {} lines of fold 1, expected {}",
-        path.display(),
-        pairs.len(),
-        2 * per_kind
-    );
-    Ok(pairs)
+    Ok(out)
+}
+
+/// Fold 1 of an LFW `pairs.txt` (see [`parse_pairs`]).
+fn parse_fold1(path: &Path) -> Result<Vec<PairLine>> {
+    parse_pairs(path, 1)?
+        .into_iter()
+        .next()
+        .with_context(|| format!("'{}' has no fold", path.display()))
 }
 
 /// Square pixel box `(x0, y0, side)` of `crop` inside a `width` x `height` image.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use tch::{Kind, Tensor};
 
 use super::{Cell, EvalOptions};
@@ -35,56 +35,16 @@ type ImageRef = (String, usize);
 
 /// Different-identity pairs of folds 2 to 10 of `pairs.txt`, one list per fold.
 fn impostor_pairs_after_fold1(path: &Path) -> Result<Vec<Vec<[ImageRef; 2]>>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<usize> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let [folds, per_kind] = header[..] else {
-        bail!(
-            "'{}' line 1 is not '<folds> <pairs per kind>'",
-            path.display()
-        );
-    };
-    let lines: Vec<&str> = lines.collect();
-    ensure!(
-        lines.len() >= folds * 2 * per_kind,
-        "'{}' has {} pair lines, expected {}",
-        path.display(),
-        lines.len(),
-        folds * 2 * per_kind
-    );
-    let mut out = Vec::new();
-    for fold in 1..folds {
-        let start = fold * 2 * per_kind + per_kind;
-        let mut pairs = Vec::with_capacity(per_kind);
-        for (k, line) in lines[start..start + per_kind].iter().enumerate() {
-            let t: Vec<&str> = line.split_whitespace().collect();
-            let [a, na, b, nb] = t[..] else {
-                bail!(
-                    "'{}' line {}: expected 'name1 n1 name2 n2'",
-                    path.display(),
-                    start + k + 2
-                );
-            };
-            let num = |s: &str| {
-                s.parse::<usize>().with_context(|| {
-                    format!(
-                        "'{}' line {}: bad image number '{s}'",
-                        path.display(),
-                        start + k + 2
-                    )
-                })
-            };
-            pairs.push([(a.to_owned(), num(na)?), (b.to_owned(), num(nb)?)]);
-        }
-        out.push(pairs);
-    }
-    Ok(out)
+    Ok(crate::data::parse_pairs(path, usize::MAX)?
+        .into_iter()
+        .skip(1)
+        .map(|fold| {
+            fold.into_iter()
+                .filter(|p| !p.same)
+                .map(|p| [p.a, p.b])
+                .collect()
+        })
+        .collect())
 }
 
 /// `count` indices spread evenly over `0..len`.
