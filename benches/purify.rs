@@ -2,7 +2,8 @@
 //! for each backend (tract, ONNX Runtime on the CPU) and M = 16, 64, 128 samples per face:
 //! faces/s and ms per face through the `avaepurify` element, the raw engine time spent on the
 //! same faces inside it (encoder + decoder calls, from the element's `stats`) and the element's
-//! overhead over it (crop, resize, sampling, selection, paste-back), and the decoder's achieved
+//! overhead over it (crop, resize, sampling, selection, paste-back), the same faces through the
+//! GStreamer-free frame purifier (`frame::purify_faces`, no pipeline), and the decoder's achieved
 //! GFLOP/s (M x the bundle's `decoder_flops` over that engine time, which also holds the encoder:
 //! a lower bound) beside this machine's measured sgemm GFLOP/s.
 //!
@@ -14,8 +15,10 @@ use std::time::Instant;
 
 use gst::prelude::*;
 use gstavaepurify::bundle::default_model_dir;
+use gstavaepurify::core::image::{FrameMut, PixelLayout, Region};
 use gstavaepurify::engine::{Backend, Device};
-use gstavaepurify::purifier::Purifier;
+use gstavaepurify::frame::{self, Placement};
+use gstavaepurify::purifier::{Purifier, PurifyParams};
 use ndarray::Array2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -83,6 +86,7 @@ struct Row {
     samples: usize,
     element_ms: f64,
     engine_ms: f64,
+    frame_ms: f64,
     decoder_gflops: f64,
 }
 
@@ -157,6 +161,63 @@ fn element_time(
     Ok((elapsed * 1e3 / (reps * nfaces) as f64, engine_ms))
 }
 
+/// Milliseconds per face through the GStreamer-free frame purifier ([`frame::purify_faces`]) on
+/// the element's frames and face boxes, without a pipeline.
+fn frame_time(
+    purifier: &mut Purifier,
+    samples: usize,
+    nfaces: usize,
+    reps: usize,
+) -> Result<f64, String> {
+    let (w, h) = (FRAME_W as usize, FRAME_H as usize);
+    let mut rng = StdRng::seed_from_u64(2);
+    let faces: Vec<Placement> = (0..nfaces)
+        .map(|i| {
+            Placement::Box(Region {
+                x: (i % 4) * 150 + 10,
+                y: (i / 4) * 115 + 5,
+                width: 110,
+                height: 110,
+            })
+        })
+        .collect();
+    let params = PurifyParams {
+        samples,
+        batch: BATCH,
+        tau: purifier.default_tau(),
+    };
+    let mut storage = Vec::new();
+    let mut run_once = |rng: &mut StdRng| -> Result<(), String> {
+        let mut data: Vec<u8> = (0..w * h * 3).map(|_| rng.random()).collect();
+        let mut frame =
+            FrameMut::new(&mut data, w, h, 3 * w, PixelLayout::Rgb).map_err(|e| e.to_string())?;
+        let mut draw = StdRng::seed_from_u64(1);
+        let out = frame::purify_faces(
+            purifier,
+            &mut frame,
+            &faces,
+            &params,
+            0.15,
+            &mut draw,
+            &mut storage,
+        )
+        .map_err(|e| format!("frame purifier (M = {samples}): {e}"))?;
+        if out.len() != nfaces {
+            return Err(format!(
+                "frame purifier returned {} results for {nfaces} faces",
+                out.len()
+            ));
+        }
+        Ok(())
+    };
+    run_once(&mut rng)?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        run_once(&mut rng)?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3 / (reps * nfaces) as f64)
+}
+
 fn run() -> Result<(), String> {
     let o = options()?;
     gst::init().map_err(|e| e.to_string())?;
@@ -165,7 +226,7 @@ fn run() -> Result<(), String> {
     let reps = if o.quick { 2 } else { 5 };
     let mut rows = Vec::new();
     for (label, backend) in [("tract", Backend::Tract), ("ort", Backend::Ort)] {
-        let purifier = match Purifier::load(&o.model, backend, Device::Cpu) {
+        let mut purifier = match Purifier::load(&o.model, backend, Device::Cpu) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("skipping backend {label}: {e}");
@@ -176,6 +237,7 @@ fn run() -> Result<(), String> {
         let flops = purifier.bundle().manifest.decoder_flops as f64;
         for &m in sample_counts {
             let (element_ms, engine_ms) = element_time(&o.model, label, m, o.faces, reps)?;
+            let frame_ms = frame_time(&mut purifier, m, o.faces, reps)?;
             // Encoder time is in the engine time too, so this is a lower bound for the decoder.
             let decoder_gflops = (m as f64 * flops) / (engine_ms * 1e-3) / 1e9;
             rows.push(Row {
@@ -183,6 +245,7 @@ fn run() -> Result<(), String> {
                 samples: m,
                 element_ms,
                 engine_ms,
+                frame_ms,
                 decoder_gflops,
             });
         }
@@ -206,17 +269,18 @@ fn run() -> Result<(), String> {
     );
     println!();
     println!(
-        "| backend | M | faces/s | ms/face (element) | ms/face (engine only) | element overhead | decoder GFLOP/s | sgemm GFLOP/s (1 thread / {cores} threads) |"
+        "| backend | M | faces/s | ms/face (element) | ms/face (frame purifier, no GStreamer) | ms/face (engine only) | element overhead | decoder GFLOP/s | sgemm GFLOP/s (1 thread / {cores} threads) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let overhead = 100.0 * (r.element_ms - r.engine_ms) / r.element_ms;
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} % | {:.1} | {:.1} / {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} % | {:.1} | {:.1} / {:.1} |",
             r.backend,
             r.samples,
             1000.0 / r.element_ms,
             r.element_ms,
+            r.frame_ms,
             r.engine_ms,
             overhead,
             r.decoder_gflops,
