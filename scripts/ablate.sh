@@ -12,7 +12,8 @@ runs=("$@"); [ ${#runs[@]} -gt 0 ] || runs=(ft-base ft-denoise)
 root="${AVAE_RUNS:-$HOME/avae-runs}"
 mkdir -p "$root"
 cargo build --release -p avae-trainer
-bin="$root/trainer-bin"; cp target/release/trainer "$bin"
+# Replaced by rename: a running ablation keeps its own copy (cp onto a busy binary fails).
+bin="$root/trainer-bin"; cp target/release/trainer "$bin.new" && mv -f "$bin.new" "$bin"
 [ -f "$root/data/lfw-64.bin" ] || "$bin" prepare --size 64 --out "$root/data"
 for r in "${runs[@]}"; do
   case "$r" in
