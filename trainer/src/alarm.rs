@@ -92,23 +92,6 @@ pub fn rate_above(scores: &[f32], threshold: f32) -> f64 {
     scores.iter().filter(|&&s| s > threshold).count() as f64 / scores.len().max(1) as f64
 }
 
-/// The ROC curve `(false-alarm rate, detection rate)` of `positives` against `negatives`, at
-/// every distinct score, from (0, 0) to (1, 1).
-pub fn roc(negatives: &[f32], positives: &[f32]) -> Vec<(f64, f64)> {
-    let mut cuts: Vec<f32> = negatives.iter().chain(positives).copied().collect();
-    cuts.sort_by(|a, b| b.total_cmp(a));
-    cuts.dedup();
-    let mut out = vec![(0.0, 0.0)];
-    for c in cuts {
-        out.push((
-            rate_above(negatives, c - 1e-9 * c.abs().max(1.0)),
-            rate_above(positives, c - 1e-9 * c.abs().max(1.0)),
-        ));
-    }
-    out.push((1.0, 1.0));
-    out
-}
-
 /// Alarm figures of one attack for one combination.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlarmFigures {
@@ -299,7 +282,8 @@ mod tests {
         assert_eq!(auc(&[0.0, 1.0, 2.0], &[3.0, 4.0]), 1.0);
         assert_eq!(auc(&[1.0, 1.0], &[1.0, 1.0]), 0.5);
         assert_eq!(auc(&[3.0, 4.0], &[0.0, 1.0]), 0.0);
-        let curve = roc(&[0.0, 1.0], &[2.0, 3.0]);
+        // The report's ROC curve serves the alarm too: attacked faces are the positives.
+        let curve = crate::report::roc(&[0.0, 1.0, 2.0, 3.0], &[false, false, true, true]);
         assert_eq!(curve.first(), Some(&(0.0, 0.0)));
         assert_eq!(curve.last(), Some(&(1.0, 1.0)));
         assert!(curve.contains(&(0.0, 1.0)));

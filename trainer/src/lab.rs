@@ -54,8 +54,8 @@ pub const SAMPLES: usize = 16;
 /// One row of the lab table.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabRow {
-    /// `image` or `crop`.
-    pub threat_model: String,
+    /// What the attacker perturbs (`image` or `crop` in JSON).
+    pub threat_model: ThreatModel,
     /// What the row is (`none`, `down-up 32`, or the bundle folder).
     pub defense: String,
     /// Training provenance of the bundle (steps, objective), if any.
@@ -124,8 +124,8 @@ impl Space {
         }
     }
 
-    /// Defends `x` (rows of input set `which` starting at `first`) as this threat model's
-    /// defended system does.
+    /// Defends `x` (with its faces at `places` on photos) as this threat model's defended
+    /// system does.
     fn defend(
         &self,
         defense: &mut Defense,
@@ -499,7 +499,7 @@ fn run_space(
             t.elapsed().as_secs_f64()
         );
         rows.push(LabRow {
-            threat_model: space.model.key().to_owned(),
+            threat_model: space.model,
             defense: lab.name.clone(),
             provenance: lab.provenance.clone(),
             threshold,
@@ -655,7 +655,7 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
         ));
         let f =
             |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
-        for r in rows.iter().filter(|r| r.threat_model == model.key()) {
+        for r in rows.iter().filter(|r| r.threat_model == model) {
             let a = |k: &str| f(r.accuracy.get(k).copied(), 3);
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -686,7 +686,7 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
 fn render_alarm(rows: &[LabRow], model: ThreatModel) -> String {
     let rows: Vec<&LabRow> = rows
         .iter()
-        .filter(|r| r.threat_model == model.key() && !r.alarm.is_empty())
+        .filter(|r| r.threat_model == model && !r.alarm.is_empty())
         .collect();
     if rows.is_empty() {
         return String::new();

@@ -14,7 +14,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use gstavaepurify::core::align::Similarity;
-use gstavaepurify::core::image::{FrameMut, FrameRef, PixelLayout, Region};
+use gstavaepurify::core::image::{FrameMut, PixelLayout, Region};
 use gstavaepurify::frame::{self, Placement};
 use ndarray::{Array3, Array4};
 use rand::rngs::StdRng;
@@ -174,7 +174,7 @@ impl PastePipeline {
         );
         let (h, w) = (usize::try_from(size[2])?, usize::try_from(size[3])?);
         // [N, 3, H, W] in [-1, 1] -> interleaved RGB bytes, one frame after the other.
-        let bytes = Vec::<u8>::try_from(
+        let mut bytes = Vec::<u8>::try_from(
             &((&x + 1.0) * 127.5)
                 .round()
                 .clamp(0.0, 255.0)
@@ -183,17 +183,10 @@ impl PastePipeline {
                 .contiguous()
                 .view([-1]),
         )?;
-        let mut bytes = bytes;
         let s = self.side;
         let mut storage = Vec::new();
         for (i, data) in bytes.chunks_mut(3 * h * w).enumerate() {
-            let mut dest = FrameMut {
-                data,
-                width: w,
-                height: h,
-                stride: 3 * w,
-                layout: PixelLayout::Rgb,
-            };
+            let mut dest = FrameMut::new(data, w, h, 3 * w, PixelLayout::Rgb)?;
             let placement = &placements[i];
             match &mut *defense {
                 Defense::AVae(avae) => {
@@ -213,14 +206,7 @@ impl PastePipeline {
                 }
                 other => {
                     let mut crop = Array3::<f32>::zeros((3, s, s));
-                    let source = FrameRef {
-                        data: &*dest.data,
-                        width: w,
-                        height: h,
-                        stride: 3 * w,
-                        layout: PixelLayout::Rgb,
-                    };
-                    frame::read(&source, placement, crop.view_mut())?;
+                    frame::read(&dest.as_frame_ref(), placement, crop.view_mut())?;
                     let t = Tensor::from_slice(crop.as_slice().context("crop layout")?)
                         .view([1, 3, s as i64, s as i64]);
                     let out = other.apply(&t, &seeds[i..=i])?;
