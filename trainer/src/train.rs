@@ -214,6 +214,10 @@ pub struct CheckpointMeta {
     /// Git commit of the trainer source that ran the training ("unknown" outside a git checkout).
     #[serde(default = "unknown")]
     pub commit: String,
+    /// The bundle whose generator the run started from (`--init-bundle`), described with its own
+    /// provenance; `None` for a run trained from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 fn unknown() -> String {
@@ -861,6 +865,8 @@ struct Session<'a> {
     /// The crop cache's description and the source commit, for checkpoints.
     dataset: String,
     commit: String,
+    /// The bundle the run started from, for checkpoints ([`CheckpointMeta::init`]).
+    init: Option<String>,
 }
 
 impl<'a> Session<'a> {
@@ -894,6 +900,12 @@ impl<'a> Session<'a> {
         } else if let Some(dir) = &opts.init_bundle {
             models.init_from_bundle(dir, &cfg)?;
         }
+        // A run resumed from a checkpoint older than the `init` field keeps what --init-bundle says.
+        let init = match (resumed.and_then(|m| m.init.clone()), &opts.init_bundle) {
+            (Some(init), _) => Some(init),
+            (None, Some(dir)) => Some(describe_bundle(dir)?),
+            (None, None) => None,
+        };
         let denoise_rng = StdRng::seed_from_u64(h.seed ^ 0xD3_0153 ^ start);
         let mut opt_g = adam(&models.gen_vs, h.lr)?;
         opt_g.set_lr_group(MAPPING_GROUP, h.lr * cfg.mapping_lr_mul);
@@ -934,6 +946,7 @@ impl<'a> Session<'a> {
             log,
             dataset,
             commit: source_commit(),
+            init,
         })
     }
 
@@ -1012,6 +1025,7 @@ impl<'a> Session<'a> {
             dataset: self.dataset.clone(),
             created_unix: now_unix(),
             commit: self.commit.clone(),
+            init: self.init.clone(),
         };
         save_checkpoint(
             &self.opts.out,
@@ -1028,7 +1042,7 @@ impl<'a> Session<'a> {
 
 /// Provenance entries of a bundle exported from `meta` (docs/CONTRACT.md).
 pub fn provenance(meta: &CheckpointMeta) -> BTreeMap<String, serde_json::Value> {
-    BTreeMap::from([
+    let mut provenance = BTreeMap::from([
         ("dataset".to_owned(), json!(meta.dataset)),
         ("steps".to_owned(), json!(meta.step)),
         ("objective".to_owned(), json!(meta.objective.label())),
@@ -1038,7 +1052,30 @@ pub fn provenance(meta: &CheckpointMeta) -> BTreeMap<String, serde_json::Value> 
             "trainer".to_owned(),
             json!(concat!("avae-trainer ", env!("CARGO_PKG_VERSION"))),
         ),
-    ])
+    ]);
+    if let Some(init) = &meta.init {
+        provenance.insert("init".to_owned(), json!(init));
+    }
+    provenance
+}
+
+/// `--init-bundle DIR` as the run's `init`: the folder and what its own provenance says.
+fn describe_bundle(dir: &Path) -> Result<String> {
+    let bundle = gstavaepurify::bundle::Bundle::load(dir)
+        .with_context(|| format!("--init-bundle '{}'", dir.display()))?;
+    let field = |key: &str| {
+        bundle.manifest.provenance.get(key).map_or_else(
+            || "?".to_owned(),
+            |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+        )
+    };
+    Ok(format!(
+        "the generator of the bundle '{}' ({} steps of objective {}, trainer commit {})",
+        dir.display(),
+        field("steps"),
+        field("objective"),
+        field("commit")
+    ))
 }
 
 #[cfg(test)]

@@ -634,6 +634,10 @@ fn render_intro(w: &mut String, r: &RenderInput<'_>) {
             meta.step
         );
     }
+    let init = r.purifier.bundle().manifest.provenance.get("init");
+    if let Some(init) = init.and_then(Value::as_str) {
+        let _ = writeln!(w, "**Fine-tuned:** the run started from {init}.\n");
+    }
 }
 
 /// The model's sizes, in rows of the Model table.

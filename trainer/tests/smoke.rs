@@ -142,5 +142,31 @@ fn prepare_train_and_resume() {
     // Only the newest two checkpoint folders are kept.
     assert!(!run.join("ckpt-00000002").exists());
     assert!(run.join("ckpt-00000004").is_dir() && run.join("ckpt-00000005").is_dir());
+    assert!(meta.get("init").is_none(), "a run from scratch has no init: {meta}");
+
+    // A fine-tuning run records the bundle it started from, and keeps it across a resume.
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/bundle-tiny");
+    let tiny = tiny.to_str().unwrap();
+    let mut finetune: Vec<&str> = common.iter().copied().collect();
+    finetune[finetune.iter().position(|a| *a == "run").unwrap()] = "run-ft";
+    let first_ft: Vec<&str> = finetune
+        .iter()
+        .copied()
+        .chain(["--steps", "2", "--init-bundle", tiny])
+        .collect();
+    trainer(&first_ft, &tmp);
+    let resumed_ft: Vec<&str> = finetune
+        .iter()
+        .copied()
+        .chain(["--steps", "3", "--resume"])
+        .collect();
+    trainer(&resumed_ft, &tmp);
+    let meta: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(tmp.join("run-ft/checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["step"], 3);
+    let init = meta["init"].as_str().unwrap_or_default();
+    assert!(init.contains("bundle-tiny"), "init: {meta}");
     fs::remove_dir_all(&tmp).unwrap();
 }
