@@ -19,6 +19,7 @@ mod error;
 pub mod frame;
 pub mod paths;
 pub mod purifier;
+pub mod shared;
 
 pub use error::Error;
 
