@@ -237,7 +237,9 @@ fn load_counts() -> &'static Mutex<HashMap<(&'static str, String), u64>> {
 }
 
 fn count_load(kind: &'static str, id: &str) {
-    *lock(load_counts()).entry((kind, id.to_owned())).or_default() += 1;
+    *lock(load_counts())
+        .entry((kind, id.to_owned()))
+        .or_default() += 1;
 }
 
 /// How many times a shared purifier was loaded for `model-instance-id` `id` in this process
@@ -546,7 +548,10 @@ fn run_worker(core: &Core) {
                     if queue.closed {
                         return;
                     }
-                    queue = core.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
+                    queue = core
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
                     continue;
                 }
                 match due(&queue, Instant::now()) {
@@ -1069,7 +1074,12 @@ mod tests {
 
     fn tiny() -> Purifier {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
-        Purifier::load(&dir, crate::engine::Backend::Tract, crate::engine::Device::Cpu).unwrap()
+        Purifier::load(
+            &dir,
+            crate::engine::Backend::Tract,
+            crate::engine::Device::Cpu,
+        )
+        .unwrap()
     }
 
     fn faces(n: usize, s: usize, shift: usize) -> Array4<f32> {
@@ -1120,8 +1130,15 @@ mod tests {
         let (mut rng_a, mut rng_b) = (StdRng::seed_from_u64(11), StdRng::seed_from_u64(12));
         let (results, chosen) = {
             let mut rngs = [&mut rng_a, &mut rng_b];
-            purify_streams(&mut purifier, together.view_mut(), &enc, &order, &mut rngs, &params)
-                .unwrap()
+            purify_streams(
+                &mut purifier,
+                together.view_mut(),
+                &enc,
+                &order,
+                &mut rngs,
+                &params,
+            )
+            .unwrap()
         };
         for (row, &(o, k)) in rows.iter().enumerate() {
             let (want_face, want, want_chosen) = if o == 0 {
@@ -1149,8 +1166,15 @@ mod tests {
             batch: 2,
             tau: 1.0,
         };
-        let err = purify_streams(&mut purifier, f.view_mut(), &enc, &[0, 1], &mut [&mut rng], &params)
-            .unwrap_err();
+        let err = purify_streams(
+            &mut purifier,
+            f.view_mut(),
+            &enc,
+            &[0, 1],
+            &mut [&mut rng],
+            &params,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("owners"), "{err}");
     }
 
@@ -1196,11 +1220,18 @@ mod tests {
         assert_eq!(due(&queue, t0), None, "every stream is waiting");
         queue.streams = 4;
         queue.pending.push_back(request(4, 4, 8, t0));
-        assert_eq!(due(&queue, t0), None, "16 faces reach the smallest limit, 8");
+        assert_eq!(
+            due(&queue, t0),
+            None,
+            "16 faces reach the smallest limit, 8"
+        );
         // take: 4 + 4 fit the limit 16 of the first two; the 8-face limit of the fourth stops
         // nothing before it, and the third still fits 16.
         let taken = take(&mut queue.pending);
-        assert_eq!(taken.iter().map(|r| r.stream).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            taken.iter().map(|r| r.stream).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         let taken = take(&mut queue.pending);
         assert_eq!(taken.iter().map(|r| r.stream).collect::<Vec<_>>(), [4]);
     }
@@ -1208,8 +1239,9 @@ mod tests {
     #[test]
     fn an_oversized_request_runs_alone() {
         let t0 = Instant::now();
-        let mut pending: VecDeque<Request> =
-            [request(1, 20, 16, t0), request(2, 1, 16, t0)].into_iter().collect();
+        let mut pending: VecDeque<Request> = [request(1, 20, 16, t0), request(2, 1, 16, t0)]
+            .into_iter()
+            .collect();
         assert_eq!(take(&mut pending).len(), 1);
         assert_eq!(take(&mut pending).len(), 1);
     }

@@ -1,0 +1,310 @@
+//! Many streams in one process, side by side in one run: 1, 2 and 4 streams of synthetic
+//! 640x480 frames with 4 face ROIs each, every stream an `avaepurify` in its own
+//! `gst_check::Harness` on its own thread, with
+//!
+//! - *separate* engines (no `model-instance-id`: each stream loads the bundle),
+//! - one *shared* engine (`model-instance-id`: one bundle, faces batched across streams),
+//! - `backend=kserve` against the Open Inference Protocol server named by `AVAE_KSERVE`
+//!   (host:port) when the plugin has that backend and the server answers; otherwise the row
+//!   says why it was not run.
+//!
+//! Per row: faces/s over the whole run (all streams), per-frame latency percentiles (p50,
+//! p99: from pushing a frame to getting it back) and, for shared rows, faces/s against the
+//! separate engines of the same stream count.
+//!
+//! `cargo bench --bench streams [-- --quick] [--frames N] [--model DIR] [--backend B]
+//! [--samples M]`
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gstavaepurify::bundle::default_model_dir;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FRAME_W: u32 = 640;
+const FRAME_H: u32 = 480;
+const FACES: u32 = 4;
+
+struct Options {
+    frames: usize,
+    model: PathBuf,
+    backend: String,
+    samples: u32,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        frames: 16,
+        model: default_model_dir(),
+        backend: "ort".into(),
+        samples: 16,
+    };
+    let mut args = std::env::args().skip(1);
+    let number = |v: Option<String>, what: &str| -> Result<usize, String> {
+        v.and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| v >= 1)
+            .ok_or(format!("{what} needs a number >= 1"))
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.frames = 6,
+            "--frames" => o.frames = number(args.next(), "--frames")?,
+            "--samples" => o.samples = number(args.next(), "--samples")? as u32,
+            "--model" => o.model = args.next().ok_or("--model needs a folder")?.into(),
+            "--backend" => {
+                o.backend = args
+                    .next()
+                    .filter(|b| b == "ort" || b == "tract")
+                    .ok_or("--backend needs ort or tract")?
+            }
+            "--bench" => {}
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(o)
+}
+
+/// How the streams of a row get their engine.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Separate,
+    Shared,
+    Kserve,
+}
+
+impl Mode {
+    fn label(self, backend: &str) -> String {
+        match self {
+            Mode::Separate => format!("separate engines ({backend})"),
+            Mode::Shared => format!("one shared engine ({backend}, model-instance-id)"),
+            Mode::Kserve => "backend=kserve (loopback server)".into(),
+        }
+    }
+}
+
+/// One row's measurement.
+struct Row {
+    faces_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_batch_faces: f64,
+}
+
+fn frame(rng: &mut StdRng) -> Result<gst::Buffer, String> {
+    let data: Vec<u8> = (0..(FRAME_W * FRAME_H * 3)).map(|_| rng.random()).collect();
+    let mut buf = gst::Buffer::from_mut_slice(data);
+    let b = buf.get_mut().ok_or("buffer not writable")?;
+    for i in 0..FACES {
+        let x = (i % 4) * 150 + 10;
+        let y = (i / 4) * 115 + 5;
+        gst_video::VideoRegionOfInterestMeta::add(b, "face", (x, y, 110, 110));
+    }
+    Ok(buf)
+}
+
+fn harness(
+    o: &Options,
+    mode: Mode,
+    id: &str,
+    server: Option<&str>,
+) -> Result<gst_check::Harness, String> {
+    let mut h = gst_check::Harness::new("avaepurify");
+    {
+        let el = h.element().ok_or("no element in harness")?;
+        el.set_property("model", o.model.to_str().ok_or("model path is not UTF-8")?);
+        match mode {
+            Mode::Kserve => {
+                el.set_property_from_str("backend", "kserve");
+                el.set_property("server", server.unwrap_or_default());
+            }
+            _ => {
+                el.set_property_from_str("backend", &o.backend);
+                el.set_property_from_str("device", "cpu");
+            }
+        }
+        if mode == Mode::Shared {
+            el.set_property("model-instance-id", id);
+        }
+        el.set_property("samples", o.samples);
+        el.set_property("batch", 16u32);
+        el.set_property("seed", 1u64);
+        el.set_property("alarm", false);
+    }
+    h.set_src_caps_str(&format!(
+        "video/x-raw,format=RGB,width={FRAME_W},height={FRAME_H},framerate=25/1"
+    ));
+    Ok(h)
+}
+
+/// `streams` streams of `o.frames` frames each, started together; per-frame latencies of
+/// all streams and the run's wall time.
+fn measure(o: &Options, mode: Mode, streams: usize, server: Option<&str>) -> Result<Row, String> {
+    let id = format!("bench-{streams}");
+    let start = Arc::new(Barrier::new(streams + 1));
+    let done = Arc::new(Barrier::new(streams + 1));
+    let mut workers = Vec::new();
+    for s in 0..streams {
+        let (start, done) = (start.clone(), done.clone());
+        let (id, server) = (id.clone(), server.map(str::to_owned));
+        let o = Options {
+            frames: o.frames,
+            model: o.model.clone(),
+            backend: o.backend.clone(),
+            samples: o.samples,
+        };
+        workers.push(std::thread::spawn(
+            move || -> Result<(Vec<f64>, f64), String> {
+                let prepared = (|| -> Result<(gst_check::Harness, Vec<gst::Buffer>), String> {
+                    let mut h = harness(&o, mode, &id, server.as_deref())?;
+                    let mut rng = StdRng::seed_from_u64(s as u64 + 2);
+                    // Warm-up (engine load, first-shape plans) outside the timed run.
+                    h.push_and_pull(frame(&mut rng)?)
+                        .map_err(|e| format!("warm-up frame: {e:?}"))?;
+                    let frames = (0..o.frames)
+                        .map(|_| frame(&mut rng))
+                        .collect::<Result<_, _>>()?;
+                    Ok((h, frames))
+                })();
+                start.wait();
+                let timed = prepared.and_then(|(mut h, frames)| {
+                    let mut latencies = Vec::with_capacity(frames.len());
+                    for f in frames {
+                        let t = Instant::now();
+                        h.push_and_pull(f).map_err(|e| format!("frame: {e:?}"))?;
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    let stats =
+                        (h.element().ok_or("no element")?).property::<gst::Structure>("stats");
+                    let failures = stats.get::<u64>("failures").unwrap_or(0);
+                    if failures > 0 {
+                        return Err(format!("{failures} frames failed: {stats}"));
+                    }
+                    let mean = stats.get::<f64>("shared-mean-batch-faces").unwrap_or(0.0);
+                    Ok((latencies, mean, h))
+                });
+                // Keep the engine until every stream is done, then stop together.
+                done.wait();
+                timed.map(|(latencies, mean, _)| (latencies, mean))
+            },
+        ));
+    }
+    start.wait();
+    let t0 = Instant::now();
+    done.wait();
+    let wall = t0.elapsed().as_secs_f64();
+    let mut latencies = Vec::new();
+    let mut means = Vec::new();
+    for w in workers {
+        let (lat, mean) = w.join().map_err(|_| "a stream panicked".to_owned())??;
+        latencies.extend(lat);
+        means.push(mean);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies.get(i).copied().unwrap_or(f64::NAN)
+    };
+    Ok(Row {
+        faces_per_s: (streams * o.frames) as f64 * f64::from(FACES) / wall,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        mean_batch_faces: means.iter().sum::<f64>() / means.len().max(1) as f64,
+    })
+}
+
+/// The server to use for the kserve rows, or why they are not run.
+fn kserve_server() -> Result<String, String> {
+    let element = gst::ElementFactory::make("avaepurify")
+        .build()
+        .map_err(|e| format!("no avaepurify: {e}"))?;
+    let pspec = element
+        .find_property("backend")
+        .ok_or("avaepurify has no backend property")?;
+    let has_kserve = pspec
+        .downcast_ref::<glib::ParamSpecEnum>()
+        .map(|e| e.enum_class().value_by_nick("kserve").is_some())
+        .unwrap_or(false);
+    if !has_kserve {
+        return Err("this build has no backend=kserve".into());
+    }
+    let server = std::env::var("AVAE_KSERVE")
+        .map_err(|_| "AVAE_KSERVE (host:port of an MLServer/Triton with the bundle) is not set")?;
+    let addr = server
+        .to_socket_addrs()
+        .map_err(|e| format!("AVAE_KSERVE={server}: {e}"))?
+        .next()
+        .ok_or(format!("AVAE_KSERVE={server}: no address"))?;
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("no server answers at AVAE_KSERVE={server}: {e}"))?;
+    Ok(server)
+}
+
+fn run() -> Result<(), String> {
+    let o = options()?;
+    gst::init().map_err(|e| e.to_string())?;
+    gstavaepurify::plugin_register_static().map_err(|e| e.to_string())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "avaepurify multi-stream benchmark: model {}, {FACES} faces per {FRAME_W}x{FRAME_H} RGB \
+         frame, M = {}, batch 16, {} frames per stream, {cores} cores",
+        o.model.display(),
+        o.samples,
+        o.frames
+    );
+    println!(
+        "| streams | engine | faces/s | ms/frame p50 | ms/frame p99 | faces per shared call | \
+         vs separate |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let kserve = kserve_server();
+    for streams in [1usize, 2, 4] {
+        let mut separate = None;
+        for mode in [Mode::Separate, Mode::Shared, Mode::Kserve] {
+            let label = mode.label(&o.backend);
+            let server = match (mode, &kserve) {
+                (Mode::Kserve, Ok(server)) => Some(server.as_str()),
+                (Mode::Kserve, Err(why)) => {
+                    println!("| {streams} | {label} | not run: {why} | | | | |");
+                    continue;
+                }
+                _ => None,
+            };
+            match measure(&o, mode, streams, server) {
+                Ok(row) => {
+                    if mode == Mode::Separate {
+                        separate = Some(row.faces_per_s);
+                    }
+                    let batch = if mode == Mode::Shared {
+                        format!("{:.2}", row.mean_batch_faces)
+                    } else {
+                        "-".into()
+                    };
+                    let versus = match (mode, separate) {
+                        (Mode::Separate, _) | (_, None) => "-".into(),
+                        (_, Some(base)) => {
+                            format!("{:+.1} %", (row.faces_per_s / base - 1.0) * 100.0)
+                        }
+                    };
+                    println!(
+                        "| {streams} | {label} | {:.1} | {:.1} | {:.1} | {batch} | {versus} |",
+                        row.faces_per_s, row.p50_ms, row.p99_ms
+                    );
+                }
+                Err(e) => println!("| {streams} | {label} | failed: {e} | | | | |"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("streams bench: {e}");
+        std::process::exit(1);
+    }
+}
