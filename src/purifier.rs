@@ -6,14 +6,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use ndarray::{
-    Array2, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut4, Axis, Ix2, Ix4, s,
+    Array1, Array2, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut4, Axis, Ix2, Ix4, s,
 };
 use rand::rngs::StdRng;
 
 use crate::Error;
 use crate::bundle::{Bundle, GraphKind};
 use crate::core::latent::{mean_kl, sample_latents};
-use crate::core::select::NearestTracker;
+use crate::core::select::{NearestTracker, squared_distance};
+use crate::engine::precision::{self, CpuFeatures, Precision, DecoderChoice};
 use crate::engine::{self, Backend, Device, Engine};
 
 /// How to purify: the element's `samples`, `batch` and `tau` properties.
@@ -128,6 +129,66 @@ pub struct Encoded {
     pub skip: Array4<f32>,
 }
 
+impl Encoded {
+    /// The encoder outputs of the faces `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Encoded {
+        Encoded {
+            mu: self.mu.select(Axis(0), rows),
+            logvar: self.logvar.select(Axis(0), rows),
+            skip: self.skip.select(Axis(0), rows),
+        }
+    }
+}
+
+/// The latent a full purification chose for one face, kept so that later frames of the same
+/// face can be decoded from it with their own encoder output (per-track reuse,
+/// [`Purifier::decode_chosen`]): one decoder call instead of M.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    /// The chosen latent z `[D]`: the KL-clipped sample the candidate was decoded from.
+    pub latent: Array1<f32>,
+    /// Index of the chosen sample, in `0..samples` of that purification.
+    pub candidate: usize,
+    /// Whether the KL clip changed any latent of that purification.
+    pub clipped: bool,
+}
+
+/// The running nearest candidate's latent of each face, beside [`NearestTracker`]: same
+/// distance, same rule (strictly nearer replaces, ties keep the earlier sample).
+struct LatentKeeper {
+    best: Vec<Option<(f32, usize)>>,
+    latents: Array2<f32>,
+}
+
+impl LatentKeeper {
+    fn new(faces: usize, dim: usize) -> Self {
+        LatentKeeper {
+            best: vec![None; faces],
+            latents: Array2::zeros((faces, dim)),
+        }
+    }
+
+    fn offer(&mut self, face: usize, sample: usize, distance: f32, z: ndarray::ArrayView1<'_, f32>) {
+        if self.best[face].is_none_or(|(d, _)| distance < d) {
+            self.best[face] = Some((distance, sample));
+            self.latents.row_mut(face).assign(&z);
+        }
+    }
+
+    fn finish(self, clipped: &[bool]) -> Vec<Chosen> {
+        self.best
+            .iter()
+            .zip(self.latents.outer_iter())
+            .zip(clipped)
+            .map(|((best, latent), &clipped)| Chosen {
+                latent: latent.to_owned(),
+                candidate: best.map_or(0, |(_, c)| c),
+                clipped,
+            })
+            .collect()
+    }
+}
+
 /// A loaded bundle ready to purify faces.
 pub struct Purifier {
     bundle: Bundle,
@@ -136,6 +197,8 @@ pub struct Purifier {
     /// The fused decode-and-select graph, when in use (GPU providers, or forced).
     fused: Option<Box<dyn Engine>>,
     engine_seconds: f64,
+    /// Which decoder graph runs (fp32 unless [`Purifier::set_precision`] chose int8).
+    precision: Precision,
 }
 
 impl Purifier {
@@ -167,6 +230,7 @@ impl Purifier {
             decoder,
             fused,
             engine_seconds: 0.0,
+            precision: Precision::Fp32,
         })
     }
 
@@ -187,6 +251,29 @@ impl Purifier {
             None
         };
         Ok(())
+    }
+
+    /// Runs the decoder graph that `requested` calls for on this engine and CPU
+    /// ([`precision::choose`]; fp32 until called), reopening the decoder on `backend`/`device`
+    /// when that changes it. What cannot be honoured falls back to fp32 with its reason.
+    pub fn set_precision(
+        &mut self,
+        requested: Precision,
+        backend: Backend,
+        device: Device,
+    ) -> Result<DecoderChoice, Error> {
+        let running = self.decoder.describe();
+        let choice = precision::choose(&self.bundle, requested, &running, CpuFeatures::detect());
+        if choice.precision != self.precision {
+            self.decoder = engine::open_graph(&choice.graph, backend, device, &self.bundle.dir)?;
+            self.precision = choice.precision;
+        }
+        Ok(choice)
+    }
+
+    /// The decoder precision in use: [`Precision::Fp32`] or [`Precision::Int8`].
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Whether the fused purifier graph is in use.
@@ -329,10 +416,10 @@ impl Purifier {
     /// use, so that every candidate exists; the choice is the same either way.
     pub fn purify_observed(
         &mut self,
-        mut faces: ArrayViewMut4<'_, f32>,
+        faces: ArrayViewMut4<'_, f32>,
         params: &PurifyParams,
         rng: &mut StdRng,
-        mut observe: Option<&mut dyn FnMut(Observed<'_>)>,
+        observe: Option<&mut dyn FnMut(Observed<'_>)>,
     ) -> Result<Vec<Purified>, Error> {
         check_params(params)?;
         self.check_faces(faces.dim())?;
@@ -342,8 +429,112 @@ impl Purifier {
         }
         let enc = self.encode(faces.view())?;
         if self.fused.is_some() && observe.is_none() {
-            return self.purify_fused(faces, &enc, params, rng);
+            return self.purify_fused(faces, &enc, params, rng, None);
         }
+        self.purify_plain(faces, &enc, params, rng, observe, None)
+    }
+
+    /// Purifies `faces` (`[N, 3, S, S]`, already encoded as `enc`) in place as
+    /// [`Purifier::purify`] does, and hands out each face's chosen latent for reuse on later
+    /// frames ([`Purifier::decode_chosen`]). For a given `rng` state the choice is the same as
+    /// [`Purifier::purify`]'s.
+    pub fn purify_chosen(
+        &mut self,
+        faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<(Vec<Purified>, Vec<Chosen>), Error> {
+        check_params(params)?;
+        self.check_faces(faces.dim())?;
+        let n = faces.dim().0;
+        if enc.mu.nrows() != n {
+            return Err(Error::InvalidParameter {
+                name: "enc",
+                value: format!("{} encoded faces for {n} faces", enc.mu.nrows()),
+                expected: "the encoder outputs of exactly these faces",
+            });
+        }
+        let mut keeper = LatentKeeper::new(n, enc.mu.ncols());
+        let results = if self.fused.is_some() {
+            self.purify_fused(faces, enc, params, rng, Some(&mut keeper))?
+        } else {
+            self.purify_plain(faces, enc, params, rng, None, Some(&mut keeper))?
+        };
+        let clipped: Vec<bool> = results.iter().map(|r| r.clipped).collect();
+        Ok((results, keeper.finish(&clipped)))
+    }
+
+    /// Replaces each of `faces` (`[N, 3, S, S]`, encoded as `enc`) by the decoding of its kept
+    /// latent `chosen[i]` with its own, current skip feature: one decoder run per face instead
+    /// of M (per-track reuse). `distance` and the alarm's signals are those of this decoding
+    /// against this input, so the alarm scores the face that goes out; `candidate` and
+    /// `clipped` are those of the purification that chose the latent.
+    pub fn decode_chosen(
+        &mut self,
+        mut faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        chosen: &[&Chosen],
+        batch: usize,
+    ) -> Result<Vec<Purified>, Error> {
+        self.check_faces(faces.dim())?;
+        let n = faces.dim().0;
+        let d = self.bundle.manifest.latent_dim;
+        if enc.mu.nrows() != n || chosen.len() != n || chosen.iter().any(|c| c.latent.len() != d) {
+            return Err(Error::InvalidParameter {
+                name: "chosen",
+                value: format!(
+                    "{} latents and {} encoded faces for {n} faces",
+                    chosen.len(),
+                    enc.mu.nrows()
+                ),
+                expected: "one latent of the bundle's latent_dim and one encoding per face",
+            });
+        }
+        let k = self.coarse_block();
+        let chunk = self.effective_batch(batch.max(1));
+        let mut results = Vec::with_capacity(n);
+        let mut start = 0;
+        while start < n {
+            let b = chunk.min(n - start);
+            let mut z = Array2::<f32>::zeros((b, d));
+            for (mut row, c) in z.outer_iter_mut().zip(&chosen[start..start + b]) {
+                row.assign(&c.latent);
+            }
+            let images = self.decode(z.view(), enc.skip.slice(s![start..start + b, .., .., ..]))?;
+            for (r, image) in images.outer_iter().enumerate() {
+                let face = start + r;
+                let mut input = faces.index_axis_mut(Axis(0), face);
+                let (detail, distance_coarse, detail_candidate) =
+                    coarse_signals(input.view(), image, k);
+                results.push(Purified {
+                    distance: squared_distance(image, input.view()),
+                    candidate: chosen[face].candidate,
+                    clipped: chosen[face].clipped,
+                    kl: mean_kl(enc.mu.row(face), enc.logvar.row(face)),
+                    detail,
+                    distance_coarse,
+                    detail_candidate,
+                });
+                input.assign(&image);
+            }
+            start += b;
+        }
+        Ok(results)
+    }
+
+    /// The plain path of [`Purifier::purify_observed`] on faces already encoded as `enc`;
+    /// `keeper` follows each face's chosen latent.
+    fn purify_plain(
+        &mut self,
+        mut faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+        mut observe: Option<&mut dyn FnMut(Observed<'_>)>,
+        mut keeper: Option<&mut LatentKeeper>,
+    ) -> Result<Vec<Purified>, Error> {
+        let n = faces.dim().0;
         let (m, s) = (params.samples, self.image_size());
         let (d, c) = (enc.mu.ncols(), enc.skip.dim().1);
         let total = n * m;
@@ -386,7 +577,11 @@ impl Purifier {
                         image: image.view(),
                     });
                 }
-                tracker.offer(face, sample, image, faces.index_axis(Axis(0), face));
+                let input = faces.index_axis(Axis(0), face);
+                if let Some(keeper) = keeper.as_mut() {
+                    keeper.offer(face, sample, squared_distance(image, input), z.row(r));
+                }
+                tracker.offer(face, sample, image, input);
             }
             start += b;
         }
@@ -431,6 +626,7 @@ impl Purifier {
         enc: &Encoded,
         params: &PurifyParams,
         rng: &mut StdRng,
+        mut keeper: Option<&mut LatentKeeper>,
     ) -> Result<Vec<Purified>, Error> {
         let path = self
             .bundle
@@ -479,6 +675,9 @@ impl Purifier {
                 );
                 if best.as_ref().is_none_or(|(bd, _, _)| dist < *bd) {
                     best = Some((dist, start + idx, image));
+                    if let Some(keeper) = keeper.as_mut() {
+                        keeper.offer(face, start + idx, dist, z.row(idx.min(b - 1)));
+                    }
                 }
                 start += b;
             }

@@ -21,6 +21,11 @@ pub(super) enum Cause {
     BatchClamped,
     /// A frame had ROI metas, but none of `roi-type`.
     NoMatchingRoi,
+    /// A live stream's frame budget (`max-latency-ms`) left no time to purify a face that has
+    /// no kept latent yet.
+    OverBudget,
+    /// A live stream whose frame rate is unknown and `max-latency-ms=0`: no budget applies.
+    NoBudget,
 }
 
 impl Cause {
@@ -33,6 +38,8 @@ impl Cause {
             Cause::EngineFailed => "engine-failed",
             Cause::BatchClamped => "batch",
             Cause::NoMatchingRoi => "roi-type",
+            Cause::OverBudget => "latency-budget",
+            Cause::NoBudget => "no-budget",
         }
     }
 }
@@ -46,6 +53,19 @@ pub(super) struct FrameReport {
     pub(super) failed: bool,
     pub(super) latency_ms: f64,
     pub(super) engine_ms: f64,
+    /// Faces purified in full (M samples), and of them those refreshed early because the face
+    /// had changed.
+    pub(super) full: u64,
+    pub(super) changed: u64,
+    /// Faces decoded from their track's kept latent (one decoder call).
+    pub(super) reused: u64,
+    /// Engine time of the full and the reuse path (the encoder's share included).
+    pub(super) full_ms: f64,
+    pub(super) reuse_ms: f64,
+    /// Faces left unpurified by a live stream's frame budget.
+    pub(super) over_budget: u64,
+    /// The frame was held longer than its live budget.
+    pub(super) late: bool,
     /// Suspicious faces (score above the alarm threshold).
     pub(super) alarms: u64,
     /// The `avae-purify-alarm` messages to post, rate limit applied.
@@ -82,6 +102,13 @@ pub(super) struct Stats {
     alarms: u64,
     latency_ms_total: f64,
     engine_ms_total: f64,
+    faces_full: u64,
+    faces_changed: u64,
+    faces_reused: u64,
+    full_ms_total: f64,
+    reuse_ms_total: f64,
+    faces_over_budget: u64,
+    late_frames: u64,
 }
 
 impl Stats {
@@ -95,17 +122,21 @@ impl Stats {
         self.alarms += report.alarms;
         self.latency_ms_total += report.latency_ms;
         self.engine_ms_total += report.engine_ms;
+        self.faces_full += report.full;
+        self.faces_changed += report.changed;
+        self.faces_reused += report.reused;
+        self.full_ms_total += report.full_ms;
+        self.reuse_ms_total += report.reuse_ms;
+        self.faces_over_budget += report.over_budget;
+        self.late_frames += u64::from(report.late);
     }
 
     /// The `stats` property's value.
     pub(super) fn to_structure(&self) -> gst::Structure {
-        let per_face = |total: f64| {
-            if self.faces_purified > 0 {
-                total / self.faces_purified as f64
-            } else {
-                0.0
-            }
+        let mean = |total: f64, count: u64| {
+            if count > 0 { total / count as f64 } else { 0.0 }
         };
+        let per_face = |total: f64| mean(total, self.faces_purified);
         gst::Structure::builder(STATS_NAME)
             .field("frames", self.frames)
             .field("faces-purified", self.faces_purified)
@@ -115,6 +146,13 @@ impl Stats {
             .field("alarms", self.alarms)
             .field("mean-latency-ms", per_face(self.latency_ms_total))
             .field("mean-engine-ms", per_face(self.engine_ms_total))
+            .field("faces-full", self.faces_full)
+            .field("faces-reused", self.faces_reused)
+            .field("faces-refreshed-early", self.faces_changed)
+            .field("faces-over-budget", self.faces_over_budget)
+            .field("late-frames", self.late_frames)
+            .field("mean-full-ms", mean(self.full_ms_total, self.faces_full))
+            .field("mean-reuse-ms", mean(self.reuse_ms_total, self.faces_reused))
             .build()
     }
 }

@@ -4,7 +4,8 @@ use gst::glib;
 use gst::prelude::*;
 
 use super::OnFailure;
-use crate::element::{EngineSettings, backend_property, device_property};
+use super::precision::{PrecisionChoice, precision_property};
+use crate::element::{EngineSettings, backend_property, device_property, server_properties};
 
 const DEFAULT_SAMPLES: u32 = 16;
 const DEFAULT_BATCH: u32 = 16;
@@ -22,6 +23,17 @@ const DEFAULT_ALARM: bool = true;
 /// Negative: use the bundle's threshold at 1% clean false alarms (`manifest.json`, `alarm`).
 const DEFAULT_ALARM_THRESHOLD: f64 = -1.0;
 
+/// Frames between two full purifications of a tracked face (measured, see README "Video
+/// rate: reuse and live budget").
+pub(super) const DEFAULT_REFRESH_INTERVAL: u32 = 8;
+/// A reused face whose distance exceeds this many times its distance at the last full
+/// purification is purified in full at once (measured, see the README).
+pub(super) const DEFAULT_REFRESH_RATIO: f64 = 1.5;
+/// 0: the frame period of the negotiated frame rate, for live sources only.
+const DEFAULT_MAX_LATENCY_MS: u32 = 0;
+
+const MAX_REFRESH_INTERVAL: u32 = 10_000;
+const MAX_MAX_LATENCY_MS: u32 = 60_000;
 const MAX_SAMPLES: u32 = 4096;
 const MAX_BATCH: u32 = 4096;
 const MAX_MARGIN: f32 = 2.0;
@@ -32,6 +44,8 @@ const MAX_FEATHER: f32 = 0.5;
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) engine: EngineSettings,
+    pub(super) sharing: crate::shared::SharingSettings,
+    pub(super) precision: PrecisionChoice,
     pub(super) samples: u32,
     pub(super) batch: u32,
     pub(super) tau: f32,
@@ -45,6 +59,9 @@ pub(super) struct Settings {
     pub(super) on_failure: OnFailure,
     pub(super) alarm: bool,
     pub(super) alarm_threshold: f64,
+    pub(super) refresh_interval: u32,
+    pub(super) refresh_ratio: f64,
+    pub(super) max_latency_ms: u32,
 }
 
 impl Default for Settings {
@@ -55,6 +72,8 @@ impl Default for Settings {
                     .to_string_lossy()
                     .into_owned(),
             ),
+            sharing: crate::shared::SharingSettings::default(),
+            precision: PrecisionChoice::default(),
             samples: DEFAULT_SAMPLES,
             batch: DEFAULT_BATCH,
             tau: DEFAULT_TAU,
@@ -68,6 +87,9 @@ impl Default for Settings {
             on_failure: DEFAULT_ON_FAILURE,
             alarm: DEFAULT_ALARM,
             alarm_threshold: DEFAULT_ALARM_THRESHOLD,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            refresh_ratio: DEFAULT_REFRESH_RATIO,
+            max_latency_ms: DEFAULT_MAX_LATENCY_MS,
         }
     }
 }
@@ -76,11 +98,12 @@ impl Settings {
     /// Sets the property `name` (type checked by GObject). An empty `roi-type` is refused:
     /// the previous value stays and the error is the message to log.
     pub(super) fn set(&mut self, name: &str, value: &glib::Value) -> Result<(), String> {
-        if self.engine.set(name, value) {
+        if self.engine.set(name, value) || self.sharing.set(name, value) {
             return Ok(());
         }
         let checked = "type checked upstream";
         match name {
+            "precision" => self.precision = value.get().expect(checked),
             "samples" => self.samples = value.get().expect(checked),
             "batch" => self.batch = value.get().expect(checked),
             "tau" => self.tau = value.get().expect(checked),
@@ -106,6 +129,9 @@ impl Settings {
             "on-failure" => self.on_failure = value.get().expect(checked),
             "alarm" => self.alarm = value.get().expect(checked),
             "alarm-threshold" => self.alarm_threshold = value.get().expect(checked),
+            "refresh-interval" => self.refresh_interval = value.get().expect(checked),
+            "refresh-ratio" => self.refresh_ratio = value.get().expect(checked),
+            "max-latency-ms" => self.max_latency_ms = value.get().expect(checked),
             _ => unimplemented!("property {name}"),
         }
         Ok(())
@@ -113,10 +139,11 @@ impl Settings {
 
     /// The value of the property `name` (all but `stats`).
     pub(super) fn get(&self, name: &str) -> glib::Value {
-        if let Some(value) = self.engine.get(name) {
+        if let Some(value) = self.engine.get(name).or_else(|| self.sharing.get(name)) {
             return value;
         }
         match name {
+            "precision" => self.precision.to_value(),
             "samples" => self.samples.to_value(),
             "batch" => self.batch.to_value(),
             "tau" => self.tau.to_value(),
@@ -130,6 +157,9 @@ impl Settings {
             "on-failure" => self.on_failure.to_value(),
             "alarm" => self.alarm.to_value(),
             "alarm-threshold" => self.alarm_threshold.to_value(),
+            "refresh-interval" => self.refresh_interval.to_value(),
+            "refresh-ratio" => self.refresh_ratio.to_value(),
+            "max-latency-ms" => self.max_latency_ms.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -154,10 +184,14 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
             .build(),
         backend_property(),
         device_property(),
+        precision_property(),
     ];
+    specs.extend(server_properties());
+    specs.extend(crate::shared::sharing_properties(true));
     specs.extend(sampling_properties());
     specs.extend(face_properties());
     specs.extend(alarm_properties());
+    specs.extend(rate_properties());
     specs.push(
             glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                 .nick("Statistics")
@@ -166,7 +200,11 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
                      faces-aligned (purified through landmark alignment), faces-skipped (ROI empty, outside the frame or beyond max-faces), \
                      failures (frames passed through unpurified: unreadable frame or engine \
                      error), alarms (suspicious faces, every one, not rate-limited), mean-latency-ms (per purified face), mean-engine-ms (of it, inside \
-                     the inference engine)",
+                     the inference engine), faces-full (M-sample purifications), faces-reused \
+                     (decoded from their track's kept latent), faces-refreshed-early (full \
+                     because the face had changed), faces-over-budget (left unpurified by a \
+                     live frame budget), late-frames (held past the live budget), \
+                     mean-full-ms and mean-reuse-ms (engine time per face of each path)",
                 )
                 .read_only()
                 .build(),
@@ -326,6 +364,50 @@ fn alarm_properties() -> Vec<glib::ParamSpec> {
             .minimum(-1.0)
             .maximum(f64::MAX)
             .default_value(DEFAULT_ALARM_THRESHOLD)
+            .mutable_playing()
+            .build(),
+    ]
+}
+
+/// The properties of video-rate purification: per-track reuse and the live frame budget.
+fn rate_properties() -> Vec<glib::ParamSpec> {
+    vec![
+        glib::ParamSpecUInt::builder("refresh-interval")
+            .nick("Refresh interval")
+            .blurb(
+                "A tracked face (its ROI's detection param has object_id) is purified in full \
+             (M samples) on its first frame and then every refresh-interval frames; in \
+             between its chosen latent is decoded with the frame's own encoder output (one \
+             decoder call instead of M). 1 purifies every face in full on every frame; faces \
+             without object_id always are",
+            )
+            .minimum(1)
+            .maximum(MAX_REFRESH_INTERVAL)
+            .default_value(DEFAULT_REFRESH_INTERVAL)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecDouble::builder("refresh-ratio")
+            .nick("Refresh ratio")
+            .blurb(
+                "A reused face whose distance to its decoding is more than refresh-ratio times \
+             its distance at its last full purification has changed: it is purified in full \
+             at once (a very large value never refreshes early)",
+            )
+            .minimum(1.0)
+            .maximum(f64::MAX)
+            .default_value(DEFAULT_REFRESH_RATIO)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("max-latency-ms")
+            .nick("Maximum latency")
+            .blurb(
+                "With a live source, the longest a frame is held (ms): faces that cannot get a \
+             full purification in time take the reuse path, or pass through marked \
+             purified=false reason=latency-budget when they have no latent yet. 0 = one frame \
+             period of the negotiated frame rate. Non-live streams never skip purification",
+            )
+            .maximum(MAX_MAX_LATENCY_MS)
+            .default_value(DEFAULT_MAX_LATENCY_MS)
             .mutable_playing()
             .build(),
     ]

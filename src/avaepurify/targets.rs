@@ -4,10 +4,10 @@
 use super::alarms::Verdict;
 use super::report::{Cause, FrameReport};
 use super::settings::Settings;
+use super::tracks::{FacePath, Outcome};
 use crate::core::image::{self, Region};
 use crate::element::{DETECTION_PARAM, Warned, face_from_detection};
 use crate::frame::Placement;
-use crate::purifier::Purified;
 
 /// Name of the param structure added to each purified ROI meta.
 const PARAM_NAME: &str = "avae-purify";
@@ -17,6 +17,9 @@ const PARAM_NAME: &str = "avae-purify";
 pub(super) struct Target {
     pub(super) roi: Option<gst::meta::MetaSeqnum>,
     pub(super) id: Option<i32>,
+    /// The tracker's `object_id` from the ROI's `detection` param: faces with one take the
+    /// per-track reuse path.
+    pub(super) track: Option<i32>,
     pub(super) placement: Placement,
 }
 
@@ -29,14 +32,18 @@ pub(super) struct Geometry<'a> {
     pub(super) template: Option<&'a [[f32; 2]; 5]>,
 }
 
-/// A matching ROI meta: its seqnum, id, pixel rectangle and aligned placement (when it has
-/// landmarks and alignment is on).
+/// A matching ROI meta: its seqnum, id, pixel rectangle, aligned placement (when it has
+/// landmarks and alignment is on) and track id (`object_id` of its `detection` param).
 type Roi = (
     gst::meta::MetaSeqnum,
     i32,
     (u32, u32, u32, u32),
     Option<Placement>,
+    Option<i32>,
 );
+
+/// Name of the tracker's id in the `detection` param (an int >= 1; absent: untracked).
+const OBJECT_ID: &str = "object_id";
 
 /// The aligned placement that maps the landmarks of `detection` (normalised to the frame) onto
 /// the template; `None` when the structure has no landmarks or they are degenerate
@@ -66,11 +73,14 @@ fn matching_rois(
         .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
         .filter(|meta| meta.roi_type() == settings.roi_type)
         .map(|meta| {
+            let detection = meta.param(DETECTION_PARAM);
             let aligned = template.and_then(|template| {
-                let detection = meta.param(DETECTION_PARAM)?;
-                landmark_alignment(detection, template, geometry)
+                landmark_alignment(detection?, template, geometry)
             });
-            (meta.seqnum(), meta.id(), meta.rect(), aligned)
+            let track = detection
+                .and_then(|d| d.get::<i32>(OBJECT_ID).ok())
+                .filter(|id| *id >= 1);
+            (meta.seqnum(), meta.id(), meta.rect(), aligned, track)
         })
         .collect();
     rois.sort_by_key(|(seqnum, ..)| *seqnum);
@@ -109,7 +119,7 @@ fn note_other_roi_types(
 /// The target of `roi`: its aligned placement, else the square box around it with `margin`;
 /// `None` when the ROI is empty or outside the frame.
 fn roi_target(roi: &Roi, settings: &Settings, geometry: &Geometry<'_>) -> Option<Target> {
-    let (seqnum, id, (x, y, w, h), aligned) = *roi;
+    let (seqnum, id, (x, y, w, h), aligned, track) = *roi;
     let square = image::square_box(
         i64::from(x),
         i64::from(y),
@@ -122,6 +132,7 @@ fn roi_target(roi: &Roi, settings: &Settings, geometry: &Geometry<'_>) -> Option
     Some(Target {
         roi: Some(seqnum),
         id: Some(id),
+        track,
         placement: aligned.unwrap_or(Placement::Box(square.into())),
     })
 }
@@ -139,6 +150,7 @@ pub(super) fn targets(
         let whole = Target {
             roi: None,
             id: None,
+            track: None,
             placement: Placement::Frame(Region::full(geometry.width, geometry.height)),
         };
         return (vec![whole], Vec::new());
@@ -172,7 +184,7 @@ pub(super) fn targets(
         match roi_target(roi, settings, geometry) {
             Some(target) => targets.push(target),
             None => {
-                let (_, _, (x, y, w, h), _) = *roi;
+                let (_, _, (x, y, w, h), ..) = *roi;
                 let (width, height) = (geometry.width, geometry.height);
                 report.skipped += 1;
                 report.note(warned, Cause::RoiOutsideFrame, || {
@@ -189,12 +201,13 @@ pub(super) fn targets(
 }
 
 /// Adds the `avae-purify` param structure to each ROI meta that was purified (with
-/// `purified=true` when `mark`, and `score` and `suspicious` when the alarm gave `verdicts`).
+/// `purified=true` when `mark`, `reused`, `refresh` on the full path, `track-age` and
+/// `latent-age` for a tracked face, and `score` and `suspicious` when the alarm gave a verdict).
 pub(super) fn annotate_rois(
     buffer: &mut gst::BufferRef,
     targets: &[Target],
-    results: &[Purified],
-    verdicts: Option<&[Verdict]>,
+    outcomes: &[Outcome],
+    verdicts: &[Option<Verdict>],
     samples: u32,
     mark: bool,
 ) {
@@ -203,7 +216,10 @@ pub(super) fn annotate_rois(
         let Some(found) = targets.iter().position(|t| t.roi == Some(seqnum)) else {
             continue;
         };
-        let result = &results[found];
+        let outcome = &outcomes[found];
+        let Some(result) = &outcome.result else {
+            continue;
+        };
         let builder = gst::Structure::builder(PARAM_NAME);
         let builder = if mark {
             builder.field("purified", true)
@@ -216,8 +232,19 @@ pub(super) fn annotate_rois(
                 "candidate",
                 u32::try_from(result.candidate).unwrap_or(u32::MAX),
             )
-            .field("samples", samples);
-        let builder = match verdicts.map(|v| v[found]) {
+            .field("samples", samples)
+            .field("reused", outcome.path == FacePath::Reused);
+        let builder = match outcome.path {
+            FacePath::Full(refresh) => builder.field("refresh", refresh.name()),
+            _ => builder,
+        };
+        let builder = match outcome.ages {
+            Some((track_age, latent_age)) => builder
+                .field("track-age", track_age)
+                .field("latent-age", latent_age),
+            None => builder,
+        };
+        let builder = match verdicts[found] {
             Some(verdict) => builder
                 .field("score", verdict.score)
                 .field("suspicious", verdict.suspicious),

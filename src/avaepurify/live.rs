@@ -1,0 +1,78 @@
+//! The live frame budget of `avaepurify`: whether upstream is live (a latency query), the
+//! budget that follows from `max-latency-ms` and the negotiated frame rate, and the warm-up
+//! at start that measures what each path costs before the first frame needs the figures.
+
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use ndarray::{Array2, Array4};
+
+use super::tracks::Costs;
+use crate::purifier::Purifier;
+
+/// Whether the source upstream of `sink` is live (its latency query says so); `false` when
+/// nobody answers.
+pub(super) fn upstream_is_live(sink: &gst::Pad) -> bool {
+    let mut query = gst::query::Latency::new();
+    sink.peer_query(&mut query) && query.result().0
+}
+
+/// Whether `element` runs on gst-check's test clock (a `Harness`): its time is not wall-clock
+/// time and the source behind it is not a real one, so the frame-rate budget does not apply
+/// there (an explicit `max-latency-ms` still does).
+pub(super) fn test_clock(element: &impl IsA<gst::Element>) -> bool {
+    element
+        .clock()
+        .is_some_and(|clock| clock.type_().name() == "GstTestClock")
+}
+
+/// The frame budget: `max_latency_ms` when it is set, else one frame period of `info`'s frame
+/// rate; `None` when it is 0 and the frame rate is unknown (variable, 0/1).
+pub(super) fn frame_budget(max_latency_ms: u32, info: &gst_video::VideoInfo) -> Option<Duration> {
+    if max_latency_ms > 0 {
+        return Some(Duration::from_millis(u64::from(max_latency_ms)));
+    }
+    let fps = info.fps();
+    (fps.numer() > 0 && fps.denom() > 0)
+        .then(|| Duration::from_secs_f64(f64::from(fps.denom()) / f64::from(fps.numer())))
+}
+
+/// Runs the encoder on one blank face and the decoder on a chunk of `batch` latents and on one
+/// latent, twice (the first run warms the engines up), and seeds `costs` with the second.
+pub(super) fn warm_up(
+    purifier: &mut Purifier,
+    batch: usize,
+    costs: &mut Costs,
+) -> Result<(), crate::Error> {
+    let side = purifier.image_size();
+    let dim = purifier.bundle().manifest.latent_dim;
+    let chunk = purifier.effective_batch(batch.max(1));
+    let face = Array4::<f32>::zeros((1, 3, side, side));
+    for round in 0..2 {
+        let started = Instant::now();
+        let enc = purifier.encode(face.view())?;
+        let encoded = started.elapsed();
+        let skip = enc.skip.broadcast((chunk, enc.skip.dim().1, 16, 16));
+        let skip = skip.map(|s| s.to_owned()).ok_or_else(|| crate::Error::InvalidParameter {
+            name: "skip",
+            value: format!("{:?}", enc.skip.dim()),
+            expected: "one face's skip feature",
+        })?;
+        let z = Array2::<f32>::zeros((chunk, dim));
+        let started = Instant::now();
+        purifier.decode(z.view(), skip.view())?;
+        let sampled = started.elapsed();
+        let started = Instant::now();
+        purifier.decode(
+            z.slice(ndarray::s![..1, ..]),
+            skip.slice(ndarray::s![..1, .., .., ..]),
+        )?;
+        let reused = started.elapsed();
+        if round == 1 {
+            costs.encode.update(encoded, 1);
+            costs.sample.update(sampled, chunk);
+            costs.reuse.update(reused, 1);
+        }
+    }
+    Ok(())
+}
