@@ -359,6 +359,11 @@ def main():
             calibrate_method={"minmax": CalibrationMethod.MinMax,
                               "percentile": CalibrationMethod.Percentile,
                               "entropy": CalibrationMethod.Entropy}[args.calibration])
+        # Drop the quantizer's inferred intermediate shapes: their symbolic batch dims
+        # conflict with tract's own analysis, and neither engine needs them.
+        quantized = onnx.load(staged)
+        del quantized.graph.value_info[:]
+        onnx.save(quantized, staged)
         int8 = session(staged)
 
         m = args.check_samples

@@ -47,7 +47,8 @@ pub struct GraphEntry {
     pub sha256: String,
 }
 
-/// The graphs of a bundle. `purifier` (the fused decode-and-select graph) is optional.
+/// The graphs of a bundle. `purifier` (the fused decode-and-select graph) and `decoder_int8`
+/// are optional.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Graphs {
     /// `face [N,3,S,S] -> mu [N,D], logvar [N,D], skip [N,C,16,16]`.
@@ -57,6 +58,11 @@ pub struct Graphs {
     /// `z [B,D], skip [1,C,16,16], face [1,3,S,S] -> image [1,3,S,S], distance [1], index [1]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purifier: Option<GraphEntry>,
+    /// The decoder with int8 convolutions (`scripts/quantize.py`), same inputs and outputs as
+    /// `decoder`; used by [`crate::engine::precision`] only while
+    /// `provenance.decoder_int8.decoder_sha256` is `decoder`'s sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_int8: Option<GraphEntry>,
 }
 
 /// `manifest.json` of a bundle.
@@ -105,6 +111,8 @@ pub enum GraphKind {
     Decoder,
     /// The fused purifier.
     Purifier,
+    /// The optional int8 decoder.
+    DecoderInt8,
 }
 
 /// A validated bundle.
@@ -198,6 +206,7 @@ impl Bundle {
             GraphKind::Encoder => Some(&g.encoder),
             GraphKind::Decoder => Some(&g.decoder),
             GraphKind::Purifier => g.purifier.as_ref(),
+            GraphKind::DecoderInt8 => g.decoder_int8.as_ref(),
         }
     }
 
@@ -244,14 +253,16 @@ impl Bundle {
                 ("skip", vec![Any, Is(c), Is(16), Is(16)]),
             ],
         )?;
-        self.check_graph(
-            GraphKind::Decoder,
-            &[
-                ("z", vec![Any, Is(d)]),
-                ("skip", vec![Any, Is(c), Is(16), Is(16)]),
-            ],
-            &[("image", vec![Any, Is(3), Is(s), Is(s)])],
-        )?;
+        for decoder in [GraphKind::Decoder, GraphKind::DecoderInt8] {
+            self.check_graph(
+                decoder,
+                &[
+                    ("z", vec![Any, Is(d)]),
+                    ("skip", vec![Any, Is(c), Is(16), Is(16)]),
+                ],
+                &[("image", vec![Any, Is(3), Is(s), Is(s)])],
+            )?;
+        }
         if m.graphs.purifier.is_some() {
             self.check_graph(
                 GraphKind::Purifier,

@@ -14,7 +14,7 @@ use crate::Error;
 use crate::bundle::{Bundle, GraphKind};
 use crate::core::latent::{mean_kl, sample_latents};
 use crate::core::select::{NearestTracker, squared_distance};
-use crate::engine::precision::{self, CpuFeatures, Precision, DecoderChoice};
+use crate::engine::precision::{self, CpuFeatures, DecoderChoice, Precision};
 use crate::engine::{self, Backend, Device, Engine};
 
 /// How to purify: the element's `samples`, `batch` and `tau` properties.

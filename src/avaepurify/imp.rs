@@ -385,6 +385,7 @@ impl BaseTransformImpl for AvaePurify {
             settings.engine.device.into(),
         )
         .map_err(|err| element::load_error("A-VAE model bundle", &settings.engine.model, &err))?;
+        let purifier = super::precision::apply(self, *CAT, purifier, &settings)?;
         gst::info!(
             CAT,
             imp = self,

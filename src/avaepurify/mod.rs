@@ -18,11 +18,13 @@ use gst::prelude::*;
 
 mod alarms;
 mod imp;
+mod precision;
 mod report;
 mod settings;
 mod targets;
 
 pub use crate::element::{BackendChoice, DeviceChoice};
+pub use precision::PrecisionChoice;
 
 glib::wrapper! {
     /// The `avaepurify` element (a `GstVideoFilter`), see the module documentation.
@@ -63,6 +65,7 @@ pub enum OnFailure {
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     crate::element::mark_as_plugin_api();
     OnFailure::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    precision::PrecisionChoice::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "avaepurify",

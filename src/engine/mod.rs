@@ -16,6 +16,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::Error;
 
 pub mod ort;
+pub mod precision;
 pub mod tract;
 
 /// A loaded ONNX graph that can be run on f32 inputs.

@@ -170,6 +170,7 @@ pub fn export_bundle(
             encoder,
             decoder,
             purifier: Some(purifier),
+            decoder_int8: None,
         },
         landmark_template: extras.landmark_template,
         alarm: None,
