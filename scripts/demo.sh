@@ -4,8 +4,10 @@
 # videoconvert ! x264enc ! mp4mux` into out/demo.mp4, a summary (frames, faces found and
 # purified, fps) and a contact sheet of faces before/after in out/contact-sheet.png. It also
 # builds target/release/libgstavaepurify.so, the plugin that pipelines/*.sh load.
-# Arguments go to the demo: --input FILE --output FILE --sheet FILE --samples N --faces K
-# --model BUNDLE --backend auto|ort|tract --input-size PIXELS --interval N (see --help).
+# It also prints where each frame's time goes (decode, colour conversion, detection, purification,
+# encode). Arguments go to the demo: --input FILE --output FILE --sheet FILE --samples N --faces K
+# --model BUNDLE --backend auto|ort|tract --input-size PIXELS --interval N --encoder 'x264enc ...'
+# --compare (also run the settings of before issue 13 and print both in one table; see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
