@@ -6,7 +6,8 @@
 //! opened on ([`Engine::describe`](super::Engine::describe)) and the CPU's dot-product
 //! instructions ([`CpuFeatures::detect`]). `auto` takes int8 only where it was measured faster:
 //! ONNX Runtime on the CPU with VNNI (its QLinearConv kernels use VNNI dot products); fp32 on
-//! tract, on GPU providers and on CPUs without VNNI. An explicit `int8` is honoured wherever the
+//! tract (whose int8 decoder was not measurably faster), on GPU providers and on CPUs
+//! without VNNI. An explicit `int8` is honoured wherever the
 //! bundle has a current int8 decoder; `bf16` always falls back to fp32 (neither engine has bf16
 //! convolution kernels on the CPU, and no bundle ships a bf16 graph). Every fallback carries its
 //! reason for the caller to log.
@@ -214,7 +215,7 @@ pub fn choose(
                 Precision::Fp32,
                 fp32,
                 "auto: the int8 decoder is used only by ONNX Runtime on the CPU (on tract it \
-                 is slower than fp32; GPU providers run the fp32 graphs)"
+                 was not measurably faster than fp32; GPU providers run the fp32 graphs)"
                     .into(),
                 None,
             ),
