@@ -20,6 +20,7 @@ pub mod frame;
 pub mod paths;
 pub mod purifier;
 pub mod shared;
+pub mod tracker;
 
 pub use error::Error;
 
