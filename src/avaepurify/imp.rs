@@ -15,12 +15,16 @@ use rand::rngs::StdRng;
 
 use super::OnFailure;
 use super::alarms::{self, Limiter, Verdict};
+use super::faces::{self, Rate, Timing, Work};
+use super::live;
 use super::report::{Cause, FrameReport, Stats};
 use super::settings::{self, Settings};
 use super::targets::{self, Geometry, Target};
+use super::tracks::{Budget, Costs, FacePath, Outcome, Refresh, Tracks};
 use crate::element::{self, Warned, lock};
 use crate::frame::{self, FrameError, Placement};
 use crate::purifier::{Purified, Purifier, PurifyParams};
+use crate::shared::{EngineKey, PurifierHandle};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -32,12 +36,16 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 /// What exists only between `start()` and `stop()`.
 struct State {
-    purifier: Purifier,
+    purifier: PurifierHandle,
     rng: StdRng,
     info: Option<gst_video::VideoInfo>,
-    /// Storage of the `[N, 3, S, S]` face batch, reused from frame to frame.
-    faces: Vec<f32>,
     warned: Warned<Cause>,
+    /// The kept latents of the face tracks (reset on flush and caps change).
+    tracks: Tracks,
+    /// The measured cost of each path, for the live budget.
+    costs: Costs,
+    /// Whether upstream is live, asked at the first frame after caps.
+    live: Option<bool>,
     /// The rate limit of the `avae-purify-alarm` messages.
     limiter: Limiter,
 }
@@ -51,20 +59,22 @@ pub struct AvaePurify {
 }
 
 impl AvaePurify {
-    /// Purifies every target of `frame` in one purifier call ([`frame::purify_faces`]). On
-    /// error the frame is untouched.
+    /// Purifies every target of `frame` along its path ([`faces::purify`]). On error the
+    /// frame is untouched.
     fn purify_frame(
         state: &mut State,
         settings: &Settings,
         frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
         targets: &[Target],
-    ) -> Result<Vec<Purified>, (Cause, String)> {
+        budget: Option<Budget>,
+    ) -> Result<(Vec<Outcome>, Timing), (Cause, String)> {
         let mut dest =
             element::writable_frame(frame).map_err(|reason| (Cause::FrameUnreadable, reason))?;
         let State {
             purifier,
             rng,
-            faces: storage,
+            tracks,
+            costs,
             ..
         } = state;
         let params = PurifyParams {
@@ -76,17 +86,20 @@ impl AvaePurify {
                 settings.tau
             },
         };
-        let placements: Vec<Placement> = targets.iter().map(|t| t.placement).collect();
-        frame::purify_faces(
+        let rate = Rate {
+            params,
+            feather: settings.feather,
+            interval: settings.refresh_interval,
+            ratio: settings.refresh_ratio,
+            budget,
+        };
+        let work = Work {
             purifier,
-            &mut dest,
-            &placements,
-            &params,
-            settings.feather,
             rng,
-            storage,
-        )
-        .map_err(|err| match err {
+            tracks,
+            costs,
+        };
+        faces::purify(work, &mut dest, targets, &rate).map_err(|err| match err {
             FrameError::Unreadable(reason) => (Cause::FrameUnreadable, reason),
             FrameError::Engine(reason) => (Cause::EngineFailed, reason),
         })
@@ -97,12 +110,14 @@ impl AvaePurify {
         &self,
         buffer: &mut gst::BufferRef,
         settings: &Settings,
+        received: Instant,
     ) -> Result<FrameReport, gst::FlowError> {
         let mut state_guard = lock(&self.state);
         let state = state_guard.as_mut().ok_or(gst::FlowError::Flushing)?;
         let info = state.info.clone().ok_or(gst::FlowError::NotNegotiated)?;
 
         let mut report = FrameReport::default();
+        let budget = self.budget(state, settings, &info, received, &mut report);
         Self::note_batch_clamp(state, settings, &mut report);
         let template = state.purifier.bundle().manifest.landmark_template;
         let geometry = Geometry {
@@ -116,11 +131,17 @@ impl AvaePurify {
         if targets.is_empty() && extras.is_empty() {
             return Ok(report);
         }
-        let failure = if targets.is_empty() {
-            None
+        let (failure, over) = if targets.is_empty() {
+            (None, Vec::new())
         } else {
-            self.purify_targets(state, settings, buffer, &info, &targets, &mut report)
+            self.purify_targets(state, settings, buffer, &info, &targets, budget, &mut report)
         };
+        if let Some(budget) = &budget {
+            report.late = budget.exceeded();
+        }
+        if !over.is_empty() {
+            self.handle_over_budget(settings, buffer, &info, &targets, &over, geometry.side);
+        }
 
         // The faces that go on unpurified: all of them when the frame failed, and those beyond
         // max-faces; `on-failure` decides what becomes of them.
@@ -164,8 +185,39 @@ impl AvaePurify {
         }
     }
 
+    /// The live budget of this frame: `None` unless upstream is live (asked once after caps).
+    fn budget(
+        &self,
+        state: &mut State,
+        settings: &Settings,
+        info: &gst_video::VideoInfo,
+        received: Instant,
+        report: &mut FrameReport,
+    ) -> Option<Budget> {
+        let live = *state
+            .live
+            .get_or_insert_with(|| live::upstream_is_live(&self.obj().sink_pad()));
+        if !live || (settings.max_latency_ms == 0 && live::test_clock(&*self.obj())) {
+            return None;
+        }
+        let limit = live::frame_budget(settings.max_latency_ms, info);
+        if limit.is_none() {
+            report.note(&mut state.warned, Cause::NoBudget, || {
+                "A live stream with an unknown frame rate and max-latency-ms=0: no frame budget \
+                 applies (set max-latency-ms)"
+                    .to_owned()
+            });
+        }
+        limit.map(|limit| Budget {
+            start: received,
+            limit,
+        })
+    }
+
     /// Purifies `targets` in place and annotates their ROIs; on failure the frame is untouched
     /// and the cause and reason come back (warned about once, unless `on-failure=error`).
+    /// Second, the targets the live budget left unpurified.
+    #[allow(clippy::too_many_arguments)]
     fn purify_targets(
         &self,
         state: &mut State,
@@ -173,37 +225,38 @@ impl AvaePurify {
         buffer: &mut gst::BufferRef,
         info: &gst_video::VideoInfo,
         targets: &[Target],
+        budget: Option<Budget>,
         report: &mut FrameReport,
-    ) -> Option<(Cause, String)> {
+    ) -> (Option<(Cause, String)>, Vec<usize>) {
         let policy = settings.on_failure;
         let started = Instant::now();
         let engine_before = state.purifier.engine_seconds();
         let outcome = match gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, info) {
-            Ok(mut frame) => Self::purify_frame(state, settings, &mut frame, targets),
+            Ok(mut frame) => Self::purify_frame(state, settings, &mut frame, targets, budget),
             Err(err) => Err((
                 Cause::FrameUnreadable,
                 format!("cannot map the buffer: {err}"),
             )),
         };
         let (cause, reason) = match outcome {
-            Ok(results) => {
-                report.purified = targets.len() as u64;
-                report.aligned = targets
-                    .iter()
-                    .filter(|t| matches!(t.placement, Placement::Aligned(_)))
-                    .count() as u64;
+            Ok((outcomes, timing)) => {
+                Self::count(targets, &outcomes, &timing, report);
                 report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
                 report.engine_ms = (state.purifier.engine_seconds() - engine_before) * 1000.0;
-                let verdicts = Self::judge(state, settings, buffer, targets, &results, report);
+                let verdicts = Self::judge(state, settings, buffer, targets, &outcomes, report);
                 targets::annotate_rois(
                     buffer,
                     targets,
-                    &results,
-                    verdicts.as_deref(),
+                    &outcomes,
+                    &verdicts,
                     settings.samples,
                     policy == OnFailure::Mark,
                 );
-                return None;
+                let over = (outcomes.iter().enumerate())
+                    .filter(|(_, o)| o.path == FacePath::OverBudget)
+                    .map(|(i, _)| i)
+                    .collect();
+                return (None, over);
             }
             Err(failure) => failure,
         };
@@ -226,7 +279,55 @@ impl AvaePurify {
                 )
             });
         }
-        Some((cause, reason))
+        (Some((cause, reason)), Vec::new())
+    }
+
+    /// Counts the faces of each path into `report`.
+    fn count(targets: &[Target], outcomes: &[Outcome], timing: &Timing, report: &mut FrameReport) {
+        let purified = || {
+            targets
+                .iter()
+                .zip(outcomes)
+                .filter(|(_, o)| o.result.is_some())
+        };
+        report.purified = purified().count() as u64;
+        report.aligned = purified()
+            .filter(|(t, _)| matches!(t.placement, Placement::Aligned(_)))
+            .count() as u64;
+        let paths = || outcomes.iter().map(|o| o.path);
+        report.full = paths().filter(|p| matches!(p, FacePath::Full(_))).count() as u64;
+        report.changed = paths()
+            .filter(|p| *p == FacePath::Full(Refresh::Changed))
+            .count() as u64;
+        report.reused = paths().filter(|p| *p == FacePath::Reused).count() as u64;
+        report.over_budget = paths().filter(|p| *p == FacePath::OverBudget).count() as u64;
+        report.full_ms = timing.full_ms;
+        report.reuse_ms = timing.reuse_ms;
+    }
+
+    /// Faces the live budget left unpurified: marked `purified=false reason=latency-budget`
+    /// whatever `on-failure` says (a budget is not a failure), and concealed as well with
+    /// `on-failure=conceal`.
+    fn handle_over_budget(
+        &self,
+        settings: &Settings,
+        buffer: &mut gst::BufferRef,
+        info: &gst_video::VideoInfo,
+        targets: &[Target],
+        over: &[usize],
+        side: usize,
+    ) {
+        let unpurified: Vec<(&Target, Cause)> =
+            over.iter().map(|&i| (&targets[i], Cause::OverBudget)).collect();
+        targets::mark_unpurified(buffer, &unpurified);
+        if settings.on_failure == OnFailure::Conceal {
+            let concealed = gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, info)
+                .map_err(|err| err.to_string())
+                .and_then(|mut frame| Self::conceal(&mut frame, &unpurified, side));
+            if let Err(reason) = concealed {
+                gst::debug!(CAT, imp = self, "Cannot conceal: {reason}");
+            }
+        }
     }
 
     /// The alarm's verdicts on the purified faces (`None` with `alarm=false` or a bundle without
@@ -236,17 +337,28 @@ impl AvaePurify {
         settings: &Settings,
         buffer: &gst::BufferRef,
         targets: &[Target],
-        results: &[Purified],
+        outcomes: &[Outcome],
         report: &mut FrameReport,
-    ) -> Option<Vec<Verdict>> {
+    ) -> Vec<Option<Verdict>> {
+        let none = vec![None; outcomes.len()];
         let params = state.purifier.bundle().manifest.alarm.as_ref();
-        let params = params.filter(|_| settings.alarm)?;
+        let Some(params) = params.filter(|_| settings.alarm) else {
+            return none;
+        };
         let threshold = alarms::threshold(settings.alarm_threshold, params);
-        let verdicts = alarms::verdicts(params, threshold, results);
-        let ids: Vec<Option<i32>> = targets.iter().map(|t| t.id).collect();
+        let scored: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| outcomes[i].result.is_some())
+            .collect();
+        let results: Vec<Purified> = scored.iter().filter_map(|&i| outcomes[i].result).collect();
+        let verdicts = alarms::verdicts(params, threshold, &results);
+        let ids: Vec<Option<i32>> = scored.iter().map(|&i| targets[i].id).collect();
         report.alarms = verdicts.iter().filter(|v| v.suspicious).count() as u64;
         report.alarm_messages = (state.limiter).messages(&ids, &verdicts, threshold, buffer.pts());
-        Some(verdicts)
+        let mut all = none;
+        for (i, verdict) in scored.into_iter().zip(verdicts) {
+            all[i] = Some(verdict);
+        }
+        all
     }
 
     /// Applies `on-failure` to the faces that go on unpurified: those of a failed frame
@@ -342,7 +454,9 @@ impl ObjectImpl for AvaePurify {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            return lock(&self.stats).to_structure().to_value();
+            let mut stats = lock(&self.stats).to_structure();
+            crate::shared::add_purifier_stats(&mut stats, lock(&self.state).as_ref().map(|s| &s.purifier));
+            return stats.to_value();
         }
         lock(&self.settings).get(pspec.name())
     }
@@ -379,13 +493,20 @@ impl BaseTransformImpl for AvaePurify {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
-        let purifier = Purifier::load(
-            Path::new(&settings.engine.model),
-            settings.engine.backend.into(),
-            settings.engine.device.into(),
-        )
-        .map_err(|err| element::load_error("A-VAE model bundle", &settings.engine.model, &err))?;
-        let purifier = super::precision::apply(self, *CAT, purifier, &settings)?;
+        let load = || {
+            let purifier = Purifier::load(
+                Path::new(&settings.engine.model),
+                settings.engine.backend()?,
+                settings.engine.device.into(),
+            )
+            .map_err(|err| {
+                element::load_error("A-VAE model bundle", &settings.engine.model, &err)
+            })?;
+            super::precision::apply(self, *CAT, purifier, &settings)
+        };
+        let key = EngineKey::of(&settings.engine, &format!("precision {:?}", settings.precision));
+        let sharing = &settings.sharing;
+        let purifier = PurifierHandle::open(&sharing.id, &key, sharing.batching(), load)?;
         gst::info!(
             CAT,
             imp = self,
@@ -412,6 +533,12 @@ impl BaseTransformImpl for AvaePurify {
                 settings.engine.model
             );
         }
+        let mut purifier = purifier;
+        let mut costs = Costs::default();
+        let batch = settings.batch as usize;
+        if let Err(err) = purifier.with_purifier(|p| live::warm_up(p, batch, &mut costs)) {
+            gst::warning!(CAT, imp = self, "Warm-up failed, no cost figures yet: {err}");
+        }
         let rng = if settings.seed == 0 {
             StdRng::from_os_rng()
         } else {
@@ -421,8 +548,10 @@ impl BaseTransformImpl for AvaePurify {
             purifier,
             rng,
             info: None,
-            faces: Vec::new(),
             warned: Warned::default(),
+            tracks: Tracks::default(),
+            costs,
+            live: None,
             limiter: Limiter::default(),
         });
         *lock(&self.stats) = Stats::default();
@@ -440,9 +569,19 @@ impl BaseTransformImpl for AvaePurify {
         Ok(())
     }
 
+    fn sink_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::FlushStop(_) = event.view()
+            && let Some(state) = lock(&self.state).as_mut()
+        {
+            state.tracks.reset();
+        }
+        self.parent_sink_event(event)
+    }
+
     fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let received = Instant::now();
         let settings = lock(&self.settings).clone();
-        let mut report = self.process(buf, &settings)?;
+        let mut report = self.process(buf, &settings, received)?;
         let error = report.error.take();
         let drop_frame = report.drop;
         lock(&self.stats).add(&report);
@@ -466,7 +605,7 @@ impl BaseTransformImpl for AvaePurify {
                 Cause::RoiOutsideFrame | Cause::TooManyFaces | Cause::NoMatchingRoi => {
                     gst::element_imp_warning!(self, gst::StreamError::Failed, ("{}", message));
                 }
-                Cause::BatchClamped => {
+                Cause::BatchClamped | Cause::NoBudget | Cause::OverBudget => {
                     gst::element_imp_warning!(self, gst::ResourceError::Settings, ("{}", message));
                 }
             }
@@ -498,6 +637,10 @@ impl VideoFilterImpl for AvaePurify {
             .ok_or_else(|| gst::loggable_error!(CAT, "Caps set before the element started"))?;
         gst::debug!(CAT, imp = self, "Configured for caps {incaps}");
         state.info = Some(in_info.clone());
+        // New caps: another stream or geometry; no kept latent applies, and liveness is asked
+        // again.
+        state.tracks.reset();
+        state.live = None;
         Ok(())
     }
 }

@@ -17,11 +17,14 @@ use gst::glib;
 use gst::prelude::*;
 
 mod alarms;
+mod faces;
 mod imp;
 mod precision;
+mod live;
 mod report;
 mod settings;
 mod targets;
+mod tracks;
 
 pub use crate::element::{BackendChoice, DeviceChoice};
 pub use precision::PrecisionChoice;
