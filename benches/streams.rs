@@ -113,9 +113,12 @@ fn harness(
     id: &str,
     server: Option<&str>,
 ) -> Result<gst_check::Harness, String> {
-    let mut h = gst_check::Harness::new("avaepurify");
+    // Properties first, then the harness (which starts the element): the engine properties
+    // and model-instance-id are read at start.
+    let el = gst::ElementFactory::make("avaepurify")
+        .build()
+        .map_err(|e| format!("no avaepurify: {e}"))?;
     {
-        let el = h.element().ok_or("no element in harness")?;
         el.set_property("model", o.model.to_str().ok_or("model path is not UTF-8")?);
         match mode {
             Mode::Kserve => {
@@ -135,6 +138,7 @@ fn harness(
         el.set_property("seed", 1u64);
         el.set_property("alarm", false);
     }
+    let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
     h.set_src_caps_str(&format!(
         "video/x-raw,format=RGB,width={FRAME_W},height={FRAME_H},framerate=25/1"
     ));

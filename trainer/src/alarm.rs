@@ -11,13 +11,17 @@ use gstavaepurify::purifier::Purified;
 use serde::Serialize;
 
 /// The combinations compared: name and weights over [`Feature::ALL`].
-pub const COMBINATIONS: [(&str, [f32; 5]); 7] = [
+pub const COMBINATIONS: [(&str, [f32; 5]); 11] = [
     ("distance", [1.0, 0.0, 0.0, 0.0, 0.0]),
     ("kl", [0.0, 1.0, 0.0, 0.0, 0.0]),
     ("detail", [0.0, 0.0, 1.0, 0.0, 0.0]),
     ("coarse", [0.0, 0.0, 0.0, 1.0, 0.0]),
     ("detail-ratio", [0.0, 0.0, 0.0, 0.0, 1.0]),
     ("distance+detail", [1.0, 0.0, 1.0, 0.0, 0.0]),
+    ("detail+coarse", [0.0, 0.0, 1.0, 1.0, 0.0]),
+    ("detail-ratio+coarse", [0.0, 0.0, 0.0, 1.0, 1.0]),
+    ("detail-ratio+kl", [0.0, 1.0, 0.0, 0.0, 1.0]),
+    ("detail-ratio+distance", [1.0, 0.0, 0.0, 0.0, 1.0]),
     ("all", [1.0, 1.0, 1.0, 1.0, 1.0]),
 ];
 
@@ -155,6 +159,15 @@ pub fn combination(name: &str) -> anyhow::Result<[f32; 5]> {
         })
 }
 
+/// Up to `faces` training faces of `set`, evenly spread: the only faces the alarm is
+/// calibrated on.
+pub fn training_indices(set: &crate::data::FaceSet, faces: usize) -> anyhow::Result<Vec<i64>> {
+    let train = set.indices(crate::data::Split::Train);
+    anyhow::ensure!(!train.is_empty(), "the crop cache has no training faces");
+    let step = (train.len() / faces.max(1)).max(1);
+    Ok(train.iter().step_by(step).take(faces).copied().collect())
+}
+
 /// Fits the alarm of the bundle in `dir` on up to `faces` clean training faces of `set`
 /// (evenly spread), purified by the plugin's own code at `samples` candidates and the
 /// bundle's tau, each face seeded from `seed`; and writes it into the bundle's manifest.
@@ -180,10 +193,7 @@ pub fn calibrate_bundle(
     let weights = combination(score)?;
     let bundle = gstavaepurify::bundle::Bundle::load(dir)
         .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
-    let train = set.indices(crate::data::Split::Train);
-    anyhow::ensure!(!train.is_empty(), "the crop cache has no training faces");
-    let step = (train.len() / faces.max(1)).max(1);
-    let chosen: Vec<i64> = train.iter().step_by(step).take(faces).copied().collect();
+    let chosen = training_indices(set, faces)?;
     let params = PurifyParams {
         samples,
         batch: 64,

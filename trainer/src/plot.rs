@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
+use plotters::style::{FontStyle, Palette, Palette99, register_font};
 use tch::{Kind, Tensor};
 
 /// Font file used when `AVAE_TRAINER_FONT` is not set.
@@ -251,6 +251,77 @@ pub fn loss_curves(path: &Path, panels: &[Series]) -> Result<()> {
     save_rgb(path, width, height, buf)
 }
 
+/// One curve of an ROC figure: its legend and its `(false-positive rate, true-positive rate)`
+/// points, from (0, 0) to (1, 1).
+#[derive(Debug, Clone)]
+pub struct RocCurve {
+    /// Legend text.
+    pub label: String,
+    /// The curve's points in order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Writes one ROC panel with every curve of `curves` (plotters' 99-colour palette, the chance
+/// diagonal in grey) to `path`; `axes` names the x and y axes.
+pub fn roc_curves(path: &Path, title: &str, axes: (&str, &str), curves: &[RocCurve]) -> Result<()> {
+    ensure!(
+        !curves.is_empty(),
+        "no ROC curve to plot in '{}'",
+        path.display()
+    );
+    ensure_font()?;
+    let (width, height) = (640u32, 560u32);
+    let mut buf = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        let draw_err = |e: &dyn std::fmt::Display| anyhow!("cannot draw '{}': {e}", path.display());
+        root.fill(&WHITE).map_err(|e| draw_err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FAMILY, 15))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(46)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(axes.0)
+            .y_desc(axes.1)
+            .label_style((FAMILY, 11))
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                RGBColor(190, 190, 190).stroke_width(1),
+            ))
+            .map_err(|e| draw_err(&e))?;
+        for (i, curve) in curves.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    curve.points.iter().copied(),
+                    colour.stroke_width(2),
+                ))
+                .map_err(|e| draw_err(&e))?
+                .label(curve.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FAMILY, 11))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+        root.present().map_err(|e| draw_err(&e))?;
+    }
+    save_rgb(path, width, height, buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +372,14 @@ mod tests {
         };
         loss_curves(&curves, &[series, empty]).unwrap();
         assert_eq!(image::open(&curves).unwrap().width(), 1000);
+        let roc = dir.join("roc.png");
+        let curve = RocCurve {
+            label: "attack".into(),
+            points: vec![(0.0, 0.0), (0.1, 0.8), (1.0, 1.0)],
+        };
+        roc_curves(&roc, "ROC", ("false", "true"), &[curve]).unwrap();
+        assert_eq!(image::open(&roc).unwrap().width(), 640);
+        assert!(roc_curves(&roc, "ROC", ("false", "true"), &[]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -346,6 +346,9 @@ fn readme(summary: &EvalSummary, grids: &[Grid]) -> Result<String> {
     );
     s.push_str(&protocol_markdown(summary));
     s.push_str(&results_markdown(summary));
+    if let Some(alarm) = &summary.alarm {
+        s.push_str(&crate::eval::alarm_markdown(alarm));
+    }
     let _ = writeln!(
         s,
         "Mean L2 distance of the adversarial probes from the clean ones ([0, 1] pixel units; \
@@ -530,6 +533,9 @@ pub fn write(dir: &Path, summary: &EvalSummary, grids: &[Grid]) -> Result<()> {
             table,
             &summary.same,
         )?;
+    }
+    if let Some(alarm) = &summary.alarm {
+        crate::eval::write_alarm_figure(dir, alarm)?;
     }
     for g in grids {
         let labels: Vec<(usize, &str)> = g

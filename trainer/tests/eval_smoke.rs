@@ -186,6 +186,34 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         readme.contains("Table 1") && readme.contains("paper: A-VAE"),
         "{readme}"
     );
+    // The attack alarm's evaluation: every headline figure a rate, every attack and weight.
+    let alarm = &summary["alarm"];
+    for key in [
+        "auc_fgsm8",
+        "auc_pgd8",
+        "auc_cw",
+        "auc_adaptive",
+        "combined_pgd8",
+        "combined_adaptive",
+    ] {
+        let v = alarm[key].as_f64();
+        assert!(
+            v.is_some_and(|v| (0.0..=1.0).contains(&v)),
+            "alarm {key} is not in [0, 1]: {alarm}"
+        );
+    }
+    assert_eq!(
+        alarm["attacks"].as_array().map(Vec::len),
+        Some(6),
+        "{alarm}"
+    );
+    assert_eq!(
+        alarm["adaptive"].as_array().map(Vec::len),
+        Some(5),
+        "{alarm}"
+    );
+    assert!(report.join("alarm-crop.png").is_file(), "alarm ROC missing");
+    assert!(readme.contains("## Attack alarm"), "{readme}");
 
     // The robustness lab on the same data: two bundles side by side, one row each.
     let lab = root.join("lab");

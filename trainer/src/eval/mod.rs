@@ -17,6 +17,7 @@
 //! - Adversarial images are rounded to 8 bits before any defense sees them, and every defense's
 //!   output too (frames are 8-bit).
 
+mod alarm;
 mod attacks;
 mod condition;
 mod defenses;
@@ -34,6 +35,8 @@ use gstavaepurify::engine::Backend;
 use gstavaepurify::purifier::PurifyParams;
 use serde::Serialize;
 
+pub use alarm::{AlarmSummary, AttackAlarm};
+pub(crate) use alarm::{markdown as alarm_markdown, write_figure as write_alarm_figure};
 pub use condition::Condition;
 pub(crate) use protocol::{PairSets, mark_broken, mix, scores_of, stream};
 pub use protocol::{TARGET_FAR, threshold_at_far, verify};
@@ -439,6 +442,21 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let (white_rows, white_grid) = ev.white_box_rows(&mut defenses, &thresholds, &results)?;
     stage_done(&mut seconds, "white-box", t);
 
+    let t = Instant::now();
+    let alarm = match defenses.iter().position(Defense::is_random) {
+        Some(d) => Some(ev.alarm(
+            &mut defenses[d],
+            d,
+            thresholds[d],
+            &generator,
+            &sets.set,
+            &probes,
+            &results,
+        )?),
+        None => None,
+    };
+    stage_done(&mut seconds, "alarm", t);
+
     let grids = ev.grids(&probes, &results.purified, white_grid);
     let summary = EvalSummary {
         options: opts.clone(),
@@ -449,6 +467,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         calibration_pairs: sets.calib_len,
         tables: summary::tables(results.grey_rows, white_rows, results.manifold_rows),
         perturbation_l2,
+        alarm,
         seconds,
         wall_seconds: start.elapsed().as_secs_f64(),
     };

@@ -87,6 +87,8 @@ pub struct EvalSummary {
     pub tables: Vec<Table>,
     /// Mean L2 norm (in [0, 1] pixel units) of each grey-box perturbation.
     pub perturbation_l2: BTreeMap<Condition, f64>,
+    /// The attack alarm's evaluation (absent for a bundle without an A-VAE defense row).
+    pub alarm: Option<super::alarm::AlarmSummary>,
     /// Seconds spent in each stage.
     pub seconds: BTreeMap<String, f64>,
     /// Total wall time in seconds.
