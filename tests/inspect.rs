@@ -8,12 +8,14 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 17] = [
+const PROPERTIES: [&str; 19] = [
     "align",
     "feather",
     "model",
     "backend",
     "device",
+    "server",
+    "server-timeout-ms",
     "samples",
     "batch",
     "tau",

@@ -218,7 +218,7 @@ impl BaseTransformImpl for AvaeFaceDetect {
         let settings = lock(&self.settings).clone();
         let detector = Detector::open(
             Path::new(&settings.engine.model),
-            settings.engine.backend.into(),
+            settings.engine.backend()?,
             settings.engine.device.into(),
         )
         .map_err(|err| element::load_error("face detector", &settings.engine.model, &err))?;

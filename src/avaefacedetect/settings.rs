@@ -4,7 +4,7 @@ use gst::glib;
 use gst::prelude::*;
 
 use crate::detector::{DetectorParams, default_model_path};
-use crate::element::{EngineSettings, backend_property, device_property};
+use crate::element::{EngineSettings, backend_property, device_property, server_properties};
 
 const DEFAULT_THRESHOLD: f32 = 0.5;
 const DEFAULT_NMS_IOU: f32 = 0.3;
@@ -110,6 +110,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
         backend_property(),
         device_property(),
     ];
+    specs.extend(server_properties());
     specs.extend(detection_properties());
     specs.push(
         glib::ParamSpecBoxed::builder::<gst::Structure>("stats")

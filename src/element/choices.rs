@@ -1,8 +1,10 @@
-//! The `backend` and `device` properties both elements have: their enums (GTypes keep the
-//! names they were registered under) and their param specs.
+//! The `backend`, `device`, `server` and `server-timeout-ms` properties both elements have:
+//! their enums (GTypes keep the names they were registered under) and their param specs.
 
 use gst::glib;
 use gst::prelude::*;
+
+use crate::engine::{Backend, kserve};
 
 /// Inference backend of the `backend` property, mirroring [`crate::engine::Backend`].
 #[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
@@ -25,16 +27,12 @@ pub enum BackendChoice {
     /// tract, pure Rust, nothing to install.
     #[enum_value(name = "tract (pure Rust, CPU)", nick = "tract")]
     Tract = 2,
-}
-
-impl From<BackendChoice> for crate::engine::Backend {
-    fn from(choice: BackendChoice) -> Self {
-        match choice {
-            BackendChoice::Auto => Self::Auto,
-            BackendChoice::Ort => Self::Ort,
-            BackendChoice::Tract => Self::Tract,
-        }
-    }
+    /// A remote Open Inference Protocol (KServe v2) gRPC server at the `server` property.
+    #[enum_value(
+        name = "Open Inference Protocol (KServe v2) gRPC server at the 'server' property",
+        nick = "kserve"
+    )]
+    Kserve = 3,
 }
 
 /// Execution device of the `device` property, mirroring [`crate::engine::Device`].
@@ -74,10 +72,40 @@ pub(crate) fn backend_property() -> glib::ParamSpec {
         .nick("Inference backend")
         .blurb(
             "Inference backend: auto uses ONNX Runtime when its library loads \
-             (ORT_DYLIB_PATH) and tract otherwise",
+             (ORT_DYLIB_PATH) and tract otherwise; kserve runs the graphs on the \
+             Open Inference Protocol server at 'server'",
         )
         .mutable_ready()
         .build()
+}
+
+/// The `server` and `server-timeout-ms` properties (READY only), used by `backend=kserve`.
+pub(crate) fn server_properties() -> [glib::ParamSpec; 2] {
+    [
+        glib::ParamSpecString::builder("server")
+            .nick("Inference server")
+            .blurb(
+                "host:port of the Open Inference Protocol (KServe v2) gRPC server for \
+                 backend=kserve (Triton, MLServer); each graph of the model is the server's \
+                 model of the same name (encoder, decoder, purifier), its metadata checked \
+                 at start",
+            )
+            .default_value(Some(kserve::DEFAULT_SERVER))
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecUInt::builder("server-timeout-ms")
+            .nick("Inference server timeout")
+            .blurb(
+                "backend=kserve: bound in milliseconds on connecting and on each call; a \
+                 failed call passes the faces on (see on-failure) and the server is retried \
+                 after a back-off of 0.2 s doubling to 2 s",
+            )
+            .minimum(1)
+            .maximum(600_000)
+            .default_value(kserve::DEFAULT_TIMEOUT_MS)
+            .mutable_ready()
+            .build(),
+    ]
 }
 
 /// The `device` property (default `auto`, READY only).
@@ -98,8 +126,8 @@ pub(crate) fn mark_as_plugin_api() {
     DeviceChoice::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
 }
 
-/// The `model`, `backend` and `device` properties of an element, and the model path they fall
-/// back to when `model` is set to NULL.
+/// The `model`, `backend`, `device`, `server` and `server-timeout-ms` properties of an
+/// element, and the model path they fall back to when `model` is set to NULL.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineSettings {
     /// The `model` property: a bundle folder or an ONNX file.
@@ -108,23 +136,48 @@ pub(crate) struct EngineSettings {
     pub(crate) backend: BackendChoice,
     /// The `device` property.
     pub(crate) device: DeviceChoice,
+    /// The `server` property (`host:port`, checked at start).
+    pub(crate) server: String,
+    /// The `server-timeout-ms` property.
+    pub(crate) server_timeout_ms: u32,
     /// What `model` returns to when set to NULL.
     default_model: String,
 }
 
 impl EngineSettings {
-    /// Defaults: `default_model`, `auto`, `auto`.
+    /// Defaults: `default_model`, `auto`, `auto`, [`kserve::DEFAULT_SERVER`],
+    /// [`kserve::DEFAULT_TIMEOUT_MS`].
     pub(crate) fn new(default_model: String) -> Self {
         Self {
             model: default_model.clone(),
             backend: BackendChoice::default(),
             device: DeviceChoice::default(),
+            server: kserve::DEFAULT_SERVER.to_owned(),
+            server_timeout_ms: kserve::DEFAULT_TIMEOUT_MS,
             default_model,
         }
     }
 
-    /// Sets `model`, `backend` or `device` (type checked by GObject); `false` for any other
-    /// property name.
+    /// The engine backend the properties ask for; for `kserve`, an error naming the `server`
+    /// property when its value is not a `host:port`.
+    pub(crate) fn backend(&self) -> Result<Backend, gst::ErrorMessage> {
+        Ok(match self.backend {
+            BackendChoice::Auto => Backend::Auto,
+            BackendChoice::Ort => Backend::Ort,
+            BackendChoice::Tract => Backend::Tract,
+            BackendChoice::Kserve => Backend::Kserve(
+                kserve::Remote::new(&self.server, self.server_timeout_ms).map_err(|err| {
+                    gst::error_msg!(
+                        gst::LibraryError::Settings,
+                        ("backend=kserve: {} (property 'server')", err)
+                    )
+                })?,
+            ),
+        })
+    }
+
+    /// Sets `model`, `backend`, `device`, `server` or `server-timeout-ms` (type checked by
+    /// GObject); `false` for any other property name.
     pub(crate) fn set(&mut self, name: &str, value: &glib::Value) -> bool {
         let checked = "type checked upstream";
         match name {
@@ -136,17 +189,27 @@ impl EngineSettings {
             }
             "backend" => self.backend = value.get().expect(checked),
             "device" => self.device = value.get().expect(checked),
+            "server" => {
+                self.server = value
+                    .get::<Option<String>>()
+                    .expect(checked)
+                    .unwrap_or_else(|| kserve::DEFAULT_SERVER.to_owned());
+            }
+            "server-timeout-ms" => self.server_timeout_ms = value.get().expect(checked),
             _ => return false,
         }
         true
     }
 
-    /// The value of `model`, `backend` or `device`; `None` for any other property name.
+    /// The value of `model`, `backend`, `device`, `server` or `server-timeout-ms`; `None`
+    /// for any other property name.
     pub(crate) fn get(&self, name: &str) -> Option<glib::Value> {
         match name {
             "model" => Some(self.model.to_value()),
             "backend" => Some(self.backend.to_value()),
             "device" => Some(self.device.to_value()),
+            "server" => Some(self.server.to_value()),
+            "server-timeout-ms" => Some(self.server_timeout_ms.to_value()),
             _ => None,
         }
     }

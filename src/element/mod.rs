@@ -14,7 +14,9 @@ mod detection;
 mod video;
 
 pub use choices::{BackendChoice, DeviceChoice};
-pub(crate) use choices::{EngineSettings, backend_property, device_property, mark_as_plugin_api};
+pub(crate) use choices::{
+    EngineSettings, backend_property, device_property, mark_as_plugin_api, server_properties,
+};
 pub use detection::{DETECTION_PARAM, ROI_TYPE, detection_structure, face_from_detection};
 pub(crate) use video::{packed_rgb_pad_templates, readable_frame, writable_frame};
 

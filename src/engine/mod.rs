@@ -1,9 +1,12 @@
-//! Inference engines: one trait, two backends.
+//! Inference engines: one trait, three backends.
 //!
 //! - [`ort`](crate::engine::ort): ONNX Runtime loaded at run time (`load-dynamic`), with the
 //!   TensorRT, CUDA and CPU execution providers tried in that order.
 //! - [`tract`](crate::engine::tract): pure Rust, nothing to install; an optimised plan per input
 //!   shape, cached.
+//! - [`kserve`](crate::engine::kserve): a remote server speaking the Open Inference Protocol
+//!   (Triton, MLServer, KServe) over gRPC; the local graph is the reference its model metadata
+//!   is checked against.
 //!
 //! `Backend::Auto` uses ONNX Runtime when its library loads and tract otherwise.
 
@@ -15,6 +18,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 use crate::Error;
 
+pub mod kserve;
 pub mod ort;
 pub mod precision;
 pub mod tract;
@@ -43,6 +47,8 @@ pub enum Backend {
     Ort,
     /// tract (pure Rust).
     Tract,
+    /// A remote Open Inference Protocol (KServe v2) gRPC server.
+    Kserve(kserve::Remote),
 }
 
 /// Which device ONNX Runtime should run on (tract always runs on the CPU).
@@ -60,12 +66,13 @@ pub enum Device {
 }
 
 impl Backend {
-    /// The property nick: `auto`, `ort` or `tract`.
+    /// The property nick: `auto`, `ort`, `tract` or `kserve`.
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
             Backend::Ort => "ort",
             Backend::Tract => "tract",
+            Backend::Kserve(_) => "kserve",
         }
     }
 }
@@ -94,17 +101,22 @@ impl fmt::Display for Device {
     }
 }
 
+/// `auto`, `ort`, `tract`, `kserve` (the default server) or `kserve:HOST:PORT`.
 impl FromStr for Backend {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
+        if let Some(server) = s.strip_prefix("kserve:") {
+            return kserve::Remote::new(server, kserve::DEFAULT_TIMEOUT_MS).map(Backend::Kserve);
+        }
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Backend::Auto),
             "ort" | "onnxruntime" => Ok(Backend::Ort),
             "tract" => Ok(Backend::Tract),
+            "kserve" => Ok(Backend::Kserve(kserve::Remote::default())),
             _ => Err(Error::InvalidParameter {
                 name: "backend",
                 value: s.to_string(),
-                expected: "one of auto, ort, tract",
+                expected: "one of auto, ort, tract, kserve, kserve:HOST:PORT",
             }),
         }
     }
@@ -130,7 +142,8 @@ impl FromStr for Device {
 /// When `device` was asked for explicitly (`cuda` or `tensorrt`) but the engine runs elsewhere
 /// (`running`, an [`Engine::describe`]), the warning to give: it names the device, where the
 /// engine runs instead, and why (`fallbacks`). `None` for `auto` and `cpu`, whose fallbacks are
-/// expected and only worth an INFO line.
+/// expected and only worth an INFO line, and for a remote engine, whose device the server
+/// chooses.
 pub fn explicit_device_unavailable(
     device: Device,
     running: &str,
@@ -141,6 +154,9 @@ pub fn explicit_device_unavailable(
         Device::TensorRt => ("tensorrt", "TensorRT"),
         Device::Auto | Device::Cpu => return None,
     };
+    if running.starts_with("kserve") {
+        return None;
+    }
     if running.contains(&format!("({provider})")) {
         return None;
     }
@@ -158,7 +174,9 @@ pub fn explicit_device_unavailable(
 }
 
 /// Opens the ONNX graph at `path` with the requested backend and device. `cache_dir` receives
-/// TensorRT engine and timing caches (normally the bundle folder).
+/// TensorRT engine and timing caches (normally the bundle folder). With `Backend::Kserve` the
+/// graph runs on the server as the model named after its file, `device` is the server's
+/// business and `cache_dir` is not used.
 pub fn open_graph(
     path: &Path,
     backend: Backend,
@@ -168,6 +186,7 @@ pub fn open_graph(
     match backend {
         Backend::Tract => Ok(Box::new(tract::TractEngine::open(path)?)),
         Backend::Ort => Ok(Box::new(ort::OrtEngine::open(path, device, cache_dir)?)),
+        Backend::Kserve(remote) => Ok(Box::new(kserve::KserveEngine::open(path, remote)?)),
         Backend::Auto => match ort::runtime_status() {
             Ok(_) => Ok(Box::new(ort::OrtEngine::open(path, device, cache_dir)?)),
             Err(reason) => {
@@ -191,5 +210,15 @@ mod tests {
         assert_eq!("tensorrt".parse::<Device>().unwrap(), Device::TensorRt);
         let err = "gpu9".parse::<Backend>().unwrap_err().to_string();
         assert!(err.contains("backend") && err.contains("gpu9"), "{err}");
+        let Backend::Kserve(remote) = "kserve:10.0.0.2:9000".parse::<Backend>().unwrap() else {
+            panic!("kserve:HOST:PORT is the kserve backend");
+        };
+        assert_eq!(remote.server(), "10.0.0.2:9000");
+        assert_eq!(
+            "kserve".parse::<Backend>().unwrap(),
+            Backend::Kserve(kserve::Remote::default())
+        );
+        let err = "kserve:nowhere".parse::<Backend>().unwrap_err().to_string();
+        assert!(err.contains("server") && err.contains("nowhere"), "{err}");
     }
 }
