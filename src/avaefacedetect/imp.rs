@@ -16,7 +16,11 @@ use super::settings::{self, Settings};
 use super::stats::{Cause, Stats};
 use crate::core::detect::Face;
 use crate::detector::{Detector, DetectorParams};
-use crate::element::{self, DETECTION_PARAM, ROI_TYPE, Warned, detection_structure, lock};
+use crate::element::{
+    self, DETECTION_PARAM, ROI_TYPE, Warned, add_track_fields, detection_structure, lock,
+};
+use crate::shared::{DetectorHandle, EngineKey};
+use crate::tracker::{TrackCounts, TrackInfo, TrackedFace, Tracker};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -28,22 +32,39 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 /// What exists only between `start()` and `stop()`.
 struct State {
-    detector: Detector,
+    detector: DetectorHandle,
     info: Option<gst_video::VideoInfo>,
     /// Frames seen since start, caps change or flush: detection runs when it is a multiple of
     /// `interval`.
     frame_index: u64,
-    /// Faces of the last detection, normalised, attached to frames until the next one.
+    /// Faces of the last detection, normalised, attached unchanged to the frames until the
+    /// next one when tracking is off.
     carried: Vec<Face>,
+    /// The face tracks (tracking on).
+    tracker: Tracker,
     warned: Warned<Cause>,
+}
+
+impl State {
+    /// Forgets carried faces, ends every track and restarts the interval count.
+    fn reset_tracking(&mut self) {
+        self.frame_index = 0;
+        self.carried.clear();
+        self.tracker.reset();
+    }
 }
 
 /// One frame's detection, as the state lock leaves it.
 struct FrameDetection {
     /// The negotiated video info.
     info: gst_video::VideoInfo,
-    /// The faces to attach, fresh or carried, normalised.
-    faces: Vec<Face>,
+    /// The faces to attach, fresh or carried, normalised, with their tracks when tracking is
+    /// on.
+    faces: Vec<(Face, Option<TrackInfo>)>,
+    /// Whether the detector was due on this frame (it ran, or failed).
+    due: bool,
+    /// Tracks born and ended since start.
+    tracks: TrackCounts,
     /// The inference time, when the detector ran and succeeded.
     inference_ms: Option<f64>,
     /// Why the detector failed, with the reason the first time the cause is seen.
@@ -82,7 +103,8 @@ impl AvaeFaceDetect {
         Ok(faces.iter().map(|f| f.normalised(width, height)).collect())
     }
 
-    /// Under the state lock: runs the detector when this frame is due (every `interval`th).
+    /// Under the state lock: runs the detector when this frame is due (every `interval`th),
+    /// and tracks or carries the faces.
     fn detect_due(
         &self,
         buf: &gst::BufferRef,
@@ -93,10 +115,16 @@ impl AvaeFaceDetect {
         let info = state.info.clone().ok_or(gst::FlowError::NotNegotiated)?;
         let due = state.frame_index % u64::from(settings.interval.max(1)) == 0;
         state.frame_index += 1;
+        state.tracker.set_params(settings.tracker_params());
+        if !settings.tracking {
+            state.tracker.reset();
+        }
         let (mut inference_ms, mut failure) = (None, None);
         if due {
             let started = Instant::now();
-            match Self::detect(&mut state.detector, &settings.params(), buf, &info) {
+            let params = settings.params();
+            let detected = (state.detector).with(|d| Self::detect(d, &params, buf, &info));
+            match detected {
                 Ok(faces) => {
                     inference_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                     state.carried = faces;
@@ -108,9 +136,18 @@ impl AvaeFaceDetect {
                 }
             }
         }
+        let tracked =
+            |faces: Vec<TrackedFace>| faces.into_iter().map(|f| (f.face, Some(f.track))).collect();
+        let faces = match (settings.tracking, due) {
+            (true, true) => tracked(state.tracker.observe(&state.carried)),
+            (true, false) => tracked(state.tracker.carry()),
+            (false, _) => state.carried.iter().map(|f| (*f, None)).collect(),
+        };
         Ok(FrameDetection {
             info,
-            faces: state.carried.clone(),
+            faces,
+            due,
+            tracks: state.tracker.counts(),
             inference_ms,
             failure,
         })
@@ -134,11 +171,11 @@ impl AvaeFaceDetect {
         }
     }
 
-    /// Forgets carried faces and restarts the interval count (new caps, flush).
+    /// Forgets carried faces, ends every track and restarts the interval count (new caps,
+    /// flush).
     fn reset_tracking(&self) {
         if let Some(state) = lock(&self.state).as_mut() {
-            state.frame_index = 0;
-            state.carried.clear();
+            state.reset_tracking();
         }
     }
 }
@@ -216,12 +253,16 @@ impl BaseTransformImpl for AvaeFaceDetect {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
-        let detector = Detector::open(
-            Path::new(&settings.engine.model),
-            settings.engine.backend()?,
-            settings.engine.device.into(),
-        )
-        .map_err(|err| element::load_error("face detector", &settings.engine.model, &err))?;
+        let load = || {
+            Detector::open(
+                Path::new(&settings.engine.model),
+                settings.engine.backend()?,
+                settings.engine.device.into(),
+            )
+            .map_err(|err| element::load_error("face detector", &settings.engine.model, &err))
+        };
+        let key = EngineKey::of(&settings.engine, "");
+        let detector = DetectorHandle::open(&settings.sharing.id, &key, load)?;
         gst::info!(
             CAT,
             imp = self,
@@ -234,13 +275,14 @@ impl BaseTransformImpl for AvaeFaceDetect {
             *CAT,
             settings.engine.device,
             &detector.describe(),
-            detector.fallbacks(),
+            &detector.fallbacks(),
         );
         *lock(&self.state) = Some(State {
             detector,
             info: None,
             frame_index: 0,
             carried: Vec::new(),
+            tracker: Tracker::new(settings.tracker_params()),
             warned: Warned::default(),
         });
         *lock(&self.stats) = Stats::default();
@@ -270,17 +312,24 @@ impl BaseTransformImpl for AvaeFaceDetect {
         let FrameDetection {
             info,
             faces,
+            due,
+            tracks,
             inference_ms,
             failure,
         } = self.detect_due(buf, &settings)?;
         let (width, height) = (info.width() as usize, info.height() as usize);
         let mut attached = 0;
-        for face in &faces {
+        for (face, track) in &faces {
             let Some(rect) = face.pixel_rect(width, height) else {
                 continue;
             };
             let mut meta = gst_video::VideoRegionOfInterestMeta::add(buf, ROI_TYPE, rect);
-            meta.add_param(detection_structure(face));
+            let mut param = detection_structure(face);
+            if let Some(track) = track {
+                meta.set_id(track.object_id);
+                add_track_fields(&mut param, track);
+            }
+            meta.add_param(param);
             attached += 1;
         }
         gst::trace!(
@@ -299,6 +348,9 @@ impl BaseTransformImpl for AvaeFaceDetect {
                 stats.inference_ms_total += ms;
             }
             stats.failures += u64::from(failure.is_some());
+            stats.detector_runs += u64::from(due);
+            stats.carried_frames += u64::from(!due);
+            stats.tracks = tracks;
         }
         if let Some((cause, Some(reason))) = failure {
             self.warn_failure(&settings, cause, &reason);
@@ -321,8 +373,7 @@ impl VideoFilterImpl for AvaeFaceDetect {
             .ok_or_else(|| gst::loggable_error!(CAT, "Caps set before the element started"))?;
         gst::debug!(CAT, imp = self, "Configured for caps {incaps}");
         state.info = Some(in_info.clone());
-        state.frame_index = 0;
-        state.carried.clear();
+        state.reset_tracking();
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! The counters behind `avaefacedetect`'s read-only `stats` property, and why a frame passed
 //! without fresh detections.
 
+use crate::tracker::TrackCounts;
+
 /// Name of the structure returned by the `stats` property.
 const STATS_NAME: &str = "avaefacedetect-stats";
 
@@ -22,6 +24,12 @@ pub(super) struct Stats {
     pub(super) rois: u64,
     pub(super) failures: u64,
     pub(super) inference_ms_total: f64,
+    /// Frames the detector was due on (failed runs included).
+    pub(super) detector_runs: u64,
+    /// Frames between detections, whose faces were carried.
+    pub(super) carried_frames: u64,
+    /// The tracker's counts (tracks born and ended since start).
+    pub(super) tracks: TrackCounts,
 }
 
 impl Stats {
@@ -39,6 +47,10 @@ impl Stats {
             .field("rois", self.rois)
             .field("failures", self.failures)
             .field("mean-inference-ms", mean)
+            .field("detector-runs", self.detector_runs)
+            .field("carried-frames", self.carried_frames)
+            .field("tracks-born", self.tracks.born)
+            .field("tracks-ended", self.tracks.ended)
             .build()
     }
 }

@@ -3,6 +3,7 @@
 //! documentation for the fields).
 
 use crate::core::detect::{Face, LANDMARKS};
+use crate::tracker::TrackInfo;
 
 /// Name of the param structure attached to each face ROI.
 pub const DETECTION_PARAM: &str = "detection";
@@ -58,4 +59,25 @@ pub fn face_from_detection(s: &gst::StructureRef) -> Option<(Face, bool)> {
         _ => false,
     };
     Some((face, has_landmarks))
+}
+
+/// Adds a face's track to its `detection` param structure: `object_id` (int), `track-age`
+/// (uint) and `tracked` (bool), the fields a tracked face has (see the `avaefacedetect` module
+/// documentation).
+pub fn add_track_fields(s: &mut gst::Structure, track: &TrackInfo) {
+    s.set("object_id", track.object_id);
+    s.set("track-age", track.age);
+    s.set("tracked", track.tracked);
+}
+
+/// Reads a face's track back from its `detection` param structure; `None` for an untracked
+/// face (no `object_id`, or one below 1). A missing `track-age` reads as 0 and a missing
+/// `tracked` as false (a producer that writes only DL Streamer's `object_id`).
+pub fn track_from_detection(s: &gst::StructureRef) -> Option<TrackInfo> {
+    let object_id = s.get::<i32>("object_id").ok().filter(|&id| id >= 1)?;
+    Some(TrackInfo {
+        object_id,
+        age: s.get::<u32>("track-age").unwrap_or(0),
+        tracked: s.get::<bool>("tracked").unwrap_or(false),
+    })
 }

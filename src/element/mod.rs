@@ -17,7 +17,10 @@ pub use choices::{BackendChoice, DeviceChoice};
 pub(crate) use choices::{
     EngineSettings, backend_property, device_property, mark_as_plugin_api, server_properties,
 };
-pub use detection::{DETECTION_PARAM, ROI_TYPE, detection_structure, face_from_detection};
+pub use detection::{
+    DETECTION_PARAM, ROI_TYPE, add_track_fields, detection_structure, face_from_detection,
+    track_from_detection,
+};
 pub(crate) use video::{packed_rgb_pad_templates, readable_frame, writable_frame};
 
 /// The error domain of the warning (or error) about a frame that could not be mapped or read,
