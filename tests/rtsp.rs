@@ -1,0 +1,343 @@
+//! RTSP for real: a gst-rtsp-server (the `gstreamer-rtsp-server` crate over Debian's
+//! libgstrtspserver) on 127.0.0.1 serves the shipped street video's own H.264 stream
+//! (`filesrc ! qtdemux ! h264parse ! rtph264pay`, in real time), and the `PIPELINE=` line of
+//! `pipelines/rtsp.sh` runs against it with the shipped `models/avae-cpu` bundle, its `$SINK` a
+//! counting `fakesink`. The server counts the frames it sends (the samples leaving qtdemux); the
+//! client counts the frames decoded (into the line's queue), the frames the queue lets through and
+//! the frames at the sink, with their face ROIs.
+//!
+//! With `LEAKY=no` every frame sent must reach the sink, in order, with purified faces. With the
+//! line's default leaky queue (purification of 1080p on a CPU is slower than the camera's 30
+//! frames/s) every frame sent must still be received and decoded, and every frame the queue lets
+//! through must reach the sink; the frames the queue drops are counted and printed.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+use gst_video::VideoRegionOfInterestMeta;
+
+/// How long one run may take before the test fails: 105 frames of 1080p through detection and
+/// purification take about a minute on 2 cores in a debug build.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// Frames in the shipped street video.
+const VIDEO_FRAMES: usize = 105;
+
+/// An RTSP server on the loopback serving one file's H.264 at `/street`, with its main loop on
+/// its own thread; it stops when dropped.
+struct Server {
+    url: String,
+    sent: Arc<Mutex<usize>>,
+    main_loop: glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _source: glib::SourceId,
+}
+
+impl Server {
+    /// Serves `video` (an MP4 holding H.264) on 127.0.0.1 at a free port.
+    fn start(video: &Path) -> Server {
+        common::init();
+        let server = gst_rtsp_server::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service("0");
+        let factory = gst_rtsp_server::RTSPMediaFactory::new();
+        factory.set_launch(&format!(
+            "( filesrc location=\"{}\" ! qtdemux ! h264parse name=parse ! \
+             rtph264pay name=pay0 pt=96 config-interval=-1 )",
+            video.display()
+        ));
+        factory.set_shared(false);
+        let sent = Arc::new(Mutex::new(0usize));
+        let count = sent.clone();
+        factory.connect_media_configure(move |_, media| {
+            let bin = media
+                .element()
+                .downcast::<gst::Bin>()
+                .expect("the media's element is a bin");
+            let parse = bin.by_name("parse").expect("the served line has h264parse");
+            let count = count.clone();
+            parse
+                .static_pad("sink")
+                .expect("h264parse sink pad")
+                .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    *count.lock().expect("lock") += 1;
+                    gst::PadProbeReturn::Ok
+                });
+        });
+        server
+            .mount_points()
+            .expect("the server has mount points")
+            .add_factory("/street", factory);
+        let context = glib::MainContext::new();
+        let source = server
+            .attach(Some(&context))
+            .expect("the RTSP server binds a port on 127.0.0.1");
+        let port = server.bound_port();
+        assert!(port > 0, "the RTSP server reports no bound port");
+        let main_loop = glib::MainLoop::new(Some(&context), false);
+        let running = main_loop.clone();
+        // The server object lives as long as its attached source and the loop.
+        let thread = std::thread::spawn(move || {
+            let _server = server;
+            running.run();
+        });
+        Server {
+            url: format!("rtsp://127.0.0.1:{port}/street"),
+            sent,
+            main_loop,
+            thread: Some(thread),
+            _source: source,
+        }
+    }
+
+    /// Frames the server has sent so far (samples into its payloader).
+    fn sent(&self) -> usize {
+        *self.sent.lock().expect("lock")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.main_loop.quit();
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
+        }
+    }
+}
+
+/// The `PIPELINE="..."` line of `pipelines/<script>`, with `$NAME` / `${NAME}` replaced by
+/// `vars`.
+fn shipped_pipeline(script: &str, vars: &[(&str, &str)]) -> String {
+    let path = common::workspace().join("pipelines").join(script);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut description = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PIPELINE=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{} has no PIPELINE=\"...\" line", path.display()))
+        .to_owned();
+    for (name, value) in vars {
+        description = description
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
+    }
+    assert!(
+        !description.contains('$'),
+        "unreplaced variable in {}: {description}",
+        path.display()
+    );
+    description
+}
+
+/// What the client's probes saw: the PTS of each frame decoded (into the queue), let through
+/// by the queue and at the sink, and the faces at the sink.
+#[derive(Default)]
+struct Seen {
+    decoded: Vec<Option<gst::ClockTime>>,
+    queued_out: Vec<Option<gst::ClockTime>>,
+    at_sink: Vec<Option<gst::ClockTime>>,
+    /// Face ROIs at the sink.
+    faces: usize,
+    /// Face ROIs at the sink that carry avaepurify's `avae-purify` param.
+    purified: usize,
+}
+
+/// The client's run: what the probes saw and the purifier's stats.
+struct Run {
+    seen: Seen,
+    purifier_stats: gst::Structure,
+    wall: Duration,
+}
+
+/// The first `factory` element of `pipeline`, in bins too.
+fn element_of(pipeline: &gst::Pipeline, factory: &str) -> gst::Element {
+    pipeline
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == factory))
+        .unwrap_or_else(|| panic!("the rtsp.sh line has no {factory}"))
+}
+
+/// Adds a probe to `pad` that hands each buffer to `record` with the shared `Seen`.
+fn probe(
+    pad: &gst::Pad,
+    seen: &Arc<Mutex<Seen>>,
+    record: impl Fn(&mut Seen, &gst::BufferRef) + Send + Sync + 'static,
+) {
+    let seen = seen.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer() {
+            record(&mut seen.lock().expect("lock"), buffer);
+        }
+        gst::PadProbeReturn::Ok
+    })
+    .expect("a buffer probe");
+}
+
+/// Runs `pipelines/rtsp.sh`'s line against `url` with `LEAKY=leaky` into a counting fakesink,
+/// to end of stream.
+fn run_rtsp_line(url: &str, leaky: &str) -> Run {
+    common::init();
+    let description = shipped_pipeline(
+        "rtsp.sh",
+        &[
+            ("URL", url),
+            ("LEAKY", leaky),
+            ("SINK", "fakesink name=received sync=false"),
+        ],
+    );
+    let model = common::workspace().join("models/avae-cpu");
+    assert!(
+        model.join("manifest.json").is_file(),
+        "the shipped bundle is missing at {} (the RTSP test runs it)",
+        model.display()
+    );
+    let pipeline = gst::parse::launch(&description)
+        .unwrap_or_else(|e| panic!("cannot parse `{description}`: {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let purify = element_of(&pipeline, "avaepurify");
+    purify.set_property("model", model.to_string_lossy().as_ref());
+    let queue = element_of(&pipeline, "queue");
+    let sink = pipeline.by_name("received").expect("the sink");
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let pad = |element: &gst::Element, name: &str| {
+        element
+            .static_pad(name)
+            .unwrap_or_else(|| panic!("{} has no {name} pad", element.name()))
+    };
+    probe(&pad(&queue, "sink"), &seen, |s, b| s.decoded.push(b.pts()));
+    probe(&pad(&queue, "src"), &seen, |s, b| {
+        s.queued_out.push(b.pts())
+    });
+    probe(&pad(&sink, "sink"), &seen, |s, b| {
+        s.at_sink.push(b.pts());
+        for roi in b.iter_meta::<VideoRegionOfInterestMeta>() {
+            if roi.roi_type() == "face" {
+                s.faces += 1;
+                s.purified += usize::from(roi.param("avae-purify").is_some());
+            }
+        }
+    });
+
+    let started = Instant::now();
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("the rtsp.sh line starts");
+    let bus = pipeline.bus().expect("bus");
+    let mut eos = false;
+    for message in bus.iter_timed(gst::ClockTime::from_seconds(RUN_LIMIT.as_secs())) {
+        match message.view() {
+            gst::MessageView::Eos(_) => {
+                eos = true;
+                break;
+            }
+            gst::MessageView::Error(e) => {
+                pipeline.set_state(gst::State::Null).ok();
+                panic!("rtsp.sh line error: {} ({:?})", e.error(), e.debug());
+            }
+            _ => {}
+        }
+        if started.elapsed() > RUN_LIMIT {
+            break;
+        }
+    }
+    let wall = started.elapsed();
+    let purifier_stats = purify.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).expect("to NULL");
+    assert!(
+        eos,
+        "no end of stream from the RTSP line within {RUN_LIMIT:?}"
+    );
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+    Run {
+        seen,
+        purifier_stats,
+        wall,
+    }
+}
+
+/// Checks what both runs must show: every frame sent was received and decoded, every frame the
+/// queue let through reached the sink in order, and faces were purified.
+fn check_common(server: &Server, run: &Run, leaky: &str) -> usize {
+    let seen = &run.seen;
+    let sent = server.sent();
+    let purified = run
+        .purifier_stats
+        .get::<u64>("faces-purified")
+        .expect("stats has faces-purified") as usize;
+    let dropped = seen.decoded.len() - seen.queued_out.len().min(seen.decoded.len());
+    println!(
+        "LEAKY={leaky}: sent {sent}, decoded {}, through the queue {}, at the sink {} \
+         (dropped by the queue {dropped}); faces at the sink {} ({} with an avae-purify param), \
+         faces purified {purified}; {:.1} s, {:.2} frames/s",
+        seen.decoded.len(),
+        seen.queued_out.len(),
+        seen.at_sink.len(),
+        seen.faces,
+        seen.purified,
+        run.wall.as_secs_f64(),
+        seen.at_sink.len() as f64 / run.wall.as_secs_f64()
+    );
+    assert_eq!(sent, VIDEO_FRAMES, "the server sent the whole video");
+    assert_eq!(
+        seen.decoded.len(),
+        sent,
+        "frames received and decoded by the rtsp.sh line != frames the server sent"
+    );
+    assert!(
+        seen.decoded.iter().all(Option::is_some),
+        "decoded frames have a PTS"
+    );
+    assert_eq!(
+        seen.at_sink, seen.queued_out,
+        "frames past the queue must all reach the sink, in the same order"
+    );
+    assert!(
+        seen.at_sink.windows(2).all(|w| w[0] < w[1]),
+        "frames reach the sink in presentation order"
+    );
+    assert_eq!(
+        seen.purified, purified,
+        "every face the purifier counts carries its avae-purify param at the sink"
+    );
+    dropped
+}
+
+#[test]
+fn rtsp_line_with_a_blocking_queue_loses_no_frame() {
+    common::ensure_ort_library();
+    let server = Server::start(&common::workspace().join("media/opera-house-pedestrians.mp4"));
+    let run = run_rtsp_line(&server.url, "no");
+    let dropped = check_common(&server, &run, "no");
+    assert_eq!(dropped, 0, "a non-leaky queue drops nothing");
+    assert_eq!(
+        run.seen.at_sink.len(),
+        VIDEO_FRAMES,
+        "every frame sent reaches the sink"
+    );
+    // The street video has several faces in almost every frame (tests/detect.rs).
+    assert!(
+        run.seen.purified >= VIDEO_FRAMES,
+        "only {} faces purified in {VIDEO_FRAMES} frames",
+        run.seen.purified
+    );
+}
+
+#[test]
+fn rtsp_line_with_its_leaky_queue_receives_every_frame_and_counts_drops() {
+    common::ensure_ort_library();
+    let server = Server::start(&common::workspace().join("media/opera-house-pedestrians.mp4"));
+    let run = run_rtsp_line(&server.url, "downstream");
+    check_common(&server, &run, "downstream");
+    assert!(run.seen.purified > 0, "no face purified");
+}
