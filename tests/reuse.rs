@@ -33,6 +33,7 @@ fn element(props: &[(&str, &str)]) -> gst::Element {
 
 /// Two LFW faces side by side: a 500 x 250 RGBx frame.
 fn info(width: u32) -> VideoInfo {
+    common::init();
     VideoInfo::builder(VideoFormat::Rgbx, width, LFW_SIDE)
         .fps(gst::Fraction::new(25, 1))
         .build()
