@@ -8,7 +8,7 @@
 //! FGSM 8 and PGD 8 (gradient of the undefended system, computed once per threat model and
 //! shared by every row), white-box BPDA PGD 8 against each bundle (the defense's backward pass
 //! is the identity, the rest of the system is differentiable; K = `--eot` draws, random start,
-//! a pair counts as broken if the final iterate breaks it), PSNR of the defended clean probes
+//! a pair counts as broken if any iterate broke it), PSNR of the defended clean probes
 //! against the clean probes (of the crop, or of the whole photo), and milliseconds per face at
 //! the lab's M. Thresholds are set per row and threat model at 1% FAR on clean impostor pairs of
 //! folds 2-10, as in the full evaluation.
@@ -51,6 +51,41 @@ pub const CALIB_PAIRS: usize = 300;
 /// A-VAE samples M of a lab run (the element's default).
 pub const SAMPLES: usize = 16;
 
+/// What one pass over a threat model measures: the lab's quick set, or the full evaluation's
+/// image-model tables ([`crate::eval`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Grey-box conditions besides `clean`, by key: `fgsm4`, `fgsm8`, `pgd8`, `cw`.
+    pub grey: &'static [&'static str],
+    /// White-box (BPDA + EOT) PGD 8 runs on this many pairs, spread evenly over the pairs (half
+    /// same-identity, half different); `usize::MAX` for all of them.
+    pub whitebox_pairs: usize,
+    /// K of the white-box EOT gradient.
+    pub eot: usize,
+    /// White-box PGD settings.
+    pub whitebox_pgd: attack::PgdParams,
+    /// Whether every row is also evaluated on the white-box probes made against the first
+    /// random (A-VAE) row: the transfer attack (`transfer_pgd8`).
+    pub transfer: bool,
+    /// Folder where each chunk of white-box probes is kept as it finishes, so that a run that
+    /// stops resumes from there (`None`: nothing kept).
+    pub cache: Option<PathBuf>,
+}
+
+impl Plan {
+    /// The lab's: FGSM 8, PGD 8 and BPDA PGD 8 on every pair, nothing kept.
+    fn lab(opts: &EvalOptions) -> Self {
+        Self {
+            grey: &["fgsm8", "pgd8"],
+            whitebox_pairs: usize::MAX,
+            eot: opts.eot,
+            whitebox_pgd: opts.whitebox_pgd,
+            transfer: false,
+            cache: None,
+        }
+    }
+}
+
 /// One row of the lab table.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabRow {
@@ -68,6 +103,8 @@ pub struct LabRow {
     pub psnr_db: Option<f64>,
     /// Wall milliseconds per face of the defense on the clean probes.
     pub ms_per_face: Option<f64>,
+    /// Pairs the white-box attack ran on (`None`: not run on this row).
+    pub whitebox_pairs: Option<usize>,
     /// A-VAE rows: the alarm's figures by score combination and attack (fitted on the clean
     /// calibration faces, negatives the clean probes).
     pub alarm: BTreeMap<String, BTreeMap<String, AlarmFigures>>,
@@ -84,7 +121,7 @@ fn psnr(a: &Tensor, b: &Tensor) -> f64 {
 
 /// One threat model's faces: what the attacker perturbs (crops or photos), how the recognizer
 /// aligns them, and, for photos, where the element finds the face.
-struct Space {
+pub(crate) struct Space {
     model: ThreatModel,
     recognizer: Recognizer,
     /// Gallery, probe, calibration a and b inputs, in [`PairSets::indices`] order.
@@ -101,12 +138,12 @@ const CALIB_A: usize = 2;
 const CALIB_B: usize = 3;
 
 /// A defense of the table and what the image model needs to run it as the element does.
-struct LabDefense {
-    name: String,
-    provenance: String,
-    defense: Defense,
+pub(crate) struct LabDefense {
+    pub name: String,
+    pub provenance: String,
+    pub defense: Defense,
     /// The bundle's landmark template (the first bundle's for the baselines).
-    template: Option<[[f32; 2]; 5]>,
+    pub template: Option<[[f32; 2]; 5]>,
 }
 
 impl Space {
@@ -235,6 +272,65 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
         });
     }
 
+    let same = sets.same.clone();
+    let calib_len = sets.calib_len;
+    let (crop_spec, [image, crop]) = spaces(opts, sets)?;
+    let pipeline = PastePipeline {
+        side: size,
+        feather: opts.feather,
+    };
+
+    let plan = Plan::lab(opts);
+    let mut rows = Vec::new();
+    for space in [&image, &crop] {
+        rows.extend(run_space(
+            space,
+            &mut defenses,
+            &same,
+            &pipeline,
+            &crop_spec,
+            opts,
+            &plan,
+        )?);
+    }
+
+    let table = render(&rows, opts);
+    println!("{table}");
+    fs::create_dir_all(&opts.report)
+        .with_context(|| format!("cannot create '{}'", opts.report.display()))?;
+    let md: PathBuf = opts.report.join("lab.md");
+    write_atomic(&md, table.as_bytes())?;
+    let json = serde_json::json!({
+        "command": opts.command,
+        "pairs": n,
+        "calibration_pairs": calib_len,
+        "samples": opts.purify.samples,
+        "pgd": opts.pgd,
+        "whitebox_pgd": opts.whitebox_pgd,
+        "eot": opts.eot,
+        "feather": opts.feather,
+        "threat_models": ["image", "crop"],
+        "rows": rows,
+        "wall_seconds": start.elapsed().as_secs_f64(),
+    });
+    write_atomic(
+        &opts.report.join("lab.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {} and lab.json in {:.0} s",
+        md.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The image and crop threat models' faces of `sets` (the photos behind the crops, aligned for
+/// the recognizer), and the crop cache's crop box.
+pub(crate) fn spaces(
+    opts: &EvalOptions,
+    sets: PairSets,
+) -> Result<(crate::data::CropSpec, [Space; 2])> {
     let crop_spec = sets.set.index.crop;
     let photos = sets
         .indices
@@ -266,59 +362,16 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
         ],
         landmarks: sets.landmarks,
     };
-    let pipeline = PastePipeline {
-        side: size,
-        feather: opts.feather,
-    };
-
-    let mut rows = Vec::new();
-    for space in [&image, &crop] {
-        rows.extend(run_space(
-            space,
-            &mut defenses,
-            &sets.same,
-            &pipeline,
-            &crop_spec,
-            opts,
-        )?);
-    }
-
-    let table = render(&rows, opts);
-    println!("{table}");
-    fs::create_dir_all(&opts.report)
-        .with_context(|| format!("cannot create '{}'", opts.report.display()))?;
-    let md: PathBuf = opts.report.join("lab.md");
-    write_atomic(&md, table.as_bytes())?;
-    let json = serde_json::json!({
-        "command": opts.command,
-        "pairs": n,
-        "calibration_pairs": sets.calib_len,
-        "samples": opts.purify.samples,
-        "pgd": opts.pgd,
-        "whitebox_pgd": opts.whitebox_pgd,
-        "eot": opts.eot,
-        "feather": opts.feather,
-        "threat_models": ["image", "crop"],
-        "rows": rows,
-        "wall_seconds": start.elapsed().as_secs_f64(),
-    });
-    write_atomic(
-        &opts.report.join("lab.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    println!(
-        "wrote {} and lab.json in {:.0} s",
-        md.display(),
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok((crop_spec, [image, crop]))
 }
 
-/// The grey-box probes of one threat model (gradient of its undefended system), by condition.
+/// The grey-box probes of one threat model (gradient of its undefended system; C&W aims at the
+/// undefended system's 1% FAR threshold), by condition: `clean` and those of `plan`.
 fn grey_box_probes(
     space: &Space,
     same: &[bool],
     opts: &EvalOptions,
+    plan: &Plan,
 ) -> Result<BTreeMap<&'static str, Tensor>> {
     let t = Instant::now();
     let n = same.len();
@@ -328,6 +381,17 @@ fn grey_box_probes(
         space
             .recognizer
             .embed_all(gallery, &space.aligns[GALLERY], chunk as i64)?;
+    let wants = |key: &str| plan.grey.contains(&key);
+    let undefended_threshold = if wants("cw") {
+        let embed = |w: usize| {
+            space
+                .recognizer
+                .embed_all(&space.inputs[w], &space.aligns[w], chunk as i64)
+        };
+        threshold_at_far(&scores_of(&embed(CALIB_A)?, &embed(CALIB_B)?)?, TARGET_FAR)
+    } else {
+        0.0
+    };
     let mut rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, space.model as u64]));
     let mut parts: BTreeMap<&str, Vec<Tensor>> = BTreeMap::new();
     let bar = progress_bar(
@@ -348,12 +412,22 @@ fn grey_box_probes(
             target: &target,
         };
         let (_, grad) = grey.loss_and_grad(&x)?;
-        let pgd8 = pgd(&x, &opts.pgd, &mut grey, &mut rng)?;
-        parts
-            .entry("fgsm8")
-            .or_default()
-            .push(quantize(&fgsm(&x, &grad, attack::unit_eps(8.0))));
-        parts.entry("pgd8").or_default().push(quantize(&pgd8));
+        for &key in plan.grey {
+            let adv = match key {
+                "fgsm4" => fgsm(&x, &grad, attack::unit_eps(4.0)),
+                "fgsm8" => fgsm(&x, &grad, attack::unit_eps(8.0)),
+                "pgd8" => pgd(&x, &opts.pgd, &mut grey, &mut rng)?,
+                "cw" => attack::carlini_wagner(
+                    &x,
+                    &target.sign,
+                    undefended_threshold,
+                    &opts.cw,
+                    &mut grey,
+                )?,
+                other => anyhow::bail!("internal error: no grey-box attack '{other}'"),
+            };
+            parts.entry(key).or_default().push(quantize(&adv));
+        }
         bar.inc(len as u64);
     }
     bar.finish();
@@ -371,17 +445,23 @@ fn grey_box_probes(
 }
 
 /// The rows of one threat model.
-fn run_space(
+#[allow(clippy::too_many_lines)]
+pub(crate) fn run_space(
     space: &Space,
     defenses: &mut [LabDefense],
     same: &[bool],
     pipeline: &PastePipeline,
     crop_spec: &crate::data::CropSpec,
     opts: &EvalOptions,
+    plan: &Plan,
 ) -> Result<Vec<LabRow>> {
     let n = same.len();
     let chunk = opts.chunk;
-    let probes = grey_box_probes(space, same, opts)?;
+    let probes = grey_box_probes(space, same, opts, plan)?;
+    let subset = Subset::new(n, plan.whitebox_pairs, same);
+    // Per row, what the transfer attack needs: gallery embeddings, threshold, probe placements.
+    let mut transfer_inputs: Vec<(Tensor, f64, Vec<Placement>)> = Vec::new();
+    let mut transfer_probes: Option<Tensor> = None;
     let seeds = |s: u64, c: u64, count: usize| -> Vec<u64> {
         (0..count as u64)
             .map(|k| mix(opts.seed, &[s, c, k]))
@@ -442,7 +522,8 @@ fn run_space(
         // verified correctly (the alarm's figures).
         let mut logs: BTreeMap<String, (Vec<Purified>, Vec<bool>)> = BTreeMap::new();
         take_log(defense);
-        for (c, cond) in ["clean", "fgsm8", "pgd8"].iter().enumerate() {
+        let conditions = std::iter::once(&"clean").chain(plan.grey);
+        for (c, cond) in conditions.enumerate() {
             let e = embed(
                 defense,
                 PROBE,
@@ -472,24 +553,50 @@ fn run_space(
             let ms = t.elapsed().as_secs_f64() * 1000.0 / n as f64;
             (Some(psnr(&out, probe)), Some(ms))
         };
-        if defense.is_random() && opts.whitebox_pgd.steps > 0 {
+        let mut whitebox_pairs = None;
+        if defense.is_random() && plan.whitebox_pgd.steps > 0 {
+            let g_sub = subset.rows(&g);
+            let pl_sub = subset.places(&pl_p);
             let (adv, broken) = white_box(
-                space, defense, pipeline, &g, same, &pl_p, threshold, d, opts,
+                space, defense, pipeline, &g_sub, &subset, &pl_sub, threshold, d, opts, plan,
+                &lab.name,
             )?;
             take_log(defense);
-            let e = embed(defense, PROBE, &adv, &pl_p, &seeds(stream::PROBE, 60, n))?;
-            let scores = scores_of(&e, &g)?;
+            let align = subset.rows(&space.aligns[PROBE]);
+            let defended = space.embeddings(
+                defense,
+                pipeline,
+                &adv,
+                &align,
+                &pl_sub,
+                &seeds(stream::PROBE, 60, subset.len()),
+                chunk,
+            )?;
+            let scores = scores_of(&defended, &g_sub)?;
             logs.insert(
                 "bpda_pgd8".into(),
-                (take_log(defense), correct_pairs(&scores, same, threshold)),
+                (
+                    take_log(defense),
+                    correct_pairs(&scores, &subset.same, threshold),
+                ),
             );
             accuracy.insert(
                 "bpda_pgd8_final".into(),
-                verify(&scores, same, threshold).average,
+                verify(&scores, &subset.same, threshold).average,
             );
             let mut marked = scores.clone();
-            mark_broken(&mut marked, same, &broken);
-            accuracy.insert("bpda_pgd8".into(), verify(&marked, same, threshold).average);
+            mark_broken(&mut marked, &subset.same, &broken);
+            accuracy.insert(
+                "bpda_pgd8".into(),
+                verify(&marked, &subset.same, threshold).average,
+            );
+            whitebox_pairs = Some(subset.len());
+            if transfer_probes.is_none() {
+                transfer_probes = Some(adv);
+            }
+        }
+        if plan.transfer {
+            transfer_inputs.push((g.shallow_clone(), threshold, pl_p.clone()));
         }
         let alarm = alarm_figures(&clean_calib, &logs);
         println!(
@@ -506,10 +613,71 @@ fn run_space(
             accuracy,
             psnr_db,
             ms_per_face,
+            whitebox_pairs,
             alarm,
         });
     }
+    if let Some(adv) = transfer_probes.filter(|_| plan.transfer) {
+        let align = subset.rows(&space.aligns[PROBE]);
+        for ((lab, row), (g, threshold, pl_p)) in
+            defenses.iter_mut().zip(rows.iter_mut()).zip(transfer_inputs)
+        {
+            let places = subset.places(&pl_p);
+            let e = space.embeddings(
+                &mut lab.defense,
+                pipeline,
+                &adv,
+                &align,
+                &places,
+                &seeds(stream::PROBE, 70, subset.len()),
+                chunk,
+            )?;
+            take_log(&mut lab.defense);
+            let scores = scores_of(&e, &subset.rows(&g))?;
+            row.accuracy.insert(
+                "transfer_pgd8".into(),
+                verify(&scores, &subset.same, threshold).average,
+            );
+        }
+    }
     Ok(rows)
+}
+
+/// The pairs a white-box attack runs on: `count` of the `n`, spread evenly (the pairs come
+/// same-identity first, so this keeps the half and half split).
+struct Subset {
+    index: Vec<usize>,
+    same: Vec<bool>,
+}
+
+impl Subset {
+    fn new(n: usize, count: usize, same: &[bool]) -> Self {
+        let count = count.min(n);
+        let index: Vec<usize> = (0..count).map(|k| k * n / count).collect();
+        let same = index.iter().map(|&i| same[i]).collect();
+        Self { index, same }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The subset's rows of `t` (first dimension).
+    fn rows(&self, t: &Tensor) -> Tensor {
+        if self.index.len() == t.size()[0] as usize {
+            return t.shallow_clone();
+        }
+        let idx: Vec<i64> = self.index.iter().map(|&i| i as i64).collect();
+        t.index_select(0, &Tensor::from_slice(&idx).to_device(t.device()))
+    }
+
+    /// The subset's placements (none for crops).
+    fn places(&self, places: &[Placement]) -> Vec<Placement> {
+        if places.is_empty() {
+            return Vec::new();
+        }
+        self.index.iter().map(|&i| places[i]).collect()
+    }
 }
 
 /// What an A-VAE defense purified since the last call (empty for the other defenses).
@@ -563,56 +731,89 @@ fn alarm_figures(
     out
 }
 
-/// White-box BPDA PGD 8 probes against `defense` (gallery embeddings `g` as defended), and per
-/// pair whether any iterate broke the decision at `threshold`.
+/// White-box BPDA PGD 8 probes against `defense` on the pairs of `subset` (gallery embeddings
+/// `g` as defended, placements `places`, both of the subset), and per pair whether any iterate
+/// broke the decision at `threshold`. With a `plan.cache`, each finished chunk is kept there
+/// and a later run with the same settings picks it up instead of attacking again.
 #[allow(clippy::too_many_arguments)]
 fn white_box(
     space: &Space,
     defense: &mut Defense,
     pipeline: &PastePipeline,
     g: &Tensor,
-    same: &[bool],
+    subset: &Subset,
     places: &[Placement],
     threshold: f64,
     d: usize,
     opts: &EvalOptions,
+    plan: &Plan,
+    name: &str,
 ) -> Result<(Tensor, Vec<bool>)> {
-    let n = same.len();
+    let n = subset.len();
     let chunk = opts.chunk;
-    let probe = &space.inputs[PROBE];
+    let probe = subset.rows(&space.inputs[PROBE]);
+    let align = subset.rows(&space.aligns[PROBE]);
     let mut adv = Vec::new();
     let mut broken = Vec::with_capacity(n);
-    let mut attack_rng = StdRng::seed_from_u64(mix(
-        opts.seed,
-        &[stream::ATTACK, 1000 + d as u64, space.model as u64],
-    ));
+    let key = format!(
+        "{name}|{}|{n}|{}|{:?}|{}|{threshold}",
+        space.model.key(),
+        plan.eot,
+        plan.whitebox_pgd,
+        opts.seed
+    );
     let bar = progress_bar(
         n as u64,
-        &format!("white-box BPDA PGD 8 ({})", space.model.key()),
+        &format!(
+            "white-box BPDA PGD 8, K = {} ({})",
+            plan.eot,
+            space.model.key()
+        ),
     );
     for first_pair in (0..n).step_by(chunk) {
         let len = chunk.min(n - first_pair);
+        let kept = plan.cache.as_ref().map(|dir| {
+            dir.join(format!(
+                "whitebox-{}-{:016x}-{first_pair}.pt",
+                space.model.key(),
+                fnv1a(&key)
+            ))
+        });
+        if let Some((out, was_broken)) = kept.as_deref().and_then(load_chunk) {
+            adv.push(out);
+            broken.extend(was_broken);
+            bar.inc(len as u64);
+            continue;
+        }
         let rows = |t: &Tensor| t.narrow(0, first_pair as i64, len as i64);
-        let target = Target::new(
-            &rows(g),
-            &same[first_pair..first_pair + len],
-            &rows(&space.aligns[PROBE]),
-        );
+        let chunk_same = &subset.same[first_pair..first_pair + len];
+        let target = Target::new(&rows(g), chunk_same, &rows(&align));
         let rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, first_pair as u64]));
-        let x = rows(probe);
-        let out = match space.model {
+        // Seeded per chunk, so that a resumed run attacks the remaining chunks as a whole run
+        // would have.
+        let mut attack_rng = StdRng::seed_from_u64(mix(
+            opts.seed,
+            &[
+                stream::ATTACK,
+                1000 + d as u64,
+                space.model as u64,
+                first_pair as u64,
+            ],
+        ));
+        let x = rows(&probe);
+        let monitor = Some(BreakMonitor::new(threshold, len));
+        let (out, chunk_broken) = match space.model {
             ThreatModel::Crop => {
                 let mut bpda = Bpda {
                     recognizer: &space.recognizer,
                     target: &target,
                     defense: &mut *defense,
-                    samples: opts.eot,
+                    samples: plan.eot,
                     rng,
-                    monitor: Some(BreakMonitor::new(threshold, len)),
+                    monitor,
                 };
-                let out = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
-                broken.extend(bpda.monitor.map(|m| m.broken).unwrap_or_default());
-                out
+                let out = pgd(&x, &plan.whitebox_pgd, &mut bpda, &mut attack_rng)?;
+                (out, bpda.monitor.map(|m| m.broken).unwrap_or_default())
             }
             ThreatModel::Image => {
                 let mut bpda = PhotoBpda {
@@ -621,20 +822,56 @@ fn white_box(
                     defense: &mut *defense,
                     pipeline: *pipeline,
                     placements: &places[first_pair..first_pair + len],
-                    samples: opts.eot,
+                    samples: plan.eot,
                     rng,
-                    monitor: Some(BreakMonitor::new(threshold, len)),
+                    monitor,
                 };
-                let out = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
-                broken.extend(bpda.monitor.map(|m| m.broken).unwrap_or_default());
-                out
+                let out = pgd(&x, &plan.whitebox_pgd, &mut bpda, &mut attack_rng)?;
+                (out, bpda.monitor.map(|m| m.broken).unwrap_or_default())
             }
         };
-        adv.push(quantize(&out));
+        let out = quantize(&out);
+        if let Some(path) = &kept {
+            save_chunk(path, &out, &chunk_broken)?;
+        }
+        adv.push(out);
+        broken.extend(chunk_broken);
         bar.inc(len as u64);
     }
     bar.finish();
     Ok((Tensor::cat(&adv, 0), broken))
+}
+
+/// 64-bit FNV-1a of `text` (names the kept white-box chunks of one setting).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A kept white-box chunk: its probes and which pairs broke (`None` when absent or unreadable,
+/// which means attacking it again).
+fn load_chunk(path: &std::path::Path) -> Option<(Tensor, Vec<bool>)> {
+    let named = Tensor::load_multi(path).ok()?;
+    let get = |k: &str| named.iter().find(|(n, _)| n == k).map(|(_, t)| t);
+    let (adv, broken) = (get("adv")?, get("broken")?);
+    let broken: Vec<i64> = Vec::try_from(broken).ok()?;
+    Some((adv.shallow_clone(), broken.into_iter().map(|b| b != 0).collect()))
+}
+
+/// Keeps a white-box chunk (written beside and renamed, so a stop never leaves half a file).
+fn save_chunk(path: &std::path::Path, adv: &Tensor, broken: &[bool]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    }
+    let flags: Vec<i64> = broken.iter().map(|&b| i64::from(b)).collect();
+    let tmp = path.with_extension("tmp");
+    Tensor::save_multi(
+        &[("adv", adv), ("broken", &Tensor::from_slice(&flags))],
+        &tmp,
+    )
+    .with_context(|| format!("cannot write '{}'", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write '{}'", path.display()))
 }
 
 /// The lab tables (image model first) as Markdown.
@@ -744,6 +981,20 @@ fn render_alarm(rows: &[LabRow], model: ThreatModel) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_white_box_chunk_reads_back_as_written() {
+        let dir = std::env::temp_dir().join(format!("avae-lab-chunk-{}", std::process::id()));
+        let path = dir.join("whitebox-image-0-0.pt");
+        assert!(load_chunk(&path).is_none(), "nothing kept yet");
+        let adv = Tensor::rand([3, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+        save_chunk(&path, &adv, &[true, false, true]).unwrap();
+        let (back, broken) = load_chunk(&path).expect("the kept chunk");
+        assert_eq!(broken, [true, false, true]);
+        assert!(back.allclose(&adv, 0.0, 0.0, false));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_ne!(fnv1a("a|1"), fnv1a("a|2"));
+    }
 
     #[test]
     fn a_pair_broken_by_an_earlier_iterate_counts_as_broken() {

@@ -345,6 +345,7 @@ fn readme(summary: &EvalSummary, grids: &[Grid]) -> Result<String> {
         summary.options.command, summary.wall_seconds
     );
     s.push_str(&protocol_markdown(summary));
+    s.push_str(&crate::eval::image_markdown(summary));
     s.push_str(&results_markdown(summary));
     if let Some(alarm) = &summary.alarm {
         s.push_str(&crate::eval::alarm_markdown(alarm));

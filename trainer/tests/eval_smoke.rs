@@ -215,6 +215,39 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
     assert!(report.join("alarm-crop.png").is_file(), "alarm ROC missing");
     assert!(readme.contains("## Attack alarm"), "{readme}");
 
+    // The image threat model: no defense, A-VAE and the five baselines, every grey-box attack,
+    // the white-box attack on the A-VAE row (kept chunk by chunk for a resumed run) and the
+    // transfer of its probes to every row; the headline comes from those rows.
+    let image = summary["image"].as_array().unwrap();
+    assert_eq!(image.len(), 7, "{image:?}");
+    for row in image {
+        for cond in ["clean", "fgsm4", "fgsm8", "pgd8", "cw", "transfer_pgd8"] {
+            let v = row["accuracy"][cond].as_f64();
+            assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{cond}: {row}");
+        }
+    }
+    assert!(image[1]["accuracy"]["bpda_pgd8"].is_f64(), "{}", image[1]);
+    assert_eq!(image[1]["whitebox_pairs"], 6);
+    let headline = &summary["headline"];
+    for key in [
+        "clean_none",
+        "clean_avae",
+        "fgsm8",
+        "pgd8",
+        "cw",
+        "whitebox_pgd8",
+        "best_baseline_pgd8",
+        "crop_pgd8",
+        "samples",
+        "tau",
+    ] {
+        assert!(headline[key].is_number(), "{key} missing: {headline}");
+    }
+    assert_eq!(headline["clean_none"], image[0]["accuracy"]["clean"]);
+    let kept = fs::read_dir(report.join("cache")).unwrap().count();
+    assert!(kept >= 1, "no white-box chunk kept in report/cache");
+    assert!(readme.contains("**Headline**"), "{readme}");
+
     // The robustness lab on the same data: two bundles side by side, one row each.
     let lab = root.join("lab");
     let out = trainer(&[

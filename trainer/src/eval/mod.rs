@@ -21,6 +21,7 @@ mod alarm;
 mod attacks;
 mod condition;
 mod defenses;
+mod image;
 mod protocol;
 mod summary;
 mod whitebox;
@@ -38,6 +39,8 @@ use serde::Serialize;
 pub use alarm::{AlarmSummary, AttackAlarm};
 pub(crate) use alarm::{markdown as alarm_markdown, write_figure as write_alarm_figure};
 pub use condition::Condition;
+pub(crate) use image::markdown as image_markdown;
+pub use image::{Headline, ImageOptions};
 pub(crate) use protocol::{PairSets, mark_broken, mix, scores_of, stream};
 pub use protocol::{TARGET_FAR, threshold_at_far, verify};
 pub use summary::{Cell, EvalSummary, Grid, Row, Table};
@@ -89,6 +92,8 @@ pub struct EvalOptions {
     pub pgd: PgdParams,
     /// White-box (BPDA) PGD.
     pub whitebox_pgd: PgdParams,
+    /// The image threat model's stronger white-box attack (the full evaluation's image stage).
+    pub image: ImageOptions,
     /// Grey-box C&W L2.
     pub cw: CwParams,
     /// On-manifold attack: steps n.
@@ -114,6 +119,9 @@ mod defaults {
     pub const PGD_STEPS: (usize, usize) = (20, 10);
     pub const WHITEBOX_PGD_STEPS: (usize, usize) = (10, 5);
     pub const CW_STEPS: (usize, usize) = (30, 20);
+    pub const IMAGE_WHITEBOX_PAIRS: (usize, usize) = (200, 600);
+    pub const IMAGE_EOT: (usize, usize) = (8, 2);
+    pub const IMAGE_WHITEBOX_STEPS: (usize, usize) = (50, 3);
 }
 
 /// Arguments of `trainer eval`.
@@ -180,6 +188,16 @@ pub struct EvalArgs {
     /// White-box PGD step size in 1/255
     #[arg(long, default_value_t = 2.0)]
     whitebox_pgd_step: f64,
+    /// Image threat model: pairs of the white-box BPDA + EOT attack, spread over the test pairs
+    /// [default: 200, --fast all]
+    #[arg(long)]
+    image_whitebox_pairs: Option<usize>,
+    /// Image threat model: K, purifier draws per white-box EOT gradient [default: 8, --fast 2]
+    #[arg(long)]
+    image_eot: Option<usize>,
+    /// Image threat model: white-box PGD steps [default: 50, --fast 3]
+    #[arg(long)]
+    image_whitebox_steps: Option<usize>,
     /// C&W optimisation steps [default: 30, --fast 20]
     #[arg(long)]
     cw_steps: Option<usize>,
@@ -297,6 +315,14 @@ impl EvalArgs {
             feather: self.feather,
             pgd,
             whitebox_pgd,
+            image: ImageOptions {
+                whitebox_pairs: self.pick(self.image_whitebox_pairs, defaults::IMAGE_WHITEBOX_PAIRS),
+                eot: self.pick(self.image_eot, defaults::IMAGE_EOT).max(1),
+                whitebox_pgd: PgdParams {
+                    steps: self.pick(self.image_whitebox_steps, defaults::IMAGE_WHITEBOX_STEPS),
+                    ..whitebox_pgd
+                },
+            },
             cw: self.cw_params(),
             manifold_steps: self.manifold_steps,
             manifold_eps: self.manifold_eps,
@@ -457,8 +483,12 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     };
     stage_done(&mut seconds, "alarm", t);
 
+    let t = Instant::now();
+    let image_rows = image::rows(opts)?;
+    stage_done(&mut seconds, "image threat model", t);
+
     let grids = ev.grids(&probes, &results.purified, white_grid);
-    let summary = EvalSummary {
+    let mut summary = EvalSummary {
         options: opts.clone(),
         purifier,
         recognizer: summary::recognizer_info(opts, &ev.recognizer)?,
@@ -468,9 +498,12 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         tables: summary::tables(results.grey_rows, white_rows, results.manifold_rows),
         perturbation_l2,
         alarm,
+        image: image_rows,
+        headline: None,
         seconds,
         wall_seconds: start.elapsed().as_secs_f64(),
     };
+    summary.headline = image::headline(&summary.image, &summary);
     crate::report::write(&opts.report, &summary, &grids)?;
     Ok(summary)
 }

@@ -89,6 +89,11 @@ pub struct EvalSummary {
     pub perturbation_l2: BTreeMap<Condition, f64>,
     /// The attack alarm's evaluation (absent for a bundle without an A-VAE defense row).
     pub alarm: Option<super::alarm::AlarmSummary>,
+    /// The image threat model's rows (the lab's, with every baseline and the stronger
+    /// white-box attack; see `eval/image.rs`).
+    pub image: Vec<crate::lab::LabRow>,
+    /// The headline figures (image threat model, shipped defaults).
+    pub headline: Option<super::Headline>,
     /// Seconds spent in each stage.
     pub seconds: BTreeMap<String, f64>,
     /// Total wall time in seconds.
