@@ -37,15 +37,29 @@ struct Face {
 type Frames = Arc<Mutex<Vec<Vec<Face>>>>;
 
 /// The box `(x, y, w, h)` of an RGBx frame averaged over a `GRID` x `GRID` grid of cells.
-fn sample_box(data: &[u8], stride: usize, rect: (u32, u32, u32, u32), size: (u32, u32)) -> Vec<f32> {
-    let (x0, y0) = (rect.0.min(size.0 - 1) as usize, rect.1.min(size.1 - 1) as usize);
+fn sample_box(
+    data: &[u8],
+    stride: usize,
+    rect: (u32, u32, u32, u32),
+    size: (u32, u32),
+) -> Vec<f32> {
+    let (x0, y0) = (
+        rect.0.min(size.0 - 1) as usize,
+        rect.1.min(size.1 - 1) as usize,
+    );
     let w = (rect.2 as usize).clamp(1, size.0 as usize - x0);
     let h = (rect.3 as usize).clamp(1, size.1 as usize - y0);
     let mut grid = vec![0.0f32; GRID * GRID * 3];
     for gy in 0..GRID {
-        let (ya, yb) = (y0 + gy * h / GRID, (y0 + (gy + 1) * h / GRID).max(y0 + gy * h / GRID + 1));
+        let (ya, yb) = (
+            y0 + gy * h / GRID,
+            (y0 + (gy + 1) * h / GRID).max(y0 + gy * h / GRID + 1),
+        );
         for gx in 0..GRID {
-            let (xa, xb) = (x0 + gx * w / GRID, (x0 + (gx + 1) * w / GRID).max(x0 + gx * w / GRID + 1));
+            let (xa, xb) = (
+                x0 + gx * w / GRID,
+                (x0 + (gx + 1) * w / GRID).max(x0 + gx * w / GRID + 1),
+            );
             let mut sum = [0.0f64; 3];
             for y in ya..yb {
                 for x in xa..xb {
@@ -108,9 +122,7 @@ struct Figures {
 
 /// Runs the chain on `video` with `refresh-interval=interval`.
 fn run(video: &str, interval: u32, frames: Option<u32>) -> Result<Figures, String> {
-    let limit = frames.map_or(String::new(), |n| {
-        format!("! identity eos-after={n} ")
-    });
+    let limit = frames.map_or(String::new(), |n| format!("! identity eos-after={n} "));
     let launch = format!(
         "filesrc location=\"{video}\" ! decodebin ! videoconvert {limit}! video/x-raw,format=RGBx \
          ! avaefacedetect tracking=true ! avaepurify name=purify backend=ort seed=1 \
@@ -123,8 +135,14 @@ fn run(video: &str, interval: u32, frames: Option<u32>) -> Result<Figures, Strin
     let purify = pipeline.by_name("purify").ok_or("no avaepurify")?;
     let sink = pipeline.by_name("sink").ok_or("no sink")?;
     let (input, output): (Frames, Frames) = Default::default();
-    watch(&purify.static_pad("sink").ok_or("no sink pad")?, input.clone());
-    watch(&sink.static_pad("sink").ok_or("no sink pad")?, output.clone());
+    watch(
+        &purify.static_pad("sink").ok_or("no sink pad")?,
+        input.clone(),
+    );
+    watch(
+        &sink.static_pad("sink").ok_or("no sink pad")?,
+        output.clone(),
+    );
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| format!("cannot play: {e}"))?;
@@ -134,7 +152,11 @@ fn run(video: &str, interval: u32, frames: Option<u32>) -> Result<Figures, Strin
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(err) => {
                 let _ = pipeline.set_state(gst::State::Null);
-                return Err(format!("pipeline error: {} ({:?})", err.error(), err.debug()));
+                return Err(format!(
+                    "pipeline error: {} ({:?})",
+                    err.error(),
+                    err.debug()
+                ));
             }
             _ => {}
         }
@@ -150,7 +172,11 @@ fn run(video: &str, interval: u32, frames: Option<u32>) -> Result<Figures, Strin
 }
 
 fn mean_abs(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 /// The flicker figure's sums and the distance ratios of one run.

@@ -168,7 +168,13 @@ impl LatentKeeper {
         }
     }
 
-    fn offer(&mut self, face: usize, sample: usize, distance: f32, z: ndarray::ArrayView1<'_, f32>) {
+    fn offer(
+        &mut self,
+        face: usize,
+        sample: usize,
+        distance: f32,
+        z: ndarray::ArrayView1<'_, f32>,
+    ) {
         if self.best[face].is_none_or(|(d, _)| distance < d) {
             self.best[face] = Some((distance, sample));
             self.latents.row_mut(face).assign(&z);

@@ -99,7 +99,9 @@ fn run(middle: &str) -> (Vec<Seen>, Option<gst::Element>) {
         store.lock().expect("lock").push(Seen { late_ms, params });
         gst::PadProbeReturn::Ok
     });
-    pipeline.set_state(gst::State::Playing).expect("pipeline plays");
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("pipeline plays");
     let bus = pipeline.bus().expect("a bus");
     for message in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
         match message.view() {
@@ -108,7 +110,9 @@ fn run(middle: &str) -> (Vec<Seen>, Option<gst::Element>) {
             _ => {}
         }
     }
-    pipeline.set_state(gst::State::Null).expect("pipeline stops");
+    pipeline
+        .set_state(gst::State::Null)
+        .expect("pipeline stops");
     let seen = std::mem::take(&mut *seen.lock().expect("lock"));
     (seen, purify)
 }
@@ -116,7 +120,10 @@ fn run(middle: &str) -> (Vec<Seen>, Option<gst::Element>) {
 #[test]
 fn a_live_source_is_never_held_past_its_frame_budget() {
     let bundle = common::workspace().join("models/avae-cpu");
-    assert!(bundle.join("manifest.json").is_file(), "shipped bundle missing");
+    assert!(
+        bundle.join("manifest.json").is_file(),
+        "shipped bundle missing"
+    );
     let (baseline, _) = run("identity");
     assert_eq!(baseline.len() as u64, FRAMES);
     let source_late = baseline.iter().map(|s| s.late_ms).fold(f64::MIN, f64::max);
@@ -130,7 +137,11 @@ fn a_live_source_is_never_held_past_its_frame_budget() {
     let added: Vec<f64> = seen.iter().map(|s| s.late_ms - source_late).collect();
     let worst = added.iter().copied().fold(f64::MIN, f64::max);
     let stats = purify.property::<gst::Structure>("stats");
-    let stat = |field: &str| stats.get::<u64>(field).unwrap_or_else(|e| panic!("{field}: {e}"));
+    let stat = |field: &str| {
+        stats
+            .get::<u64>(field)
+            .unwrap_or_else(|e| panic!("{field}: {e}"))
+    };
     println!(
         "source lateness {source_late:.1} ms; added by avaepurify: worst {worst:.1} ms, mean \
          {:.1} ms (budget {BUDGET_MS} ms); {stats}",
@@ -157,7 +168,10 @@ fn a_live_source_is_never_held_past_its_frame_budget() {
             over += 1;
         }
     }
-    assert!(over > 0, "the budget must have bitten: {FACES} faces at M=8 in 40 ms");
+    assert!(
+        over > 0,
+        "the budget must have bitten: {FACES} faces at M=8 in 40 ms"
+    );
     assert_eq!(stat("faces-over-budget"), over);
     assert!(stat("faces-reused") > 0, "{stats}");
     assert_eq!(

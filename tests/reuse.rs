@@ -89,7 +89,10 @@ fn params(buffer: &gst::BufferRef) -> Vec<gst::Structure> {
         .iter_meta::<VideoRegionOfInterestMeta>()
         .map(|m| {
             let param = m.param("avae-purify").map(|p| p.to_owned());
-            (m.seqnum(), param.expect("every face ROI has an avae-purify param"))
+            (
+                m.seqnum(),
+                param.expect("every face ROI has an avae-purify param"),
+            )
         })
         .collect();
     metas.sort_by_key(|(seqnum, _)| *seqnum);
@@ -179,7 +182,10 @@ fn a_track_is_purified_in_full_every_refresh_interval_frames() {
             assert_eq!(off, 0, "frame {f}: the reused face differs from frame 0's");
             let d0 = first.1.get::<f64>("distance").expect("distance");
             let d = p[0].get::<f64>("distance").expect("distance");
-            assert!((d - d0).abs() <= 1e-3 * d0, "frame {f}: distance {d} vs {d0}");
+            assert!(
+                (d - d0).abs() <= 1e-3 * d0,
+                "frame {f}: distance {d} vs {d0}"
+            );
         }
     }
     assert_eq!(stat_u64(&purify, "faces-purified"), 18);
@@ -277,5 +283,8 @@ fn flush_and_caps_changes_forget_the_tracks() {
     // Other caps (here a wider frame): the kept latents do not apply any more.
     let wider = self::info(260);
     h.set_src_caps(wider.to_caps().expect("caps"));
-    assert_eq!(path(&mut h, &wider, 160), (Some("new".into()), Some((0, 0))));
+    assert_eq!(
+        path(&mut h, &wider, 160),
+        (Some("new".into()), Some((0, 0)))
+    );
 }

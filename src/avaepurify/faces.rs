@@ -160,11 +160,13 @@ pub(super) fn purify(
     }
 
     let paths: Vec<FacePath> = (0..n)
-        .map(|i| match (plans[i], kept[i].is_some(), results[i].is_some()) {
-            (Plan::Full(refresh), true, _) => FacePath::Full(refresh),
-            (_, _, true) => FacePath::Reused,
-            _ => FacePath::OverBudget,
-        })
+        .map(
+            |i| match (plans[i], kept[i].is_some(), results[i].is_some()) {
+                (Plan::Full(refresh), true, _) => FacePath::Full(refresh),
+                (_, _, true) => FacePath::Reused,
+                _ => FacePath::OverBudget,
+            },
+        )
         .collect();
     let ages = tracks.record(&ids, &plans, &paths, kept);
 

@@ -134,7 +134,15 @@ impl AvaePurify {
         let (failure, over) = if targets.is_empty() {
             (None, Vec::new())
         } else {
-            self.purify_targets(state, settings, buffer, &info, &targets, budget, &mut report)
+            self.purify_targets(
+                state,
+                settings,
+                buffer,
+                &info,
+                &targets,
+                budget,
+                &mut report,
+            )
         };
         if let Some(budget) = &budget {
             report.late = budget.exceeded();
@@ -317,8 +325,10 @@ impl AvaePurify {
         over: &[usize],
         side: usize,
     ) {
-        let unpurified: Vec<(&Target, Cause)> =
-            over.iter().map(|&i| (&targets[i], Cause::OverBudget)).collect();
+        let unpurified: Vec<(&Target, Cause)> = over
+            .iter()
+            .map(|&i| (&targets[i], Cause::OverBudget))
+            .collect();
         targets::mark_unpurified(buffer, &unpurified);
         if settings.on_failure == OnFailure::Conceal {
             let concealed = gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, info)
@@ -455,7 +465,10 @@ impl ObjectImpl for AvaePurify {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
             let mut stats = lock(&self.stats).to_structure();
-            crate::shared::add_purifier_stats(&mut stats, lock(&self.state).as_ref().map(|s| &s.purifier));
+            crate::shared::add_purifier_stats(
+                &mut stats,
+                lock(&self.state).as_ref().map(|s| &s.purifier),
+            );
             return stats.to_value();
         }
         lock(&self.settings).get(pspec.name())
@@ -504,7 +517,10 @@ impl BaseTransformImpl for AvaePurify {
             })?;
             super::precision::apply(self, *CAT, purifier, &settings)
         };
-        let key = EngineKey::of(&settings.engine, &format!("precision {:?}", settings.precision));
+        let key = EngineKey::of(
+            &settings.engine,
+            &format!("precision {:?}", settings.precision),
+        );
         let sharing = &settings.sharing;
         let purifier = PurifierHandle::open(&sharing.id, &key, sharing.batching(), load)?;
         gst::info!(
@@ -537,7 +553,11 @@ impl BaseTransformImpl for AvaePurify {
         let mut costs = Costs::default();
         let batch = settings.batch as usize;
         if let Err(err) = purifier.with_purifier(|p| live::warm_up(p, batch, &mut costs)) {
-            gst::warning!(CAT, imp = self, "Warm-up failed, no cost figures yet: {err}");
+            gst::warning!(
+                CAT,
+                imp = self,
+                "Warm-up failed, no cost figures yet: {err}"
+            );
         }
         let rng = if settings.seed == 0 {
             StdRng::from_os_rng()

@@ -53,11 +53,13 @@ pub(super) fn warm_up(
         let enc = purifier.encode(face.view())?;
         let encoded = started.elapsed();
         let skip = enc.skip.broadcast((chunk, enc.skip.dim().1, 16, 16));
-        let skip = skip.map(|s| s.to_owned()).ok_or_else(|| crate::Error::InvalidParameter {
-            name: "skip",
-            value: format!("{:?}", enc.skip.dim()),
-            expected: "one face's skip feature",
-        })?;
+        let skip = skip
+            .map(|s| s.to_owned())
+            .ok_or_else(|| crate::Error::InvalidParameter {
+                name: "skip",
+                value: format!("{:?}", enc.skip.dim()),
+                expected: "one face's skip feature",
+            })?;
         let z = Array2::<f32>::zeros((chunk, dim));
         let started = Instant::now();
         purifier.decode(z.view(), skip.view())?;

@@ -152,7 +152,10 @@ impl Stats {
             .field("faces-over-budget", self.faces_over_budget)
             .field("late-frames", self.late_frames)
             .field("mean-full-ms", mean(self.full_ms_total, self.faces_full))
-            .field("mean-reuse-ms", mean(self.reuse_ms_total, self.faces_reused))
+            .field(
+                "mean-reuse-ms",
+                mean(self.reuse_ms_total, self.faces_reused),
+            )
             .build()
     }
 }

@@ -74,9 +74,8 @@ fn matching_rois(
         .filter(|meta| meta.roi_type() == settings.roi_type)
         .map(|meta| {
             let detection = meta.param(DETECTION_PARAM);
-            let aligned = template.and_then(|template| {
-                landmark_alignment(detection?, template, geometry)
-            });
+            let aligned =
+                template.and_then(|template| landmark_alignment(detection?, template, geometry));
             let track = detection
                 .and_then(|d| d.get::<i32>(OBJECT_ID).ok())
                 .filter(|id| *id >= 1);

@@ -372,7 +372,10 @@ mod tests {
         for _ in 0..TRACK_TIMEOUT_FRAMES {
             frame(&mut tracks, &[Some(2)], 8);
         }
-        assert!(tracks.chosen(1).is_none(), "a track unseen for the timeout is forgotten");
+        assert!(
+            tracks.chosen(1).is_none(),
+            "a track unseen for the timeout is forgotten"
+        );
         assert!(tracks.chosen(2).is_some());
         let many: Vec<Option<i32>> = (10..10 + MAX_TRACKS as i32 + 50).map(Some).collect();
         frame(&mut tracks, &many, 8);

@@ -619,8 +619,10 @@ pub(crate) fn run_space(
     }
     if let Some(adv) = transfer_probes.filter(|_| plan.transfer) {
         let align = subset.rows(&space.aligns[PROBE]);
-        for ((lab, row), (g, threshold, pl_p)) in
-            defenses.iter_mut().zip(rows.iter_mut()).zip(transfer_inputs)
+        for ((lab, row), (g, threshold, pl_p)) in defenses
+            .iter_mut()
+            .zip(rows.iter_mut())
+            .zip(transfer_inputs)
         {
             let places = subset.places(&pl_p);
             let e = space.embeddings(
@@ -856,7 +858,10 @@ fn load_chunk(path: &std::path::Path) -> Option<(Tensor, Vec<bool>)> {
     let get = |k: &str| named.iter().find(|(n, _)| n == k).map(|(_, t)| t);
     let (adv, broken) = (get("adv")?, get("broken")?);
     let broken: Vec<i64> = Vec::try_from(broken).ok()?;
-    Some((adv.shallow_clone(), broken.into_iter().map(|b| b != 0).collect()))
+    Some((
+        adv.shallow_clone(),
+        broken.into_iter().map(|b| b != 0).collect(),
+    ))
 }
 
 /// Keeps a white-box chunk (written beside and renamed, so a stop never leaves half a file).

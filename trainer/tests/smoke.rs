@@ -142,13 +142,17 @@ fn prepare_train_and_resume() {
     // Only the newest two checkpoint folders are kept.
     assert!(!run.join("ckpt-00000002").exists());
     assert!(run.join("ckpt-00000004").is_dir() && run.join("ckpt-00000005").is_dir());
-    assert!(meta.get("init").is_none(), "a run from scratch has no init: {meta}");
+    assert!(
+        meta.get("init").is_none(),
+        "a run from scratch has no init: {meta}"
+    );
 
     // A fine-tuning run records the bundle it started from, and keeps it across a resume.
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/bundle-tiny");
     let tiny = tiny.to_str().unwrap();
     let mut finetune: Vec<&str> = common.iter().copied().collect();
-    finetune[finetune.iter().position(|a| *a == "run").unwrap()] = "run-ft";
+    let out_arg = finetune.iter().position(|a| *a == "run").unwrap();
+    finetune[out_arg] = "run-ft";
     let first_ft: Vec<&str> = finetune
         .iter()
         .copied()
@@ -161,10 +165,9 @@ fn prepare_train_and_resume() {
         .chain(["--steps", "3", "--resume"])
         .collect();
     trainer(&resumed_ft, &tmp);
-    let meta: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(tmp.join("run-ft/checkpoint.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.join("run-ft/checkpoint.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["step"], 3);
     let init = meta["init"].as_str().unwrap_or_default();
     assert!(init.contains("bundle-tiny"), "init: {meta}");

@@ -55,11 +55,7 @@ pub(super) fn rows(opts: &EvalOptions) -> Result<Vec<LabRow>> {
         opts.purify,
     )?));
     let mut defenses = vec![row("none".into(), Defense::None), row(avae.label(), avae)];
-    defenses.extend(
-        Defense::baselines()
-            .into_iter()
-            .map(|d| row(d.label(), d)),
-    );
+    defenses.extend(Defense::baselines().into_iter().map(|d| row(d.label(), d)));
     let plan = Plan {
         grey: GREY,
         whitebox_pairs: opts.image.whitebox_pairs,

@@ -316,7 +316,8 @@ impl EvalArgs {
             pgd,
             whitebox_pgd,
             image: ImageOptions {
-                whitebox_pairs: self.pick(self.image_whitebox_pairs, defaults::IMAGE_WHITEBOX_PAIRS),
+                whitebox_pairs: self
+                    .pick(self.image_whitebox_pairs, defaults::IMAGE_WHITEBOX_PAIRS),
                 eot: self.pick(self.image_eot, defaults::IMAGE_EOT).max(1),
                 whitebox_pgd: PgdParams {
                     steps: self.pick(self.image_whitebox_steps, defaults::IMAGE_WHITEBOX_STEPS),
