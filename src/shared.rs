@@ -656,6 +656,9 @@ fn run_batch(core: &Core, batch: Vec<Request>) {
     }
 }
 
+/// One request's results and chosen latents.
+type GroupResult = (Vec<Purified>, Vec<Chosen>);
+
 /// One call over the faces of `group` (equal `samples` and `tau`): each request's faces are
 /// purified in place on success, and its results and chosen latents come back in request
 /// order.
@@ -663,7 +666,7 @@ fn run_group(
     purifier: &mut Purifier,
     group: &mut [Request],
     params: &PurifyParams,
-) -> Result<Vec<(Vec<Purified>, Vec<Chosen>)>, String> {
+) -> Result<Vec<GroupResult>, String> {
     let side = purifier.image_size();
     let counts: Vec<usize> = group.iter().map(|r| r.faces.dim().0).collect();
     let total: usize = counts.iter().sum();
@@ -834,6 +837,8 @@ fn refusal(message: String) -> gst::ErrorMessage {
 }
 
 /// Where `avaepurify` gets its purifier: its own, or a shared instance's.
+// One handle per element, held for the element's life: the size of the own variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum PurifierHandle {
     /// A purifier of this element alone.
     Own(Purifier),

@@ -204,7 +204,7 @@ impl AvaePurify {
     ) -> Option<Budget> {
         let live = *state
             .live
-            .get_or_insert_with(|| live::upstream_is_live(&self.obj().sink_pad()));
+            .get_or_insert_with(|| live::upstream_is_live(self.obj().sink_pad()));
         if !live || (settings.max_latency_ms == 0 && live::test_clock(&*self.obj())) {
             return None;
         }

@@ -150,7 +150,7 @@ fn prepare_train_and_resume() {
     // A fine-tuning run records the bundle it started from, and keeps it across a resume.
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/bundle-tiny");
     let tiny = tiny.to_str().unwrap();
-    let mut finetune: Vec<&str> = common.iter().copied().collect();
+    let mut finetune: Vec<&str> = common.to_vec();
     let out_arg = finetune.iter().position(|a| *a == "run").unwrap();
     finetune[out_arg] = "run-ft";
     let first_ft: Vec<&str> = finetune
