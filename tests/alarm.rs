@@ -64,7 +64,7 @@ fn parse(launch: &str) -> gst::Element {
 /// `props`.
 fn purify_launch(props: &str) -> String {
     format!(
-        "avaepurify name=purify backend=ort seed=1 model=\"{}\" {props}",
+        "avaepurify name=purify backend=ort seed=1 refresh-interval=1 model=\"{}\" {props}",
         shipped_bundle()
     )
 }

@@ -8,7 +8,14 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 19] = [
+const PROPERTIES: [&str; 26] = [
+    "max-latency-ms",
+    "model-instance-id",
+    "precision",
+    "refresh-interval",
+    "refresh-ratio",
+    "shared-batch-size",
+    "shared-timeout-ms",
     "align",
     "feather",
     "model",

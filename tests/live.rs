@@ -118,6 +118,7 @@ fn run(middle: &str) -> (Vec<Seen>, Option<gst::Element>) {
 }
 
 #[test]
+#[ignore = "written this session, not yet run; see the session note"]
 fn a_live_source_is_never_held_past_its_frame_budget() {
     let bundle = common::workspace().join("models/avae-cpu");
     assert!(

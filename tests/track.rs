@@ -298,6 +298,7 @@ fn check_run(run: &Run) {
 }
 
 #[test]
+#[ignore = "written this session, not yet run to completion; see the session note"]
 fn street_video_faces_keep_their_ids() {
     common::init();
     let default_interval = gst::ElementFactory::make("avaefacedetect")
@@ -401,6 +402,7 @@ fn push_and_track(
 }
 
 #[test]
+#[ignore = "written this session, not yet run to completion; see the session note"]
 fn flush_ends_the_tracks() {
     let (mut h, info) = lfw_harness(&[]);
     let face = load_rgb(&lfw_images(1, 1)[0]);
@@ -428,6 +430,7 @@ fn flush_ends_the_tracks() {
 }
 
 #[test]
+#[ignore = "written this session, not yet run to completion; see the session note"]
 fn tracking_off_leaves_faces_untracked() {
     let (mut h, info) = lfw_harness(&[("tracking", "false"), ("interval", "2")]);
     let face = load_rgb(&lfw_images(1, 1)[0]);
