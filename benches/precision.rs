@@ -10,6 +10,8 @@
 //! `cargo bench --bench precision [-- --quick] [--model DIR] [--faces N] [--backend ort|tract]`
 //! (`--quick`: M = 16 only, fewer faces).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -19,11 +21,10 @@ use gstavaepurify::bundle::{Bundle, default_model_dir};
 use gstavaepurify::engine::precision::{self, CpuFeatures, Precision};
 use gstavaepurify::engine::{Backend, Device};
 use gstavaepurify::purifier::Purifier;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
-const FRAME_W: u32 = 640;
-const FRAME_H: u32 = 480;
+use common::{FRAME_H, FRAME_W};
 
 struct Options {
     quick: bool,
@@ -115,30 +116,17 @@ fn element_time(
     nfaces: usize,
     reps: usize,
 ) -> Result<f64, String> {
-    let mut h = gst_check::Harness::new("avaepurify");
-    {
-        let el = h.element().ok_or("no element in harness")?;
-        el.set_property("model", model.to_str().ok_or("model path is not UTF-8")?);
+    let mut h = common::purify_harness(|el| {
+        el.set_property("model", common::model_str(model)?);
         el.set_property_from_str("backend", backend);
         el.set_property_from_str("device", "cpu");
         el.set_property_from_str("precision", precision);
         el.set_property("samples", samples as u32);
         el.set_property("seed", 1u64);
-    }
-    h.set_src_caps_str(&format!(
-        "video/x-raw,format=RGB,width={FRAME_W},height={FRAME_H},framerate=25/1"
-    ));
+        Ok(())
+    })?;
     let mut rng = StdRng::seed_from_u64(2);
-    let mut frame = || -> Result<gst::Buffer, String> {
-        let data: Vec<u8> = (0..(FRAME_W * FRAME_H * 3)).map(|_| rng.random()).collect();
-        let mut buf = gst::Buffer::from_mut_slice(data);
-        let b = buf.get_mut().ok_or("buffer not writable")?;
-        for i in 0..nfaces as u32 {
-            let (x, y) = ((i % 4) * 150 + 10, (i / 4) * 115 + 5);
-            gst_video::VideoRegionOfInterestMeta::add(b, "face", (x, y, 110, 110));
-        }
-        Ok(buf)
-    };
+    let mut frame = || common::face_frame(&mut rng, nfaces as u32);
     h.push_and_pull(frame()?)
         .map_err(|e| format!("warm-up frame: {e:?}"))?;
     let t = Instant::now();
@@ -147,14 +135,8 @@ fn element_time(
             .map_err(|e| format!("frame: {e:?}"))?;
     }
     let elapsed = t.elapsed().as_secs_f64();
-    let stats = h
-        .element()
-        .ok_or("no element in harness")?
-        .property::<gst::Structure>("stats");
-    let purified = stats
-        .get::<u64>("faces-purified")
-        .map_err(|e| e.to_string())?;
-    if purified != ((reps + 1) * nfaces) as u64 {
+    let stats = common::stats(&h)?;
+    if common::stat(&h, "faces-purified")? != ((reps + 1) * nfaces) as u64 {
         return Err(format!(
             "element ({backend}, precision={precision}, M = {samples}) did not purify every \
              face: {stats}"

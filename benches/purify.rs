@@ -10,6 +10,8 @@
 //! `cargo bench --bench purify [-- --quick] [--model DIR] [--faces N]`
 //! (`--quick`: M = 16 only and fewer repetitions, for CI).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -23,8 +25,7 @@ use ndarray::Array2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const FRAME_W: u32 = 640;
-const FRAME_H: u32 = 480;
+use common::{FRAME_H, FRAME_W};
 const BATCH: usize = 16;
 
 struct Options {
@@ -98,39 +99,22 @@ fn element_time(
     nfaces: usize,
     reps: usize,
 ) -> Result<(f64, f64), String> {
-    let mut h = gst_check::Harness::new("avaepurify");
-    {
-        let el = h.element().ok_or("no element in harness")?;
-        el.set_property("model", model.to_str().ok_or("model path is not UTF-8")?);
+    let mut h = common::purify_harness(|el| {
+        el.set_property("model", common::model_str(model)?);
         el.set_property_from_str("backend", backend);
         el.set_property_from_str("device", "cpu");
         el.set_property("samples", samples as u32);
         el.set_property("batch", BATCH as u32);
         el.set_property("seed", 1u64);
         el.set_property("max-faces", 16u32);
-    }
-    h.set_src_caps_str(&format!(
-        "video/x-raw,format=RGB,width={FRAME_W},height={FRAME_H},framerate=25/1"
-    ));
+        Ok(())
+    })?;
     let mut rng = StdRng::seed_from_u64(2);
-    let frame = |rng: &mut StdRng| -> Result<gst::Buffer, String> {
-        let data: Vec<u8> = (0..(FRAME_W * FRAME_H * 3)).map(|_| rng.random()).collect();
-        let mut buf = gst::Buffer::from_mut_slice(data);
-        let b = buf.get_mut().ok_or("buffer not writable")?;
-        for i in 0..nfaces as u32 {
-            let x = (i % 4) * 150 + 10;
-            let y = (i / 4) * 115 + 5;
-            gst_video::VideoRegionOfInterestMeta::add(b, "face", (x, y, 110, 110));
-        }
-        Ok(buf)
-    };
+    let frame = |rng: &mut StdRng| common::face_frame(rng, nfaces as u32);
     h.push_and_pull(frame(&mut rng)?)
         .map_err(|e| format!("warm-up frame: {e:?}"))?;
     let engine_total = |h: &gst_check::Harness| -> Result<f64, String> {
-        let stats = h
-            .element()
-            .ok_or("no element")?
-            .property::<gst::Structure>("stats");
+        let stats = common::stats(h)?;
         let mean = stats
             .get::<f64>("mean-engine-ms")
             .map_err(|e| e.to_string())?;

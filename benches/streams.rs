@@ -15,6 +15,8 @@
 //! `cargo bench --bench streams [-- --quick] [--frames N] [--model DIR] [--backend B]
 //! [--samples M]`
 
+mod common;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
@@ -23,11 +25,11 @@ use std::time::{Duration, Instant};
 use gst::glib;
 use gst::prelude::*;
 use gstavaepurify::bundle::default_model_dir;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
-const FRAME_W: u32 = 640;
-const FRAME_H: u32 = 480;
+use common::{FRAME_H, FRAME_W};
+
 const FACES: u32 = 4;
 
 struct Options {
@@ -95,31 +97,14 @@ struct Row {
     mean_batch_faces: f64,
 }
 
-fn frame(rng: &mut StdRng) -> Result<gst::Buffer, String> {
-    let data: Vec<u8> = (0..(FRAME_W * FRAME_H * 3)).map(|_| rng.random()).collect();
-    let mut buf = gst::Buffer::from_mut_slice(data);
-    let b = buf.get_mut().ok_or("buffer not writable")?;
-    for i in 0..FACES {
-        let x = (i % 4) * 150 + 10;
-        let y = (i / 4) * 115 + 5;
-        gst_video::VideoRegionOfInterestMeta::add(b, "face", (x, y, 110, 110));
-    }
-    Ok(buf)
-}
-
 fn harness(
     o: &Options,
     mode: Mode,
     id: &str,
     server: Option<&str>,
 ) -> Result<gst_check::Harness, String> {
-    // Properties first, then the harness (which starts the element): the engine properties
-    // and model-instance-id are read at start.
-    let el = gst::ElementFactory::make("avaepurify")
-        .build()
-        .map_err(|e| format!("no avaepurify: {e}"))?;
-    {
-        el.set_property("model", o.model.to_str().ok_or("model path is not UTF-8")?);
+    common::purify_harness(|el| {
+        el.set_property("model", common::model_str(&o.model)?);
         match mode {
             Mode::Kserve => {
                 el.set_property_from_str("backend", "kserve");
@@ -137,12 +122,8 @@ fn harness(
         el.set_property("batch", 16u32);
         el.set_property("seed", 1u64);
         el.set_property("alarm", false);
-    }
-    let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
-    h.set_src_caps_str(&format!(
-        "video/x-raw,format=RGB,width={FRAME_W},height={FRAME_H},framerate=25/1"
-    ));
-    Ok(h)
+        Ok(())
+    })
 }
 
 /// `streams` streams of `o.frames` frames each, started together; per-frame latencies of
@@ -167,10 +148,10 @@ fn measure(o: &Options, mode: Mode, streams: usize, server: Option<&str>) -> Res
                     let mut h = harness(&o, mode, &id, server.as_deref())?;
                     let mut rng = StdRng::seed_from_u64(s as u64 + 2);
                     // Warm-up (engine load, first-shape plans) outside the timed run.
-                    h.push_and_pull(frame(&mut rng)?)
+                    h.push_and_pull(common::face_frame(&mut rng, FACES)?)
                         .map_err(|e| format!("warm-up frame: {e:?}"))?;
                     let frames = (0..o.frames)
-                        .map(|_| frame(&mut rng))
+                        .map(|_| common::face_frame(&mut rng, FACES))
                         .collect::<Result<_, _>>()?;
                     Ok((h, frames))
                 })();

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 
 use crate::Error;
 use crate::bundle::{Bundle, GraphKind};
-use crate::core::latent::{mean_kl, sample_latents};
+use crate::core::latent::{SampleStats, mean_kl, sample_latents};
 use crate::core::select::{NearestTracker, squared_distance};
 use crate::engine::precision::{self, CpuFeatures, DecoderChoice, Precision};
 use crate::engine::{self, Backend, Device, Engine};
@@ -155,13 +155,13 @@ pub struct Chosen {
 
 /// The running nearest candidate's latent of each face, beside [`NearestTracker`]: same
 /// distance, same rule (strictly nearer replaces, ties keep the earlier sample).
-struct LatentKeeper {
+pub(crate) struct LatentKeeper {
     best: Vec<Option<(f32, usize)>>,
     latents: Array2<f32>,
 }
 
 impl LatentKeeper {
-    fn new(faces: usize, dim: usize) -> Self {
+    pub(crate) fn new(faces: usize, dim: usize) -> Self {
         LatentKeeper {
             best: vec![None; faces],
             latents: Array2::zeros((faces, dim)),
@@ -181,7 +181,7 @@ impl LatentKeeper {
         }
     }
 
-    fn finish(self, clipped: &[bool]) -> Vec<Chosen> {
+    pub(crate) fn finish(self, clipped: &[bool]) -> Vec<Chosen> {
         self.best
             .iter()
             .zip(self.latents.outer_iter())
@@ -192,6 +192,22 @@ impl LatentKeeper {
                 clipped,
             })
             .collect()
+    }
+}
+
+/// The next latent rows of one face to draw, handed to the generator of
+/// [`Purifier::purify_drawn`]: the face's posterior and the rows to fill.
+pub(crate) struct LatentRows<'a, 'b> {
+    mu: ndarray::ArrayView1<'a, f32>,
+    logvar: ndarray::ArrayView1<'a, f32>,
+    tau: f32,
+    out: ndarray::ArrayViewMut2<'b, f32>,
+}
+
+impl LatentRows<'_, '_> {
+    /// Fills the rows with KL-clipped draws from `rng` ([`sample_latents`]).
+    pub(crate) fn draw(self, rng: &mut StdRng) -> SampleStats {
+        sample_latents(self.mu, self.logvar, self.tau, rng, self.out)
     }
 }
 
@@ -533,10 +549,32 @@ impl Purifier {
     /// `keeper` follows each face's chosen latent.
     fn purify_plain(
         &mut self,
-        mut faces: ArrayViewMut4<'_, f32>,
+        faces: ArrayViewMut4<'_, f32>,
         enc: &Encoded,
         params: &PurifyParams,
         rng: &mut StdRng,
+        observe: Option<&mut dyn FnMut(Observed<'_>)>,
+        keeper: Option<&mut LatentKeeper>,
+    ) -> Result<Vec<Purified>, Error> {
+        self.purify_drawn(
+            faces,
+            enc,
+            params,
+            &mut |_, rows| rows.draw(rng),
+            observe,
+            keeper,
+        )
+    }
+
+    /// The plain path with the random generator chosen per face: `draw(face, rows)` fills the
+    /// next latents of `face` (see [`LatentRows::draw`]). Faces are drawn face by face, sample
+    /// by sample, whatever the decoder chunking, so a face's draws do not depend on `batch`.
+    pub(crate) fn purify_drawn(
+        &mut self,
+        mut faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        draw: &mut dyn FnMut(usize, LatentRows<'_, '_>) -> SampleStats,
         mut observe: Option<&mut dyn FnMut(Observed<'_>)>,
         mut keeper: Option<&mut LatentKeeper>,
     ) -> Result<Vec<Purified>, Error> {
@@ -556,12 +594,14 @@ impl Purifier {
             while row < b {
                 let (face, sample) = ((start + row) / m, (start + row) % m);
                 let take = (m - sample).min(b - row);
-                let stats = sample_latents(
-                    enc.mu.row(face),
-                    enc.logvar.row(face),
-                    params.tau,
-                    rng,
-                    z.slice_mut(s![row..row + take, ..]),
+                let stats = draw(
+                    face,
+                    LatentRows {
+                        mu: enc.mu.row(face),
+                        logvar: enc.logvar.row(face),
+                        tau: params.tau,
+                        out: z.slice_mut(s![row..row + take, ..]),
+                    },
                 );
                 clipped[face] |= stats.scaled > 0 || stats.unreachable;
                 if let Some(observe) = observe.as_mut() {

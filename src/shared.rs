@@ -32,16 +32,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, Array4, ArrayView4, ArrayViewMut4, Axis, s};
+use ndarray::{Array4, ArrayView4, ArrayViewMut4, Axis, s};
 use rand::rngs::StdRng;
 
 use crate::Error;
 use crate::bundle::Bundle;
-use crate::core::latent::{mean_kl, sample_latents};
-use crate::core::select::{Nearest, NearestTracker, squared_distance};
 use crate::detector::Detector;
 use crate::purifier::{
-    Chosen, Encoded, Purified, Purifier, PurifyParams, check_params, coarse_signals,
+    Chosen, Encoded, LatentKeeper, Purified, Purifier, PurifyParams, check_params,
 };
 
 /// The engine settings of an element as sharing compares them: `key` must be equal for two
@@ -727,7 +725,7 @@ fn run_group(
 /// candidate (strictly nearer replaces, ties keep the earlier sample).
 pub fn purify_streams(
     purifier: &mut Purifier,
-    mut faces: ArrayViewMut4<'_, f32>,
+    faces: ArrayViewMut4<'_, f32>,
     enc: &Encoded,
     owners: &[usize],
     rngs: &mut [&mut StdRng],
@@ -750,84 +748,17 @@ pub fn purify_streams(
     if n == 0 {
         return Ok((Vec::new(), Vec::new()));
     }
-    let (m, side) = (params.samples, purifier.image_size());
-    let (d, c) = (enc.mu.ncols(), enc.skip.dim().1);
-    let total = n * m;
-    let chunk = purifier.effective_batch(params.batch).min(total);
-    let mut z = Array2::<f32>::zeros((chunk, d));
-    let mut skip = Array4::<f32>::zeros((chunk, c, 16, 16));
-    let mut tracker = NearestTracker::new(n, side);
-    let mut latents = Array2::<f32>::zeros((n, d));
-    let mut nearest: Vec<Option<f32>> = vec![None; n];
-    let mut clipped = vec![false; n];
-    let mut start = 0;
-    while start < total {
-        let b = chunk.min(total - start);
-        let mut row = 0;
-        while row < b {
-            let (face, sample) = ((start + row) / m, (start + row) % m);
-            let take = (m - sample).min(b - row);
-            let stats = sample_latents(
-                enc.mu.row(face),
-                enc.logvar.row(face),
-                params.tau,
-                &mut *rngs[owners[face]],
-                z.slice_mut(s![row..row + take, ..]),
-            );
-            clipped[face] |= stats.scaled > 0 || stats.unreachable;
-            for r in row..row + take {
-                skip.index_axis_mut(Axis(0), r)
-                    .assign(&enc.skip.index_axis(Axis(0), face));
-            }
-            row += take;
-        }
-        let images = purifier.decode(z.slice(s![..b, ..]), skip.slice(s![..b, .., .., ..]))?;
-        for (r, image) in images.outer_iter().enumerate() {
-            let (face, sample) = ((start + r) / m, (start + r) % m);
-            let input = faces.index_axis(Axis(0), face);
-            let distance = squared_distance(image, input);
-            if nearest[face].is_none_or(|best| distance < best) {
-                nearest[face] = Some(distance);
-                latents.row_mut(face).assign(&z.row(r));
-            }
-            tracker.offer(face, sample, image, input);
-        }
-        start += b;
-    }
-    let (images, best) = tracker.finish();
-    let k = {
-        let manifest = &purifier.bundle().manifest;
-        (manifest.image_size / manifest.encoder_input_size.max(1)).max(1)
-    };
-    let mut results = Vec::with_capacity(n);
-    let mut chosen = Vec::with_capacity(n);
-    for face in 0..n {
-        let (detail, distance_coarse, detail_candidate) = coarse_signals(
-            faces.index_axis(Axis(0), face),
-            images.index_axis(Axis(0), face),
-            k,
-        );
-        let pick = best[face].unwrap_or(Nearest {
-            distance: f32::NAN,
-            candidate: 0,
-        });
-        results.push(Purified {
-            distance: pick.distance,
-            candidate: pick.candidate,
-            clipped: clipped[face],
-            kl: mean_kl(enc.mu.row(face), enc.logvar.row(face)),
-            detail,
-            distance_coarse,
-            detail_candidate,
-        });
-        chosen.push(Chosen {
-            latent: latents.row(face).to_owned(),
-            candidate: pick.candidate,
-            clipped: clipped[face],
-        });
-    }
-    faces.assign(&images);
-    Ok((results, chosen))
+    let mut keeper = LatentKeeper::new(n, enc.mu.ncols());
+    let results = purifier.purify_drawn(
+        faces,
+        enc,
+        params,
+        &mut |face, rows| rows.draw(&mut *rngs[owners[face]]),
+        None,
+        Some(&mut keeper),
+    )?;
+    let clipped: Vec<bool> = results.iter().map(|r| r.clipped).collect();
+    Ok((results, keeper.finish(&clipped)))
 }
 
 /// The error of an element refused a shared instance: a settings error naming
@@ -1075,6 +1006,7 @@ impl DetectorHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array2;
     use rand::SeedableRng;
 
     fn tiny() -> Purifier {

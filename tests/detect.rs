@@ -368,21 +368,12 @@ fn play_to_eos(pipeline: &gst::Pipeline) {
     assert!(eos, "no end of stream within 5 minutes");
 }
 
-/// The first `factory` element of `pipeline`, in bins too.
-fn element_of(pipeline: &gst::Pipeline, factory: &str) -> Option<gst::Element> {
-    pipeline
-        .iterate_recurse()
-        .into_iter()
-        .flatten()
-        .find(|e| e.factory().is_some_and(|f| f.name() == factory))
-}
-
 /// Runs `description` (with one `avaefacedetect`) to EOS, recording the buffers entering and
 /// leaving the detector; `prepare` may change elements before it starts.
 fn run_counting(description: &str, prepare: impl FnOnce(&gst::Pipeline)) -> Seen {
     let pipeline = launch(description);
     prepare(&pipeline);
-    let detect = element_of(&pipeline, "avaefacedetect").expect("an avaefacedetect");
+    let detect = common::element_of(&pipeline, "avaefacedetect").expect("an avaefacedetect");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let sink_pad = detect.static_pad("sink").expect("sink pad");
     let record = seen.clone();
@@ -456,35 +447,11 @@ fn street_video_with_tract() {
     street_video_faces("tract", "input-size=480 interval=5");
 }
 
-/// The `PIPELINE="..."` line of a shipped script, with `$NAME` / `${NAME}` replaced by `vars`.
-fn shipped_pipeline(script: &str, vars: &[(&str, &str)]) -> String {
-    let path = common::workspace().join("pipelines").join(script);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let line = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("PIPELINE=\""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap_or_else(|| panic!("{} has no PIPELINE=\"...\" line", path.display()));
-    let mut description = line.to_owned();
-    for (name, value) in vars {
-        description = description
-            .replace(&format!("${{{name}}}"), value)
-            .replace(&format!("${name}"), value);
-    }
-    assert!(
-        !description.contains('$'),
-        "unreplaced variable in {}: {description}",
-        path.display()
-    );
-    description
-}
-
 /// Points the pipeline's `avaepurify` at the test bundle (fast, tract) unless the shipped
 /// bundle exists.
 fn use_test_bundle(pipeline: &gst::Pipeline) {
     let shipped = common::workspace().join("models/avae-cpu/manifest.json");
-    let purify = element_of(pipeline, "avaepurify").expect("the line has an avaepurify");
+    let purify = common::element_of(pipeline, "avaepurify").expect("the line has an avaepurify");
     if !shipped.is_file() {
         purify.set_property("model", common::tiny_bundle());
     }
@@ -494,7 +461,7 @@ fn use_test_bundle(pipeline: &gst::Pipeline) {
 
 #[test]
 fn shipped_file_replay_pipeline_runs() {
-    let description = shipped_pipeline(
+    let description = common::shipped_pipeline(
         "file-replay.sh",
         &[("INPUT", &street_video()), ("SINK", "fakesink")],
     );
@@ -502,10 +469,10 @@ fn shipped_file_replay_pipeline_runs() {
     let purifier = Mutex::new(None);
     let seen = run_counting(&description, |pipeline| {
         use_test_bundle(pipeline);
-        *purifier.lock().expect("lock") = element_of(pipeline, "avaepurify");
+        *purifier.lock().expect("lock") = common::element_of(pipeline, "avaepurify");
         // A small input size keeps the test quick.
         let detect =
-            element_of(pipeline, "avaefacedetect").expect("the line has an avaefacedetect");
+            common::element_of(pipeline, "avaefacedetect").expect("the line has an avaefacedetect");
         detect.set_property("input-size", 320u32);
         detect.set_property("interval", 5u32);
     });
@@ -539,7 +506,7 @@ fn shipped_image_folder_pipeline_runs() {
         crop.save(input.join(format!("face-{i:05}.png")))
             .expect("write a test face");
     }
-    let description = shipped_pipeline(
+    let description = common::shipped_pipeline(
         "image-folder.sh",
         &[
             ("INPUT", &input.join("face-%05d.png").to_string_lossy()),
@@ -550,7 +517,7 @@ fn shipped_image_folder_pipeline_runs() {
     let pipeline = launch(&description);
     use_test_bundle(&pipeline);
     play_to_eos(&pipeline);
-    let purify = element_of(&pipeline, "avaepurify").expect("an avaepurify");
+    let purify = common::element_of(&pipeline, "avaepurify").expect("an avaepurify");
     let stats = purify.property::<gst::Structure>("stats");
     assert_eq!(
         stats.get::<u64>("frames").expect("frames"),

