@@ -552,7 +552,8 @@ impl BaseTransformImpl for AvaePurify {
         let mut purifier = purifier;
         let mut costs = Costs::default();
         let batch = settings.batch as usize;
-        if let Err(err) = purifier.with_purifier(|p| live::warm_up(p, batch, &mut costs)) {
+        let samples = settings.samples as usize;
+        if let Err(err) = purifier.with_purifier(|p| live::warm_up(p, batch, samples, &mut costs)) {
             gst::warning!(
                 CAT,
                 imp = self,

@@ -37,16 +37,21 @@ pub(super) fn frame_budget(max_latency_ms: u32, info: &gst_video::VideoInfo) -> 
         .then(|| Duration::from_secs_f64(f64::from(fps.denom()) / f64::from(fps.numer())))
 }
 
-/// Runs the encoder on one blank face and the decoder on a chunk of `batch` latents and on one
-/// latent, twice (the first run warms the engines up), and seeds `costs` with the second.
+/// Runs the encoder on one blank face and the decoder on a chunk of latents (one face's full
+/// purification: `samples` latents in chunks of at most `batch`) and on one latent, twice (the
+/// first run warms the engines up), and seeds `costs` with the second. Measuring the chunk one
+/// face really runs matters at small M: per latent, a chunk of 1 costs about half what a chunk
+/// of 16 does in an unoptimised build, and an estimate too high for any face to fit would never
+/// be corrected, since only full purifications that run update it.
 pub(super) fn warm_up(
     purifier: &mut Purifier,
     batch: usize,
+    samples: usize,
     costs: &mut Costs,
 ) -> Result<(), crate::Error> {
     let side = purifier.image_size();
     let dim = purifier.bundle().manifest.latent_dim;
-    let chunk = purifier.effective_batch(batch.max(1));
+    let chunk = purifier.effective_batch(batch.min(samples).max(1));
     let face = Array4::<f32>::zeros((1, 3, side, side));
     for round in 0..2 {
         let started = Instant::now();

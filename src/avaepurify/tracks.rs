@@ -18,8 +18,14 @@ pub(super) const TRACK_TIMEOUT_FRAMES: u64 = 50;
 pub(super) const MAX_TRACKS: usize = 1024;
 /// Weight of the newest measurement in each smoothed cost.
 const COST_SMOOTHING: f64 = 0.25;
-/// Time kept free in every live frame for the work that is not the engine (ms).
+/// Time kept free in every live frame for the work that is not the engine (ms), at least.
 const BUDGET_RESERVE_MS: f64 = 2.0;
+/// Share of the frame budget kept free besides, for timing jitter (tests/live.rs once saw a
+/// frame 77 ms late on a 40 ms budget with only the fixed reserve).
+const BUDGET_RESERVE_SHARE: f64 = 0.1;
+/// Factor on every smoothed cost when planning: a step is granted only when 1.25 times its
+/// usual cost fits, since one slower run than usual must not push a frame past its limit.
+const COST_MARGIN: f64 = 1.25;
 
 /// What one track keeps between frames.
 #[derive(Debug, Clone)]
@@ -281,19 +287,21 @@ pub(super) struct Budget {
 
 impl Budget {
     /// How many of `wanted` steps of `cost_ms` each still fit, keeping `after_ms` and a reserve
-    /// free for the rest of the frame.
+    /// free for the rest of the frame; costs are counted with a margin ([`COST_MARGIN`]).
     pub(super) fn fitting(&self, wanted: usize, cost_ms: f64, after_ms: f64) -> usize {
-        let left = self.limit.as_secs_f64() * 1000.0
+        let limit_ms = self.limit.as_secs_f64() * 1000.0;
+        let reserve = BUDGET_RESERVE_MS.max(BUDGET_RESERVE_SHARE * limit_ms);
+        let left = limit_ms
             - self.start.elapsed().as_secs_f64() * 1000.0
-            - after_ms
-            - BUDGET_RESERVE_MS;
+            - after_ms * COST_MARGIN
+            - reserve;
         if left <= 0.0 {
             return 0;
         }
         if cost_ms <= 0.0 {
             return wanted;
         }
-        ((left / cost_ms).floor() as usize).min(wanted)
+        ((left / (cost_ms * COST_MARGIN)).floor() as usize).min(wanted)
     }
 
     /// Whether the frame was held past its limit.
@@ -388,8 +396,10 @@ mod tests {
             start: Instant::now(),
             limit: Duration::from_millis(40),
         };
-        assert_eq!(budget.fitting(10, 10.0, 0.0), 3);
+        // 40 ms less a 4 ms reserve leaves 36 ms: two steps of 10 ms with the 1.25 margin.
+        assert_eq!(budget.fitting(10, 10.0, 0.0), 2);
         assert_eq!(budget.fitting(2, 10.0, 0.0), 2);
+        assert_eq!(budget.fitting(10, 8.0, 0.0), 3);
         assert_eq!(budget.fitting(10, 10.0, 40.0), 0);
         let mut cost = Cost::default();
         cost.update(Duration::from_millis(30), 3);
