@@ -131,6 +131,15 @@ struct Run {
     wall: Duration,
 }
 
+impl Run {
+    /// The purifier's count `name` from its final stats.
+    fn stat(&self, name: &str) -> usize {
+        self.purifier_stats
+            .get::<u64>(name)
+            .unwrap_or_else(|e| panic!("stats.{name}: {e}")) as usize
+    }
+}
+
 /// Adds a probe to `pad` that hands each buffer to `record` with the shared `Seen`.
 fn probe(
     pad: &gst::Pad,
@@ -244,13 +253,8 @@ fn run_rtsp_line(url: &str, leaky: &str, purify_props: &[(&str, &str)]) -> Run {
 fn check_common(server: &Server, run: &Run, leaky: &str) -> usize {
     let seen = &run.seen;
     let sent = server.sent();
-    let stat = |name: &str| {
-        run.purifier_stats
-            .get::<u64>(name)
-            .unwrap_or_else(|e| panic!("stats.{name}: {e}")) as usize
-    };
-    let purified = stat("faces-purified");
-    let over_budget = stat("faces-over-budget");
+    let purified = run.stat("faces-purified");
+    let over_budget = run.stat("faces-over-budget");
     let dropped = seen.decoded.len() - seen.queued_out.len().min(seen.decoded.len());
     println!(
         "LEAKY={leaky}: sent {sent}, decoded {}, through the queue {}, at the sink {} \
@@ -320,10 +324,7 @@ fn rtsp_line_with_a_blocking_queue_loses_no_frame() {
     );
     // The street video has several faces in almost every frame (tests/detect.rs), and with
     // this budget none is left out.
-    let purified = run
-        .purifier_stats
-        .get::<u64>("faces-purified")
-        .expect("faces-purified") as usize;
+    let purified = run.stat("faces-purified");
     assert!(
         purified >= VIDEO_FRAMES,
         "only {purified} faces purified in {VIDEO_FRAMES} frames"
