@@ -4,6 +4,8 @@
 # $AVAE_RUNS (default $HOME/avae-runs); re-running resumes every run from its last checkpoint.
 # Then export each run and compare them with `trainer eval --lab` (see the README).
 #   bash scripts/ablate.sh [STEPS] [RUN ...]     (default: 2000 steps, runs ft-base ft-denoise)
+# The generator fine-tuned is models/avae-cpu, or $AVAE_INIT when set (the ablations of
+# 2026-12-02 all start from the 3,500-step generator of commit 4605abe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -22,13 +24,15 @@ for r in "${runs[@]}"; do
     ft-skipnoise) extra=(--skip-noise 0.5) ;;
     ft-denoise-skipnoise) extra=(--denoise 0.75 --denoise-eps 8 --skip-noise 0.5) ;;
     ft-critic-only) extra=(--lambda-c 0) ;;
+    ft-guided) extra=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight 10) ;;
+    ft-4x) extra=(--input-size 16) ;;
     *) echo "ablate.sh: unknown run '$r'" >&2; exit 2 ;;
   esac
   resume=(); [ -f "$root/$r/checkpoint.json" ] && resume=(--resume)
   lc=(--lambda-c 300); [ "$r" = ft-critic-only ] && lc=()
   nohup nice -n 10 "$bin" train --preset cpu --objective bc "${lc[@]}" --steps "$steps" \
     --ckpt-every 100 --sample-every 250 --threads 1 --data "$root/data" \
-    --init-bundle "$PWD/models/avae-cpu" --out "$root/$r" "${resume[@]}" "${extra[@]}" \
+    --init-bundle "${AVAE_INIT:-$PWD/models/avae-cpu}" --out "$root/$r" "${resume[@]}" "${extra[@]}" \
     >> "$root/$r.log" 2>&1 &
   echo "ablate: $r -> $root/$r (log $root/$r.log)"
 done

@@ -214,11 +214,16 @@ impl Bundle {
         let m = &self.manifest;
         let manifest_path = self.dir.join(MANIFEST_FILE);
         let s = m.image_size;
-        if s < 32 || !s.is_multiple_of(32) || m.encoder_input_size != 32 {
+        if s < 32
+            || !s.is_multiple_of(32)
+            || ![16, 32].contains(&m.encoder_input_size)
+            || !s.is_multiple_of(m.encoder_input_size)
+        {
             return Err(Error::bundle(
                 &manifest_path,
                 format!(
-                    "image_size {s} / encoder_input_size {}: expected a multiple of 32 and 32",
+                    "image_size {s} / encoder_input_size {}: expected a multiple of 32 and 16 \
+                     or 32",
                     m.encoder_input_size
                 ),
             ));

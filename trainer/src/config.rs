@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 
 /// Side of the downsampled face the encoder sees (paper Fig. 2: "first downsampled to 32x32").
 pub const ENCODER_INPUT_SIZE: i64 = 32;
+/// Sides accepted for [`Config::input_size`].
+pub const INPUT_SIZES: [i64; 2] = [16, 32];
+
+fn default_input_size() -> i64 {
+    ENCODER_INPUT_SIZE
+}
 /// Side of the encoder feature map passed to the decoder through the skip connection.
 pub const SKIP_SIZE: i64 = 16;
 /// Side of the latent feature map (the latent is `latent_channels` x 4 x 4, flattened NCHW).
@@ -38,6 +44,13 @@ pub struct Config {
     pub minibatch_stddev: bool,
     /// Default KL clip tau (mean KL per latent dimension) written to the bundle manifest.
     pub tau: f64,
+    /// Side of the area downsample the encoder's information comes from: 32 (the paper's
+    /// 32x32 input; S/2 at S = 64) or 16 (the paper's 4x ratio at S = 64). Below 32 the
+    /// downsample is brought back to 32x32 by nearest-neighbour upsampling, so the encoder's
+    /// layers (and a bundle's weights) stay the same; the consistency loss then compares 16x16
+    /// blocks.
+    #[serde(default = "default_input_size")]
+    pub input_size: i64,
 }
 
 /// An invalid configuration or an unknown preset name.
@@ -90,6 +103,7 @@ impl Config {
             disc_channels: vec![8, 8, 16, 16, 16],
             minibatch_stddev: true,
             tau: 0.03,
+            input_size: ENCODER_INPUT_SIZE,
         }
     }
 
@@ -107,6 +121,7 @@ impl Config {
             disc_channels: vec![32, 64, 128, 128, 128],
             minibatch_stddev: true,
             tau: 0.03,
+            input_size: ENCODER_INPUT_SIZE,
         }
     }
 
@@ -124,6 +139,7 @@ impl Config {
             disc_channels: vec![64, 128, 256, 512, 512, 512],
             minibatch_stddev: true,
             tau: 0.03,
+            input_size: ENCODER_INPUT_SIZE,
         }
     }
 
@@ -137,9 +153,9 @@ impl Config {
         self.enc_channels[1]
     }
 
-    /// Kernel (= stride) of the average pool that brings S down to 32.
+    /// Kernel (= stride) of the average pool that brings S down to [`Config::input_size`].
     pub fn pool_factor(&self) -> i64 {
-        self.image_size / ENCODER_INPUT_SIZE
+        self.image_size / self.input_size
     }
 
     /// Decoder resolutions 4, 8, ..., S, in order.
@@ -161,6 +177,12 @@ impl Config {
         if s < ENCODER_INPUT_SIZE || s.count_ones() != 1 {
             return Err(invalid(format!(
                 "image_size {s} must be a power of two >= {ENCODER_INPUT_SIZE}"
+            )));
+        }
+        if !INPUT_SIZES.contains(&self.input_size) {
+            return Err(invalid(format!(
+                "input_size {} must be one of {INPUT_SIZES:?}",
+                self.input_size
             )));
         }
         let levels = self.resolutions().len();
@@ -249,6 +271,17 @@ mod tests {
                 .to_string()
                 .contains("dec_channels")
         );
+        let mut cfg = Config::cpu();
+        cfg.input_size = 12;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("input_size 12")
+        );
+        cfg.input_size = 16;
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.pool_factor(), 4);
     }
 
     #[test]

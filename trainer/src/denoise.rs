@@ -53,6 +53,9 @@ pub enum Family {
     Jpeg,
     /// Signed-gradient step against the encoder.
     Encoder,
+    /// PGD against the face recognizer (recognizer-guided training, `guide.rs`); never drawn
+    /// here, the training step substitutes it for a perturbed step.
+    Recognizer,
 }
 
 impl Family {
@@ -98,7 +101,7 @@ impl Denoise {
             }
             Family::Blur => gaussian_blur(x, rng.random_range(0.5..=1.2)),
             Family::Jpeg => jpeg(x, rng.random_range(50..=90u8))?,
-            Family::Encoder => encoder_attack(x, generator, eps),
+            Family::Encoder | Family::Recognizer => encoder_attack(x, generator, eps),
         };
         Ok(quantize(&out.clamp(-1.0, 1.0)).detach())
     }

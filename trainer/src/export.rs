@@ -13,7 +13,7 @@ use gstavaepurify::engine::{Backend, Device, open_graph};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use tch::{Kind, Tensor};
 
-use crate::config::{ENCODER_INPUT_SIZE, SKIP_SIZE};
+use crate::config::SKIP_SIZE;
 use crate::model::{self, AVae};
 use crate::onnx::{Dim, Io, OnnxOps, tensor_data};
 
@@ -160,7 +160,7 @@ pub fn export_bundle(
         format_version: FORMAT_VERSION,
         preset: cfg.name.clone(),
         image_size: usize_of(cfg.image_size, "image_size")?,
-        encoder_input_size: usize_of(ENCODER_INPUT_SIZE, "encoder_input_size")?,
+        encoder_input_size: usize_of(cfg.input_size, "encoder_input_size")?,
         latent_dim: usize_of(cfg.latent_dim(), "latent_dim")?,
         skip_channels: usize_of(cfg.skip_channels(), "skip_channels")?,
         tau: extras.tau.unwrap_or(cfg.tau as f32),

@@ -10,6 +10,7 @@ pub mod denoise;
 pub mod eval;
 pub mod export;
 pub mod graph;
+pub mod guide;
 pub mod lab;
 pub mod model;
 pub mod onnx;

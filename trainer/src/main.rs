@@ -6,6 +6,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result, bail};
 use avae_trainer::data::{self, CropSpec, FaceSet, PrepareOptions};
 use avae_trainer::denoise::Denoise;
+use avae_trainer::guide::Guide;
 use avae_trainer::quality::{self, QualityOptions};
 use avae_trainer::template;
 use avae_trainer::train::{self, DeviceChoice, Hyper, Objective, TrainOptions};
@@ -269,6 +270,24 @@ struct TrainArgs {
     /// Start a new run from this bundle's generator weights (fine-tuning; fresh critic)
     #[arg(long)]
     init_bundle: Option<PathBuf>,
+    /// Recognizer-guided training: weight of the identity loss 1 - cos(R(G(x_in)), R(x)) of the
+    /// face recognizer (`--recognizer`); 0 = off
+    #[arg(long, default_value_t = 0.0)]
+    id_weight: f64,
+    /// Recognizer-guided training: share of the perturbed steps (`--denoise`) whose encoder
+    /// input is a PGD against the recognizer (`--denoise-eps`) instead of another family
+    #[arg(long, default_value_t = 0.0)]
+    denoise_recognizer: f64,
+    /// PGD steps of the recognizer attack of `--denoise-recognizer`
+    #[arg(long, default_value_t = 3)]
+    denoise_recognizer_steps: usize,
+    /// The face recognizer ONNX of recognizer-guided training
+    #[arg(long, default_value_os_t = avae_trainer::recognizer::default_model_path())]
+    recognizer: PathBuf,
+    /// Side of the downsample the encoder's information comes from: 32 (the preset's) or 16
+    /// (S = 64 at the paper's 4x ratio; upsampled back to 32x32 inside the encoder graph)
+    #[arg(long)]
+    input_size: Option<i64>,
 }
 
 #[derive(clap::Args)]
@@ -323,9 +342,16 @@ fn run_train(args: TrainArgs) -> Result<()> {
                 eps_255: args.denoise_eps,
             },
             skip_noise: args.skip_noise,
+            guide: Guide {
+                id_weight: args.id_weight,
+                attack_share: args.denoise_recognizer,
+                attack_steps: args.denoise_recognizer_steps,
+            },
             ..Hyper::default()
         },
         init_bundle: args.init_bundle,
+        recognizer: args.recognizer,
+        input_size: args.input_size,
     };
     let summary = train::train(&opts)?;
     println!(

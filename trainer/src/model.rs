@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::config::{Config, LATENT_SIZE, SKIP_SIZE};
+use crate::config::{Config, ENCODER_INPUT_SIZE, LATENT_SIZE, SKIP_SIZE};
 use crate::graph::{Ops, ParamInit, ParamSpec, ShapeOps};
 
 /// Negative slope of every leaky ReLU.
@@ -53,9 +53,16 @@ fn leaky<O: Ops>(o: &mut O, x: &O::T) -> O::T {
     o.leaky_relu(x, LRELU_SLOPE)
 }
 
-/// The 32x32 encoder input: average pool with kernel = stride = S/32.
+/// The 32x32 encoder input: average pool with kernel = stride = S / `input_size`, then (for an
+/// `input_size` below 32) nearest-neighbour upsampling back to 32x32.
 pub fn downsample<O: Ops>(o: &mut O, cfg: &Config, face: &O::T) -> O::T {
-    o.avg_pool(face, cfg.pool_factor())
+    let mut x = o.avg_pool(face, cfg.pool_factor());
+    let mut side = cfg.input_size;
+    while side < ENCODER_INPUT_SIZE {
+        x = o.upsample2x(&x);
+        side *= 2;
+    }
+    x
 }
 
 /// Encoder E on the 32x32 input: three stride-2 convolutions down to 4x4, then 1x1 heads for mu and
@@ -529,6 +536,24 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = AVae::new(&vs.root(), &Config::tiny());
         (vs, model)
+    }
+
+    #[test]
+    fn input_size_16_feeds_the_encoder_16x16_blocks() {
+        let mut cfg = Config::tiny();
+        cfg.input_size = 16;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = AVae::new(&vs.root(), &cfg);
+        let face = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let x = model.downsample(&face);
+        assert_eq!(x.size(), [2, 3, 32, 32]);
+        // Every 2x2 block of the 32x32 input is one 4x4 average of the face.
+        let blocks = face.avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None::<i64>);
+        let up = blocks.upsample_nearest2d([32, 32], None, None);
+        assert!(f64::try_from((&x - &up).abs().max()).unwrap() < 1e-6);
+        let (mu, _, skip) = model.encode(&face);
+        assert_eq!(mu.size(), [2, cfg.latent_dim()]);
+        assert_eq!(skip.size(), [2, cfg.skip_channels(), 16, 16]);
     }
 
     #[test]

@@ -25,7 +25,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
 use crate::data::{self, BatchLoader, FaceSet, Split, write_atomic};
-use crate::denoise::Denoise;
+use crate::denoise::{Denoise, Family};
+use crate::guide::{Guidance, Guide};
 use crate::model::{AVae, Discriminator, MAPPING_GROUP};
 use crate::plot::{self, Series};
 
@@ -139,6 +140,9 @@ pub struct Hyper {
     /// to the batch's skip standard deviation (0 = off).
     #[serde(default)]
     pub skip_noise: f64,
+    /// Recognizer-guided training (see `guide.rs`; off by default).
+    #[serde(default)]
+    pub guide: Guide,
 }
 
 impl Default for Hyper {
@@ -154,6 +158,7 @@ impl Default for Hyper {
             seed: 0,
             denoise: Denoise::default(),
             skip_noise: 0.0,
+            guide: Guide::default(),
         }
     }
 }
@@ -190,6 +195,11 @@ pub struct TrainOptions {
     /// Start a new run from the generator weights of this bundle (fine-tuning; the critic
     /// starts fresh).
     pub init_bundle: Option<PathBuf>,
+    /// The face recognizer of recognizer-guided training (read only when `hyper.guide` is on).
+    pub recognizer: PathBuf,
+    /// Side of the downsample the encoder's information comes from, over the preset's 32
+    /// ([`Config::input_size`]; a resumed run keeps its own).
+    pub input_size: Option<i64>,
 }
 
 /// Contents of `checkpoint.json`: the latest complete checkpoint of a run.
@@ -310,6 +320,8 @@ struct Losses {
     g_adv: f64,
     kl: f64,
     consistency: f64,
+    /// Identity loss `1 - cos` (0 when recognizer guidance is off).
+    identity: f64,
     g_loss: f64,
 }
 
@@ -673,7 +685,8 @@ fn train_step(
     x_in: &Tensor,
     objective: Objective,
     h: &Hyper,
-) -> Losses {
+    identity: Option<(&Guidance, &Tensor)>,
+) -> Result<Losses> {
     // The critic and the consistency target always see the clean face `x`; the encoder sees
     // `x_in` (the same face, perturbed under denoising training).
     let x32 = models.generator.downsample(x);
@@ -710,12 +723,19 @@ fn train_step(
     } else {
         Tensor::zeros([], (Kind::Float, x.device()))
     };
-    let g_loss = &g_adv + &kl * h.kl_weight + &consistency * h.lambda_c;
+    let identity = match identity {
+        Some((guidance, target)) if h.guide.id_weight > 0.0 => {
+            guidance.identity_loss(&fake, target)?
+        }
+        _ => Tensor::zeros([], (Kind::Float, x.device())),
+    };
+    let g_loss =
+        &g_adv + &kl * h.kl_weight + &consistency * h.lambda_c + &identity * h.guide.id_weight;
     opt_g.zero_grad();
     g_loss.backward();
     opt_g.step();
 
-    Losses {
+    Ok(Losses {
         d_loss: scalar(&d_loss),
         d_wgan: scalar(&d_wgan),
         gp: scalar(&gp),
@@ -723,8 +743,9 @@ fn train_step(
         g_adv: scalar(&g_adv),
         kl: scalar(&kl),
         consistency: scalar(&consistency),
+        identity: scalar(&identity),
         g_loss: scalar(&g_loss),
-    }
+    })
 }
 
 fn adam(vs: &nn::VarStore, lr: f64) -> Result<nn::Optimizer> {
@@ -770,10 +791,24 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(i32::MAX));
     }
-    let cfg = Config::preset(&opts.preset)?;
+    let mut cfg = Config::preset(&opts.preset)?;
+    if let Some(side) = opts.input_size {
+        cfg.input_size = side;
+        cfg.validate()?;
+    }
     fs::create_dir_all(opts.out.join("samples"))
         .with_context(|| format!("cannot create '{}'", opts.out.display()))?;
     let resumed = resumed_run(opts, &cfg)?;
+    if let Some(meta) = &resumed {
+        ensure!(
+            opts.input_size.is_none_or(|s| s == meta.config.input_size),
+            "'{}' was trained with --input-size {}, not {}",
+            opts.out.display(),
+            meta.config.input_size,
+            opts.input_size.unwrap_or_default()
+        );
+        cfg.input_size = meta.config.input_size;
+    }
     let start = resumed.as_ref().map_or(0, |m| m.step);
     ensure!(
         start < opts.steps,
@@ -860,6 +895,8 @@ struct Session<'a> {
     loader: BatchLoader,
     probe: Probe,
     denoise_rng: StdRng,
+    /// The frozen recognizer of recognizer-guided training (`None`: off).
+    guidance: Option<Guidance>,
     history: History,
     log: RunLog,
     /// The crop cache's description and the source commit, for checkpoints.
@@ -892,6 +929,14 @@ impl<'a> Session<'a> {
             "the dataset has no test-split faces for the sample grids"
         );
         let dataset = faces.index.describe();
+        let guidance = if h.guide.enabled() {
+            Some(
+                Guidance::load(&opts.recognizer, &faces.index.crop, cfg.image_size, device)
+                    .context("recognizer-guided training needs the recognizer")?,
+            )
+        } else {
+            None
+        };
 
         tch::manual_seed((h.seed ^ start.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
         let mut models = Models::new(&cfg, opts.objective, device)?;
@@ -942,6 +987,7 @@ impl<'a> Session<'a> {
             loader,
             probe,
             denoise_rng,
+            guidance,
             history,
             log,
             dataset,
@@ -956,10 +1002,25 @@ impl<'a> Session<'a> {
         let h = &self.opts.hyper;
         let t0 = Instant::now();
         let x = self.loader.next_batch(h.batch);
-        let family = h.denoise.draw(&mut self.denoise_rng);
-        let x_in = h
-            .denoise
-            .perturb(family, &x, &self.models.generator, &mut self.denoise_rng)?;
+        let mut family = h.denoise.draw(&mut self.denoise_rng);
+        let target = match &self.guidance {
+            Some(g) => Some(tch::no_grad(|| g.embed(&x))?),
+            None => None,
+        };
+        let x_in = match (&self.guidance, &target) {
+            (Some(g), Some(target))
+                if family != Family::Clean
+                    && Guidance::draw_attack(&h.guide, &mut self.denoise_rng) =>
+            {
+                family = Family::Recognizer;
+                let eps = 2.0 * h.denoise.eps_255 / 255.0;
+                g.attack(&x, target, eps, h.guide.attack_steps)?
+            }
+            _ => h
+                .denoise
+                .perturb(family, &x, &self.models.generator, &mut self.denoise_rng)?,
+        };
+        let identity = self.guidance.as_ref().zip(target.as_ref());
         let losses = train_step(
             &mut self.models,
             &mut self.opt_g,
@@ -968,7 +1029,8 @@ impl<'a> Session<'a> {
             &x_in,
             self.opts.objective,
             h,
-        );
+            identity,
+        )?;
         self.models.update_ema(h.ema_decay, step);
         let dt = t0.elapsed().as_secs_f64();
         ensure!(
@@ -982,7 +1044,8 @@ impl<'a> Session<'a> {
             &json!({
                 "kind": "train", "step": step, "d_loss": losses.d_loss, "d_wgan": losses.d_wgan,
                 "gp": losses.gp, "drift": losses.drift, "g_adv": losses.g_adv, "kl": losses.kl,
-                "consistency": losses.consistency, "g_loss": losses.g_loss, "s_per_step": dt,
+                "consistency": losses.consistency, "identity": losses.identity,
+                "g_loss": losses.g_loss, "s_per_step": dt,
                 "denoise": family.index(),
                 "elapsed_s": started.elapsed().as_secs_f64(),
             }),

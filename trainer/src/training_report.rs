@@ -43,7 +43,7 @@ pub const QUALITY_FILE: &str = "quality.json";
 /// Limit on the bundle folder (bundle plus report) from the trainer issue.
 pub const FOLDER_LIMIT_BYTES: u64 = 50 * 1024 * 1024;
 /// Per-step values of `log.jsonl` averaged in the final losses, with what they are.
-const LOSS_KEYS: [(&str, &str); 8] = [
+const LOSS_KEYS: [(&str, &str); 9] = [
     (
         "d_loss",
         "critic loss: WGAN term + 10 x gradient penalty + 0.001 x drift",
@@ -54,6 +54,10 @@ const LOSS_KEYS: [(&str, &str); 8] = [
     ("g_adv", "generator adversarial loss -D(fake)"),
     ("kl", "mean KL per latent dimension"),
     ("consistency", "32x32 consistency MSE (unweighted)"),
+    (
+        "identity",
+        "identity loss 1 - cos(R(output), R(clean face)) of the recognizer (unweighted)",
+    ),
     ("g_loss", "generator total loss"),
 ];
 
@@ -746,6 +750,39 @@ fn render_objective(w: &mut String, r: &RenderInput<'_>) {
         ),
         ("seed", hy.seed.to_string()),
     ]);
+    if hy.denoise.enabled() {
+        rows.push((
+            "denoising training",
+            format!(
+                "p = {} of the steps perturb the encoder's input (L-inf up to {}/255); families \
+                 sign noise, blur, JPEG, encoder attack{}",
+                hy.denoise.p,
+                hy.denoise.eps_255,
+                if hy.guide.attack_share > 0.0 {
+                    format!(
+                        ", and on {:.0}% of the perturbed steps a {}-step PGD against the \
+                         recognizer",
+                        100.0 * hy.guide.attack_share,
+                        hy.guide.attack_steps
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    if hy.skip_noise > 0.0 {
+        rows.push((
+            "skip noise",
+            format!("{} x the skip feature's standard deviation", hy.skip_noise),
+        ));
+    }
+    if hy.guide.id_weight > 0.0 {
+        rows.push((
+            "identity weight (recognizer guidance)",
+            hy.guide.id_weight.to_string(),
+        ));
+    }
     key_value_table(w, &rows);
 }
 
@@ -820,6 +857,9 @@ fn render_final_losses(w: &mut String, r: &RenderInput<'_>) {
     let _ = writeln!(w, "| value | mean | what |\n|---|---:|---|");
     for ((key, value), (_, what)) in h.final_losses.iter().zip(LOSS_KEYS) {
         if key == "consistency" && !meta.objective.consistency() {
+            continue;
+        }
+        if key == "identity" && meta.hyper.guide.id_weight <= 0.0 {
             continue;
         }
         let _ = writeln!(w, "| `{key}` | {value:.4} | {what} |");

@@ -171,5 +171,77 @@ fn prepare_train_and_resume() {
     assert_eq!(meta["step"], 3);
     let init = meta["init"].as_str().unwrap_or_default();
     assert!(init.contains("bundle-tiny"), "init: {meta}");
+
+    // Recognizer-guided training: every perturbed step is the recognizer attack and the
+    // identity loss is logged (the recognizer is the real one, fetched by the set-up).
+    let mut guided: Vec<&str> = common.to_vec();
+    guided[out_arg] = "run-guided";
+    guided.extend([
+        "--steps",
+        "2",
+        "--denoise",
+        "1",
+        "--denoise-recognizer",
+        "1",
+        "--denoise-recognizer-steps",
+        "2",
+        "--id-weight",
+        "1",
+    ]);
+    trainer(&guided, &tmp);
+    let log = fs::read_to_string(tmp.join("run-guided/log.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .collect();
+    assert_eq!(steps.len(), 2, "{log}");
+    for v in &steps {
+        assert_eq!(v["denoise"], 5, "the recognizer family: {v}");
+        let id = v["identity"].as_f64().unwrap();
+        assert!(id > 0.0 && id < 2.0, "identity loss 1 - cos in (0, 2): {v}");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.join("run-guided/checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["hyper"]["guide"]["id_weight"], 1.0, "{meta}");
+    fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// The recognizer attack of guided training stays in its L-inf ball and lowers the cosine of
+/// real LFW crops to their clean embeddings; a face's identity loss to itself is zero.
+#[test]
+fn recognizer_attack_stays_in_budget_and_dodges() {
+    use avae_trainer::data::{self, FaceSet, Split};
+    use avae_trainer::guide::Guidance;
+    let tmp: PathBuf = std::env::temp_dir().join(format!("avae-guide-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    build_dataset(&tmp.join("lfw"));
+    trainer(
+        &["prepare", "--data", "lfw", "--size", "64", "--out", "data"],
+        &tmp,
+    );
+    let set = FaceSet::load(&tmp.join("data"), "lfw", 64).unwrap();
+    let x = data::to_unit_range(&set.select(&set.indices(Split::Train)));
+    let guidance = Guidance::load(
+        &avae_trainer::recognizer::default_model_path(),
+        &set.index.crop,
+        64,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let target = tch::no_grad(|| guidance.embed(&x)).unwrap();
+    let own = f64::try_from(tch::no_grad(|| guidance.identity_loss(&x, &target)).unwrap()).unwrap();
+    assert!(own.abs() < 1e-4, "identity loss of a face to itself: {own}");
+    let eps = 2.0 * 8.0 / 255.0;
+    let adv = guidance.attack(&x, &target, eps, 3).unwrap();
+    let linf = f64::try_from((&adv - &x).abs().max()).unwrap();
+    assert!(linf <= eps + 1.0 / 255.0 + 1e-5, "L-inf {linf} over {eps}");
+    let after =
+        f64::try_from(tch::no_grad(|| guidance.identity_loss(&adv, &target)).unwrap()).unwrap();
+    assert!(
+        after > 0.3,
+        "3 PGD steps at 8/255 should move the embeddings: 1 - cos = {after}"
+    );
     fs::remove_dir_all(&tmp).unwrap();
 }
