@@ -3,8 +3,8 @@
 # element message (a face scoring above the alarm threshold; at most one per ROI id per second)
 # is printed from gst-launch-1.0 -m, with its pts, roi-id, score and threshold. Frames go to
 # fakesink. ALARM_THRESHOLD=... replaces the bundle's threshold (-1: the bundle's own, 1% false
-# alarms on clean training faces); the shipped street video's clean faces all stay under the
-# shipped bundle's (highest 1.88 for 2.29), so it prints nothing unless ALARM_THRESHOLD=0 or so.
+# alarms on clean training faces); the shipped street video's clean faces all stayed under the
+# previous bundle's (highest 1.88 for 2.29), so expect little unless ALARM_THRESHOLD=0 or so.
 # Needs: as file-replay.sh. Usage: pipelines/alarm.sh [video file]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
