@@ -16,8 +16,13 @@ use crate::purifier::{Chosen, Purified};
 pub(super) const TRACK_TIMEOUT_FRAMES: u64 = 50;
 /// Most tracks kept; beyond, the least recently seen are forgotten first.
 pub(super) const MAX_TRACKS: usize = 1024;
-/// Weight of the newest measurement in each smoothed cost.
+/// Weight of the newest measurement in each smoothed cost when it is below the estimate.
 const COST_SMOOTHING: f64 = 0.25;
+/// Weight of the newest measurement when it is above the estimate: costs rise fast and fall
+/// slowly, so one slow run (a cold first frame, a busy core) stops the next frame from planning
+/// with the old, lower figure (tests/live.rs saw frame 1 late by 67-73 ms on a 40 ms budget
+/// while the first frame's slow full run had moved the estimate only a quarter of the way).
+const COST_RISE: f64 = 0.75;
 /// Time kept free in every live frame for the work that is not the engine (ms), at least.
 const BUDGET_RESERVE_MS: f64 = 2.0;
 /// Share of the frame budget kept free besides, for timing jitter (tests/live.rs once saw a
@@ -254,6 +259,7 @@ impl Cost {
         }
         let ms = total.as_secs_f64() * 1000.0 / count as f64;
         self.0 = Some(match self.0 {
+            Some(old) if ms > old => old + COST_RISE * (ms - old),
             Some(old) => old + COST_SMOOTHING * (ms - old),
             None => ms,
         });
@@ -405,6 +411,11 @@ mod tests {
         cost.update(Duration::from_millis(30), 3);
         assert!((cost.ms() - 10.0).abs() < 1e-9);
         cost.update(Duration::from_millis(20), 1);
-        assert!((cost.ms() - 12.5).abs() < 1e-9);
+        assert!((cost.ms() - 17.5).abs() < 1e-9, "rises by 0.75 of the gap");
+        cost.update(Duration::from_millis(9), 1);
+        assert!(
+            (cost.ms() - 15.375).abs() < 1e-9,
+            "falls by 0.25 of the gap"
+        );
     }
 }
