@@ -676,19 +676,28 @@ fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
 }
 
+/// What one training step learns from.
+struct StepBatch<'a> {
+    /// The clean faces.
+    x: &'a Tensor,
+    /// What the encoder sees (`x`, or `x` perturbed under denoising training).
+    x_in: &'a Tensor,
+    /// Recognizer guidance: the recognizer and the clean faces' unit embeddings.
+    identity: Option<(&'a Guidance, &'a Tensor)>,
+}
+
 /// One generator and critic update on a batch; returns the losses.
 fn train_step(
     models: &mut Models,
     opt_g: &mut nn::Optimizer,
     opt_d: &mut nn::Optimizer,
-    x: &Tensor,
-    x_in: &Tensor,
+    batch: StepBatch<'_>,
     objective: Objective,
     h: &Hyper,
-    identity: Option<(&Guidance, &Tensor)>,
 ) -> Result<Losses> {
     // The critic and the consistency target always see the clean face `x`; the encoder sees
     // `x_in` (the same face, perturbed under denoising training).
+    let StepBatch { x, x_in, identity } = batch;
     let x32 = models.generator.downsample(x);
     let cond = objective.conditional().then_some(&x32);
     let (mu, logvar, skip) = models.generator.encode(x_in);
@@ -1025,11 +1034,13 @@ impl<'a> Session<'a> {
             &mut self.models,
             &mut self.opt_g,
             &mut self.opt_d,
-            &x,
-            &x_in,
+            StepBatch {
+                x: &x,
+                x_in: &x_in,
+                identity,
+            },
             self.opts.objective,
             h,
-            identity,
         )?;
         self.models.update_ema(h.ema_decay, step);
         let dt = t0.elapsed().as_secs_f64();
