@@ -26,6 +26,7 @@ for r in "${runs[@]}"; do
     ft-critic-only) extra=(--lambda-c 0) ;;
     ft-guided) extra=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight 10) ;;
     ft-4x) extra=(--input-size 16 --lr 0.0003) ;;  # at lr 1e-3 it diverged twice (KL ~1e10 at step ~400)
+    ft-4x-guided) extra=(--input-size 16 --lr 0.0003 --denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight 10) ;;
     *) echo "ablate.sh: unknown run '$r'" >&2; exit 2 ;;
   esac
   resume=(); [ -f "$root/$r/checkpoint.json" ] && resume=(--resume)

@@ -23,6 +23,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// File name of the manifest inside a bundle folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// Sides a manifest's `encoder_input_size` may have: the area downsample the encoder graph
+/// takes the face to (16 is brought back to 32x32 inside the graph).
+pub const ENCODER_INPUT_SIZES: [usize; 2] = [16, 32];
+
 /// Environment variable that overrides the default bundle folder.
 pub const MODEL_ENV: &str = "AVAE_PURIFY_MODEL";
 
@@ -216,7 +220,7 @@ impl Bundle {
         let s = m.image_size;
         if s < 32
             || !s.is_multiple_of(32)
-            || ![16, 32].contains(&m.encoder_input_size)
+            || !ENCODER_INPUT_SIZES.contains(&m.encoder_input_size)
             || !s.is_multiple_of(m.encoder_input_size)
         {
             return Err(Error::bundle(

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// Side of the downsampled face the encoder sees (paper Fig. 2: "first downsampled to 32x32").
 pub const ENCODER_INPUT_SIZE: i64 = 32;
-/// Sides accepted for [`Config::input_size`].
-pub const INPUT_SIZES: [i64; 2] = [16, 32];
+/// Sides accepted for [`Config::input_size`]: those a bundle's `encoder_input_size` may have.
+pub use gstavaepurify::bundle::ENCODER_INPUT_SIZES as INPUT_SIZES;
 
 fn default_input_size() -> i64 {
     ENCODER_INPUT_SIZE
@@ -179,7 +179,10 @@ impl Config {
                 "image_size {s} must be a power of two >= {ENCODER_INPUT_SIZE}"
             )));
         }
-        if !INPUT_SIZES.contains(&self.input_size) {
+        if !INPUT_SIZES
+            .iter()
+            .any(|&side| side as i64 == self.input_size)
+        {
             return Err(invalid(format!(
                 "input_size {} must be one of {INPUT_SIZES:?}",
                 self.input_size

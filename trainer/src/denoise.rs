@@ -13,13 +13,14 @@
 //!
 //! Every perturbed face is rounded to 8 bits, as frames are.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::defense::{gaussian_blur, jpeg, quantize};
+use crate::guide::{Guidance, Guide};
 use crate::model::AVae;
 
 /// Settings of denoising training, stored in every checkpoint's hyper-parameters.
@@ -53,8 +54,8 @@ pub enum Family {
     Jpeg,
     /// Signed-gradient step against the encoder.
     Encoder,
-    /// PGD against the face recognizer (recognizer-guided training, `guide.rs`); never drawn
-    /// here, the training step substitutes it for a perturbed step.
+    /// PGD against the face recognizer (recognizer-guided training, `guide.rs`): drawn on a
+    /// share `attack_share` of the perturbed steps, in place of the family drawn first.
     Recognizer,
 }
 
@@ -71,25 +72,33 @@ impl Denoise {
         self.p > 0.0
     }
 
-    /// Draws the family of one step.
-    pub fn draw(&self, rng: &mut StdRng) -> Family {
+    /// Draws the family of one step; with recognizer guidance, a share of the perturbed steps
+    /// becomes [`Family::Recognizer`] instead.
+    pub fn draw(&self, guide: &Guide, rng: &mut StdRng) -> Family {
         if !self.enabled() || !rng.random_bool(self.p.clamp(0.0, 1.0)) {
             return Family::Clean;
         }
-        match rng.random_range(0..4u8) {
+        let family = match rng.random_range(0..4u8) {
             0 => Family::Sign,
             1 => Family::Blur,
             2 => Family::Jpeg,
             _ => Family::Encoder,
+        };
+        if guide.attack_share > 0.0 && rng.random_bool(guide.attack_share.clamp(0.0, 1.0)) {
+            Family::Recognizer
+        } else {
+            family
         }
     }
 
-    /// The encoder's input for clean faces `x` (`[N, 3, S, S]` in [-1, 1]) under `family`.
+    /// The encoder's input for clean faces `x` (`[N, 3, S, S]` in [-1, 1]) under `family`;
+    /// [`Family::Recognizer`] needs the recognizer and the unit embeddings of `x`.
     pub fn perturb(
         &self,
         family: Family,
         x: &Tensor,
         generator: &AVae,
+        recognizer: Option<(&Guidance, &Tensor)>,
         rng: &mut StdRng,
     ) -> Result<Tensor> {
         let eps = 2.0 * self.eps_255 / 255.0;
@@ -101,7 +110,13 @@ impl Denoise {
             }
             Family::Blur => gaussian_blur(x, rng.random_range(0.5..=1.2)),
             Family::Jpeg => jpeg(x, rng.random_range(50..=90u8))?,
-            Family::Encoder | Family::Recognizer => encoder_attack(x, generator, eps),
+            Family::Encoder => encoder_attack(x, generator, eps),
+            Family::Recognizer => {
+                let (guidance, target) = recognizer.context(
+                    "the recognizer family needs the recognizer and the clean embeddings",
+                )?;
+                return guidance.attack(x, target, eps);
+            }
         };
         Ok(quantize(&out.clamp(-1.0, 1.0)).detach())
     }
@@ -145,19 +160,21 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let budget = 2.0 * 8.0 / 255.0 + 1.0 / 255.0 + 1e-5;
         for family in [Family::Sign, Family::Encoder] {
-            let y = d.perturb(family, &x, &model, &mut rng).unwrap();
+            let y = d.perturb(family, &x, &model, None, &mut rng).unwrap();
             assert_eq!(y.size(), x.size());
             let linf = f64::try_from((&y - &x).abs().max()).unwrap();
             assert!(linf <= budget && linf > 0.01, "{family:?}: {linf}");
         }
         for family in [Family::Blur, Family::Jpeg] {
-            let y = d.perturb(family, &x, &model, &mut rng).unwrap();
+            let y = d.perturb(family, &x, &model, None, &mut rng).unwrap();
             assert!(f64::try_from(y.abs().max()).unwrap() <= 1.0);
             assert!(f64::try_from((&y - &x).abs().mean(Kind::Float)).unwrap() > 1e-3);
         }
         assert!(
             f64::try_from(
-                (d.perturb(Family::Clean, &x, &model, &mut rng).unwrap() - &x)
+                (d.perturb(Family::Clean, &x, &model, None, &mut rng)
+                    .unwrap()
+                    - &x)
                     .abs()
                     .max()
             )
@@ -170,11 +187,11 @@ mod tests {
     fn off_draws_only_clean_batches() {
         let mut rng = StdRng::seed_from_u64(2);
         let off = Denoise::default();
-        assert!((0..100).all(|_| off.draw(&mut rng) == Family::Clean));
+        assert!((0..100).all(|_| off.draw(&Guide::default(), &mut rng) == Family::Clean));
         let on = Denoise {
             p: 1.0,
             eps_255: 8.0,
         };
-        assert!((0..100).all(|_| on.draw(&mut rng) != Family::Clean));
+        assert!((0..100).all(|_| on.draw(&Guide::default(), &mut rng) != Family::Clean));
     }
 }

@@ -14,8 +14,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use rand::Rng;
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -52,18 +50,29 @@ impl Guide {
     }
 }
 
-/// The frozen recognizer and the warp of the training crops.
+/// The frozen recognizer (seeing the training crops through the mean-landmark warp) and the
+/// step count of its attack.
 pub struct Guidance {
     recognizer: Recognizer,
-    size: i64,
+    attack_steps: usize,
 }
 
 impl Guidance {
-    /// Loads the recognizer at `path` for `size x size` crops made with `crop`, on `device`.
-    pub fn load(path: &Path, crop: &CropSpec, size: i64, device: Device) -> Result<Self> {
+    /// Loads the recognizer at `path` for `size x size` crops made with `crop`, on `device`, for
+    /// the settings `guide`.
+    pub fn load(
+        path: &Path,
+        crop: &CropSpec,
+        size: i64,
+        device: Device,
+        guide: &Guide,
+    ) -> Result<Self> {
         let mut recognizer = Recognizer::load(path, Alignment::Template, crop, size)?;
         recognizer.to_device(device);
-        Ok(Self { recognizer, size })
+        Ok(Self {
+            recognizer,
+            attack_steps: guide.attack_steps,
+        })
     }
 
     fn align(&self, n: i64) -> Result<Tensor> {
@@ -83,11 +92,11 @@ impl Guidance {
         Ok((cos.neg() + 1.0).mean(Kind::Float))
     }
 
-    /// An untargeted PGD of `steps` steps (size 2.5 eps / steps, random start) within the L-inf
-    /// ball of `eps` (in the [-1, 1] scale) around `x`, lowering the cosine to `target`, the unit
-    /// embeddings of `x`; rounded to 8 bits.
-    pub fn attack(&self, x: &Tensor, target: &Tensor, eps: f64, steps: usize) -> Result<Tensor> {
-        debug_assert_eq!(x.size()[2], self.size);
+    /// An untargeted PGD of the guide's `attack_steps` steps (size 2.5 eps / steps, random
+    /// start) within the L-inf ball of `eps` (in the [-1, 1] scale) around `x`, lowering the
+    /// cosine to `target`, the unit embeddings of `x`; rounded to 8 bits.
+    pub fn attack(&self, x: &Tensor, target: &Tensor, eps: f64) -> Result<Tensor> {
+        let steps = self.attack_steps;
         let alpha = 2.5 * eps / steps.max(1) as f64;
         let mut adv = (x + (x.rand_like() * 2.0 - 1.0) * eps).clamp(-1.0, 1.0);
         for _ in 0..steps.max(1) {
@@ -105,10 +114,5 @@ impl Guidance {
                 .clamp(-1.0, 1.0);
         }
         Ok(quantize(&adv).detach())
-    }
-
-    /// Draws whether a perturbed step uses the recognizer attack.
-    pub fn draw_attack(guide: &Guide, rng: &mut StdRng) -> bool {
-        guide.attack_share > 0.0 && rng.random_bool(guide.attack_share.clamp(0.0, 1.0))
     }
 }

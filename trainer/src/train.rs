@@ -940,8 +940,14 @@ impl<'a> Session<'a> {
         let dataset = faces.index.describe();
         let guidance = if h.guide.enabled() {
             Some(
-                Guidance::load(&opts.recognizer, &faces.index.crop, cfg.image_size, device)
-                    .context("recognizer-guided training needs the recognizer")?,
+                Guidance::load(
+                    &opts.recognizer,
+                    &faces.index.crop,
+                    cfg.image_size,
+                    device,
+                    &h.guide,
+                )
+                .context("recognizer-guided training needs the recognizer")?,
             )
         } else {
             None
@@ -1011,25 +1017,21 @@ impl<'a> Session<'a> {
         let h = &self.opts.hyper;
         let t0 = Instant::now();
         let x = self.loader.next_batch(h.batch);
-        let mut family = h.denoise.draw(&mut self.denoise_rng);
+        let family = h.denoise.draw(&h.guide, &mut self.denoise_rng);
+        // The clean faces' embeddings: the identity loss's target and the recognizer attack's.
+        let needs_target = h.guide.id_weight > 0.0 || family == Family::Recognizer;
         let target = match &self.guidance {
-            Some(g) => Some(tch::no_grad(|| g.embed(&x))?),
-            None => None,
+            Some(g) if needs_target => Some(tch::no_grad(|| g.embed(&x))?),
+            _ => None,
         };
-        let x_in = match (&self.guidance, &target) {
-            (Some(g), Some(target))
-                if family != Family::Clean
-                    && Guidance::draw_attack(&h.guide, &mut self.denoise_rng) =>
-            {
-                family = Family::Recognizer;
-                let eps = 2.0 * h.denoise.eps_255 / 255.0;
-                g.attack(&x, target, eps, h.guide.attack_steps)?
-            }
-            _ => h
-                .denoise
-                .perturb(family, &x, &self.models.generator, &mut self.denoise_rng)?,
-        };
-        let identity = self.guidance.as_ref().zip(target.as_ref());
+        let guided = self.guidance.as_ref().zip(target.as_ref());
+        let x_in = h.denoise.perturb(
+            family,
+            &x,
+            &self.models.generator,
+            guided,
+            &mut self.denoise_rng,
+        )?;
         let losses = train_step(
             &mut self.models,
             &mut self.opt_g,
@@ -1037,7 +1039,7 @@ impl<'a> Session<'a> {
             StepBatch {
                 x: &x,
                 x_in: &x_in,
-                identity,
+                identity: guided,
             },
             self.opts.objective,
             h,

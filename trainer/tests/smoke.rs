@@ -228,13 +228,14 @@ fn recognizer_attack_stays_in_budget_and_dodges() {
         &set.index.crop,
         64,
         tch::Device::Cpu,
+        &avae_trainer::guide::Guide::default(),
     )
     .unwrap();
     let target = tch::no_grad(|| guidance.embed(&x)).unwrap();
     let own = f64::try_from(tch::no_grad(|| guidance.identity_loss(&x, &target)).unwrap()).unwrap();
     assert!(own.abs() < 1e-4, "identity loss of a face to itself: {own}");
     let eps = 2.0 * 8.0 / 255.0;
-    let adv = guidance.attack(&x, &target, eps, 3).unwrap();
+    let adv = guidance.attack(&x, &target, eps).unwrap();
     let linf = f64::try_from((&adv - &x).abs().max()).unwrap();
     assert!(linf <= eps + 1.0 / 255.0 + 1e-5, "L-inf {linf} over {eps}");
     let after =
