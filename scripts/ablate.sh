@@ -17,6 +17,9 @@ cargo build --release -p avae-trainer
 # Replaced by rename: a running ablation keeps its own copy (cp onto a busy binary fails).
 bin="$root/trainer-bin"; cp target/release/trainer "$bin.new" && mv -f "$bin.new" "$bin"
 [ -f "$root/data/lfw-64.bin" ] || "$bin" prepare --size 64 --out "$root/data"
+# The flags of the runs that others combine.
+guided=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight 10)
+fourx=(--input-size 16 --lr 0.0003)  # at lr 1e-3 it diverged twice (KL ~1e10 at step ~400)
 for r in "${runs[@]}"; do
   case "$r" in
     ft-base) extra=() ;;
@@ -24,9 +27,9 @@ for r in "${runs[@]}"; do
     ft-skipnoise) extra=(--skip-noise 0.5) ;;
     ft-denoise-skipnoise) extra=(--denoise 0.75 --denoise-eps 8 --skip-noise 0.5) ;;
     ft-critic-only) extra=(--lambda-c 0) ;;
-    ft-guided) extra=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight 10) ;;
-    ft-4x) extra=(--input-size 16 --lr 0.0003) ;;  # at lr 1e-3 it diverged twice (KL ~1e10 at step ~400)
-    ft-4x-guided) extra=(--input-size 16 --lr 0.0003 --denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight 10) ;;
+    ft-guided) extra=("${guided[@]}") ;;
+    ft-4x) extra=("${fourx[@]}") ;;
+    ft-4x-guided) extra=("${fourx[@]}" "${guided[@]}") ;;
     *) echo "ablate.sh: unknown run '$r'" >&2; exit 2 ;;
   esac
   resume=(); [ -f "$root/$r/checkpoint.json" ] && resume=(--resume)
