@@ -18,7 +18,8 @@ cargo build --release -p avae-trainer
 bin="$root/trainer-bin"; cp target/release/trainer "$bin.new" && mv -f "$bin.new" "$bin"
 [ -f "$root/data/lfw-64.bin" ] || "$bin" prepare --size 64 --out "$root/data"
 # The flags of the runs that others combine.
-guided=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight 10)
+guided_at() { guided=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight "$1"); }
+guided_at 10
 fourx=(--input-size 16 --lr 0.0003)  # at lr 1e-3 it diverged twice (KL ~1e10 at step ~400)
 for r in "${runs[@]}"; do
   case "$r" in
@@ -30,6 +31,7 @@ for r in "${runs[@]}"; do
     ft-guided) extra=("${guided[@]}") ;;
     ft-4x) extra=("${fourx[@]}") ;;
     ft-4x-guided) extra=("${fourx[@]}" "${guided[@]}") ;;
+    ft-4x-guided-id30) guided_at 30; extra=("${fourx[@]}" "${guided[@]}"); guided_at 10 ;;
     *) echo "ablate.sh: unknown run '$r'" >&2; exit 2 ;;
   esac
   resume=(); [ -f "$root/$r/checkpoint.json" ] && resume=(--resume)
