@@ -15,8 +15,8 @@
 # every frame sent is received and decoded, the frames the queue drops are counted, every frame
 # it lets through reaches the sink and every face there carries its verdict. Known problem:
 # with LEAKY=no that test run stalls before the end of the stream (the jitter buffer stops
-# pushing once the queue has blocked; over TCP too), so LEAKY=no is not tested. Not tested against a network
-# camera (CI has none).
+# pushing once the queue has blocked; over TCP too), so LEAKY=no is not tested. Not tested
+# against a network camera (CI has none).
 # Usage: pipelines/rtsp.sh rtsp://user:password@camera/stream
 # SINK (default `autovideosink sync=false`) and LEAKY (default `downstream`) override the sink
 # and the queue's leakiness.

@@ -17,9 +17,8 @@ cargo build --release -p avae-trainer
 # Replaced by rename: a running ablation keeps its own copy (cp onto a busy binary fails).
 bin="$root/trainer-bin"; cp target/release/trainer "$bin.new" && mv -f "$bin.new" "$bin"
 [ -f "$root/data/lfw-64.bin" ] || "$bin" prepare --size 64 --out "$root/data"
-# The flags of the runs that others combine.
-guided_at() { guided=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5 --id-weight "$1"); }
-guided_at 10
+# Flags that several runs combine; each guided run gives its own identity weight.
+guided=(--denoise 0.75 --denoise-eps 8 --denoise-recognizer 0.5)
 fourx=(--input-size 16 --lr 0.0003)  # at lr 1e-3 it diverged twice (KL ~1e10 at step ~400)
 for r in "${runs[@]}"; do
   case "$r" in
@@ -28,10 +27,10 @@ for r in "${runs[@]}"; do
     ft-skipnoise) extra=(--skip-noise 0.5) ;;
     ft-denoise-skipnoise) extra=(--denoise 0.75 --denoise-eps 8 --skip-noise 0.5) ;;
     ft-critic-only) extra=(--lambda-c 0) ;;
-    ft-guided) extra=("${guided[@]}") ;;
+    ft-guided) extra=("${guided[@]}" --id-weight 10) ;;
     ft-4x) extra=("${fourx[@]}") ;;
-    ft-4x-guided) extra=("${fourx[@]}" "${guided[@]}") ;;
-    ft-4x-guided-id30) guided_at 30; extra=("${fourx[@]}" "${guided[@]}"); guided_at 10 ;;
+    ft-4x-guided) extra=("${fourx[@]}" "${guided[@]}" --id-weight 10) ;;
+    ft-4x-guided-id30) extra=("${fourx[@]}" "${guided[@]}" --id-weight 30) ;;
     *) echo "ablate.sh: unknown run '$r'" >&2; exit 2 ;;
   esac
   resume=(); [ -f "$root/$r/checkpoint.json" ] && resume=(--resume)
