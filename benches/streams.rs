@@ -12,8 +12,13 @@
 //! p99: from pushing a frame to getting it back) and, for shared rows, faces/s against the
 //! separate engines of the same stream count.
 //!
-//! `cargo bench --bench streams [-- --quick] [--frames N] [--model DIR] [--backend B]
-//! [--samples M]`
+//! The separate and shared rows are measured `--rounds` times (default 3), alternating which
+//! goes first, and each figure is the median over the rounds; "vs separate" is the median of
+//! the rounds' ratios, with their range, so that one noisy round does not decide. The kserve
+//! row is measured once.
+//!
+//! `cargo bench --bench streams [-- --quick] [--frames N] [--rounds R] [--model DIR]
+//! [--backend B] [--samples M] [--shared-timeout-ms T]`
 
 mod common;
 
@@ -34,6 +39,9 @@ const FACES: u32 = 4;
 
 struct Options {
     frames: usize,
+    rounds: usize,
+    /// `shared-timeout-ms` of the shared rows; `None`: the element's default.
+    shared_timeout_ms: Option<u32>,
     model: PathBuf,
     backend: String,
     samples: u32,
@@ -42,6 +50,8 @@ struct Options {
 fn options() -> Result<Options, String> {
     let mut o = Options {
         frames: 16,
+        rounds: 3,
+        shared_timeout_ms: None,
         model: default_model_dir(),
         backend: "ort".into(),
         samples: 16,
@@ -54,8 +64,19 @@ fn options() -> Result<Options, String> {
     };
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--quick" => o.frames = 6,
+            "--quick" => {
+                o.frames = 6;
+                o.rounds = 1;
+            }
             "--frames" => o.frames = number(args.next(), "--frames")?,
+            "--rounds" => o.rounds = number(args.next(), "--rounds")?,
+            "--shared-timeout-ms" => {
+                o.shared_timeout_ms = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--shared-timeout-ms needs a number of milliseconds")?,
+                )
+            }
             "--samples" => o.samples = number(args.next(), "--samples")? as u32,
             "--model" => o.model = args.next().ok_or("--model needs a folder")?.into(),
             "--backend" => {
@@ -117,6 +138,9 @@ fn harness(
         }
         if mode == Mode::Shared {
             el.set_property("model-instance-id", id);
+            if let Some(ms) = o.shared_timeout_ms {
+                el.set_property("shared-timeout-ms", ms);
+            }
         }
         el.set_property("samples", o.samples);
         el.set_property("batch", 16u32);
@@ -138,6 +162,8 @@ fn measure(o: &Options, mode: Mode, streams: usize, server: Option<&str>) -> Res
         let (id, server) = (id.clone(), server.map(str::to_owned));
         let o = Options {
             frames: o.frames,
+            rounds: 1,
+            shared_timeout_ms: o.shared_timeout_ms,
             model: o.model.clone(),
             backend: o.backend.clone(),
             samples: o.samples,
@@ -236,10 +262,11 @@ fn run() -> Result<(), String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "avaepurify multi-stream benchmark: model {}, {FACES} faces per {FRAME_W}x{FRAME_H} RGB \
-         frame, M = {}, batch 16, {} frames per stream, {cores} cores",
+         frame, M = {}, batch 16, {} frames per stream, {} rounds (medians), {cores} cores",
         o.model.display(),
         o.samples,
-        o.frames
+        o.frames,
+        o.rounds
     );
     println!(
         "| streams | engine | faces/s | ms/frame p50 | ms/frame p99 | faces per shared call | \
@@ -247,44 +274,108 @@ fn run() -> Result<(), String> {
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
     let kserve = kserve_server();
+    let mut ratios_4 = Vec::new();
     for streams in [1usize, 2, 4] {
-        let mut separate = None;
-        for mode in [Mode::Separate, Mode::Shared, Mode::Kserve] {
-            let label = mode.label(&o.backend);
-            let server = match (mode, &kserve) {
-                (Mode::Kserve, Ok(server)) => Some(server.as_str()),
-                (Mode::Kserve, Err(why)) => {
-                    println!("| {streams} | {label} | not run: {why} | | | | |");
+        // Separate and shared, interleaved over the rounds (the first of a round alternates).
+        let mut rows: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
+        let mut failed: [Option<String>; 2] = [None, None];
+        for round in 0..o.rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                if failed[which].is_some() {
                     continue;
                 }
-                _ => None,
+                let mode = [Mode::Separate, Mode::Shared][which];
+                match measure(&o, mode, streams, None) {
+                    Ok(row) => rows[which].push(row),
+                    Err(e) => failed[which] = Some(e),
+                }
+            }
+        }
+        let ratios: Vec<f64> = rows[0]
+            .iter()
+            .zip(&rows[1])
+            .map(|(sep, shared)| shared.faces_per_s / sep.faces_per_s - 1.0)
+            .collect();
+        for (which, mode) in [Mode::Separate, Mode::Shared].into_iter().enumerate() {
+            let label = mode.label(&o.backend);
+            if let Some(e) = &failed[which] {
+                println!("| {streams} | {label} | failed: {e} | | | | |");
+                continue;
+            }
+            let middle = |f: fn(&Row) -> f64| median(rows[which].iter().map(f).collect());
+            let batch = if mode == Mode::Shared {
+                format!("{:.2}", middle(|r| r.mean_batch_faces))
+            } else {
+                "-".into()
             };
-            match measure(&o, mode, streams, server) {
+            let versus = if mode == Mode::Shared && !ratios.is_empty() {
+                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if ratios.len() > 1 {
+                    format!(
+                        "{:+.1} % ({:+.1} to {:+.1})",
+                        median(ratios.clone()) * 100.0,
+                        lo * 100.0,
+                        hi * 100.0
+                    )
+                } else {
+                    format!("{:+.1} %", ratios[0] * 100.0)
+                }
+            } else {
+                "-".into()
+            };
+            println!(
+                "| {streams} | {label} | {:.1} | {:.1} | {:.1} | {batch} | {versus} |",
+                middle(|r| r.faces_per_s),
+                middle(|r| r.p50_ms),
+                middle(|r| r.p99_ms)
+            );
+        }
+        if streams == 4 {
+            ratios_4 = ratios;
+        }
+        let label = Mode::Kserve.label(&o.backend);
+        match &kserve {
+            Err(why) => println!("| {streams} | {label} | not run: {why} | | | | |"),
+            Ok(server) => match measure(&o, Mode::Kserve, streams, Some(server)) {
                 Ok(row) => {
-                    if mode == Mode::Separate {
-                        separate = Some(row.faces_per_s);
-                    }
-                    let batch = if mode == Mode::Shared {
-                        format!("{:.2}", row.mean_batch_faces)
-                    } else {
+                    let versus = if rows[0].is_empty() {
                         "-".into()
-                    };
-                    let versus = match (mode, separate) {
-                        (Mode::Separate, _) | (_, None) => "-".into(),
-                        (_, Some(base)) => {
-                            format!("{:+.1} %", (row.faces_per_s / base - 1.0) * 100.0)
-                        }
+                    } else {
+                        let base = median(rows[0].iter().map(|r| r.faces_per_s).collect());
+                        format!("{:+.1} %", (row.faces_per_s / base - 1.0) * 100.0)
                     };
                     println!(
-                        "| {streams} | {label} | {:.1} | {:.1} | {:.1} | {batch} | {versus} |",
+                        "| {streams} | {label} | {:.1} | {:.1} | {:.1} | - | {versus} |",
                         row.faces_per_s, row.p50_ms, row.p99_ms
                     );
                 }
                 Err(e) => println!("| {streams} | {label} | failed: {e} | | | | |"),
-            }
+            },
         }
     }
+    if !ratios_4.is_empty() {
+        let list: Vec<String> = ratios_4
+            .iter()
+            .map(|r| format!("{:+.1} %", r * 100.0))
+            .collect();
+        println!(
+            "4 streams, shared against separate, round by round: {}",
+            list.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// The median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 fn main() {

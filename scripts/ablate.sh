@@ -2,6 +2,7 @@
 # The defense ablations of issue 10, resumable: each run fine-tunes the shipped generator
 # (models/avae-cpu) for the same number of steps, one CPU thread each, niced, in
 # $AVAE_RUNS (default $HOME/avae-runs); re-running resumes every run from its last checkpoint.
+# AVAE_THREADS sets the threads of each run (default 1).
 # Then export each run and compare them with `trainer eval --lab` (see the README).
 #   bash scripts/ablate.sh [STEPS] [RUN ...]     (default: 2000 steps, runs ft-base ft-denoise)
 # The generator fine-tuned is models/avae-cpu, or $AVAE_INIT when set (the ablations of
@@ -28,6 +29,7 @@ for r in "${runs[@]}"; do
     ft-denoise-skipnoise) extra=(--denoise 0.75 --denoise-eps 8 --skip-noise 0.5) ;;
     ft-critic-only) extra=(--lambda-c 0) ;;
     ft-guided) extra=("${guided[@]}" --id-weight 10) ;;
+    ft-guided-skip8) extra=("${guided[@]}" --id-weight 10 --skip-detail 8) ;;
     ft-4x) extra=("${fourx[@]}") ;;
     ft-4x-guided) extra=("${fourx[@]}" "${guided[@]}" --id-weight 10) ;;
     ft-4x-guided-id30) extra=("${fourx[@]}" "${guided[@]}" --id-weight 30) ;;
@@ -36,7 +38,7 @@ for r in "${runs[@]}"; do
   resume=(); [ -f "$root/$r/checkpoint.json" ] && resume=(--resume)
   lc=(--lambda-c 300); [ "$r" = ft-critic-only ] && lc=()
   nohup nice -n 10 "$bin" train --preset cpu --objective bc "${lc[@]}" --steps "$steps" \
-    --ckpt-every 100 --sample-every 250 --threads 1 --data "$root/data" \
+    --ckpt-every 100 --sample-every 250 --threads "${AVAE_THREADS:-1}" --data "$root/data" \
     --init-bundle "${AVAE_INIT:-$PWD/models/avae-cpu}" --out "$root/$r" "${resume[@]}" "${extra[@]}" \
     >> "$root/$r.log" 2>&1 &
   echo "ablate: $r -> $root/$r (log $root/$r.log)"

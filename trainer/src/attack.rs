@@ -360,8 +360,16 @@ pub fn on_manifold(
 /// on-manifold attack differentiates through exactly the shipped weights.
 pub fn generator_from_bundle(bundle: &Bundle) -> Result<(nn::VarStore, AVae)> {
     let m = &bundle.manifest;
-    let cfg = Config::preset(&m.preset)
+    let mut cfg = Config::preset(&m.preset)
         .with_context(|| format!("bundle '{}': preset '{}'", bundle.dir.display(), m.preset))?;
+    // The geometry the graphs were exported with: the encoder's input side and, when the
+    // provenance names one, the skip connection's detail.
+    cfg.input_size = i64::try_from(m.encoder_input_size).unwrap_or(cfg.input_size);
+    if let Some(side) = m.provenance.get("skip_detail").and_then(|v| v.as_i64()) {
+        cfg.skip_detail = side;
+    }
+    cfg.validate()
+        .with_context(|| format!("bundle '{}': encoder geometry", bundle.dir.display()))?;
     ensure!(
         cfg.image_size as usize == m.image_size
             && cfg.latent_dim() as usize == m.latent_dim

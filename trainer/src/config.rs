@@ -13,6 +13,12 @@ fn default_input_size() -> i64 {
 }
 /// Side of the encoder feature map passed to the decoder through the skip connection.
 pub const SKIP_SIZE: i64 = 16;
+/// Sides accepted for [`Config::skip_detail`]: the full 16x16 skip or one average-pooled to 8x8.
+pub const SKIP_DETAILS: [i64; 2] = [16, 8];
+
+fn default_skip_detail() -> i64 {
+    SKIP_SIZE
+}
 /// Side of the latent feature map (the latent is `latent_channels` x 4 x 4, flattened NCHW).
 pub const LATENT_SIZE: i64 = 4;
 
@@ -51,6 +57,12 @@ pub struct Config {
     /// blocks.
     #[serde(default = "default_input_size")]
     pub input_size: i64,
+    /// Side of the detail the skip connection carries: 16 (the 16x16 encoder activation) or 8
+    /// (that activation average-pooled to 8x8 and brought back to 16x16 by nearest-neighbour
+    /// upsampling inside the encoder graph, so the skip feature keeps its shape and a bundle
+    /// its graph interface, but holds a quarter of the detail, and of the perturbation).
+    #[serde(default = "default_skip_detail")]
+    pub skip_detail: i64,
 }
 
 /// An invalid configuration or an unknown preset name.
@@ -104,6 +116,7 @@ impl Config {
             minibatch_stddev: true,
             tau: 0.03,
             input_size: ENCODER_INPUT_SIZE,
+            skip_detail: SKIP_SIZE,
         }
     }
 
@@ -122,6 +135,7 @@ impl Config {
             minibatch_stddev: true,
             tau: 0.03,
             input_size: ENCODER_INPUT_SIZE,
+            skip_detail: SKIP_SIZE,
         }
     }
 
@@ -140,6 +154,7 @@ impl Config {
             minibatch_stddev: true,
             tau: 0.03,
             input_size: ENCODER_INPUT_SIZE,
+            skip_detail: SKIP_SIZE,
         }
     }
 
@@ -186,6 +201,12 @@ impl Config {
             return Err(invalid(format!(
                 "input_size {} must be one of {INPUT_SIZES:?}",
                 self.input_size
+            )));
+        }
+        if !SKIP_DETAILS.contains(&self.skip_detail) {
+            return Err(invalid(format!(
+                "skip_detail {} must be one of {SKIP_DETAILS:?}",
+                self.skip_detail
             )));
         }
         let levels = self.resolutions().len();
@@ -237,6 +258,22 @@ mod tests {
             let cfg = Config::preset(name).expect("preset");
             assert_eq!(cfg.name, name);
         }
+    }
+
+    #[test]
+    fn skip_detail_is_16_or_8() {
+        let mut cfg = Config::cpu();
+        assert_eq!(cfg.skip_detail, 16);
+        cfg.skip_detail = 4;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("skip_detail 4"), "{err}");
+        cfg.skip_detail = 8;
+        cfg.validate().unwrap();
+        // Configs written before the field existed read as the full 16x16 skip.
+        let mut old = serde_json::to_value(Config::cpu()).unwrap();
+        old.as_object_mut().unwrap().remove("skip_detail");
+        let old: Config = serde_json::from_value(old).unwrap();
+        assert_eq!(old.skip_detail, 16);
     }
 
     #[test]

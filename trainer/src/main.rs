@@ -288,6 +288,10 @@ struct TrainArgs {
     /// (S = 64 at the paper's 4x ratio; upsampled back to 32x32 inside the encoder graph)
     #[arg(long)]
     input_size: Option<i64>,
+    /// Side of the detail the skip connection carries: 16 (the preset's) or 8 (the 16x16
+    /// activation average-pooled to 8x8 inside the encoder graph; same bundle interface)
+    #[arg(long)]
+    skip_detail: Option<i64>,
 }
 
 #[derive(clap::Args)]
@@ -352,6 +356,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         init_bundle: args.init_bundle,
         recognizer: args.recognizer,
         input_size: args.input_size,
+        skip_detail: args.skip_detail,
     };
     let summary = train::train(&opts)?;
     println!(

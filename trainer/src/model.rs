@@ -66,14 +66,16 @@ pub fn downsample<O: Ops>(o: &mut O, cfg: &Config, face: &O::T) -> O::T {
 }
 
 /// Encoder E on the 32x32 input: three stride-2 convolutions down to 4x4, then 1x1 heads for mu and
-/// logvar, flattened NCHW; the 16x16 activation is the skip feature.
+/// logvar, flattened NCHW; the 16x16 activation is the skip feature (with
+/// [`Config::skip_detail`] 8, average-pooled to 8x8 and upsampled back to 16x16 first; the
+/// latent path still reads the full activation).
 pub fn encoder_from_input<O: Ops>(o: &mut O, cfg: &Config, x32: &O::T) -> Encoded<O::T> {
     let [c32, c16, c8, c4] = cfg.enc_channels;
     let h = o.conv2d(x32, "encoder.conv0", c32, 3, 1);
     let h = leaky(o, &h);
     let h = o.conv2d(&h, "encoder.conv1", c16, 3, 2);
-    let skip = leaky(o, &h);
-    let h = o.conv2d(&skip, "encoder.conv2", c8, 3, 2);
+    let h16 = leaky(o, &h);
+    let h = o.conv2d(&h16, "encoder.conv2", c8, 3, 2);
     let h = leaky(o, &h);
     let h = o.conv2d(&h, "encoder.conv3", c4, 3, 2);
     let h = leaky(o, &h);
@@ -81,6 +83,17 @@ pub fn encoder_from_input<O: Ops>(o: &mut O, cfg: &Config, x32: &O::T) -> Encode
     let mu = o.reshape(&mu, &[0, -1]);
     let logvar = o.conv2d(&h, "encoder.logvar", cfg.latent_channels, 1, 1);
     let logvar = o.reshape(&logvar, &[0, -1]);
+    let skip = if cfg.skip_detail < SKIP_SIZE {
+        let mut x = o.avg_pool(&h16, SKIP_SIZE / cfg.skip_detail);
+        let mut side = cfg.skip_detail;
+        while side < SKIP_SIZE {
+            x = o.upsample2x(&x);
+            side *= 2;
+        }
+        x
+    } else {
+        h16
+    };
     Encoded { mu, logvar, skip }
 }
 
@@ -554,6 +567,31 @@ mod tests {
         let (mu, _, skip) = model.encode(&face);
         assert_eq!(mu.size(), [2, cfg.latent_dim()]);
         assert_eq!(skip.size(), [2, cfg.skip_channels(), 16, 16]);
+    }
+
+    #[test]
+    fn skip_detail_8_carries_8x8_blocks_and_keeps_the_latent() {
+        let mut cfg = Config::tiny();
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let full = AVae::new(&vs.root(), &cfg);
+        cfg.skip_detail = 8;
+        let coarse = AVae::new(&vs.root().sub("coarse"), &cfg);
+        tch::no_grad(|| {
+            for (name, param) in coarse.params() {
+                let mut p = param.shallow_clone();
+                p.copy_(&full.params()[name]);
+            }
+        });
+        let face = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let (mu_full, _, skip_full) = full.encode(&face);
+        let (mu, _, skip) = coarse.encode(&face);
+        assert_eq!(skip.size(), [2, cfg.skip_channels(), 16, 16]);
+        assert!(f64::try_from((&mu - &mu_full).abs().max()).unwrap() < 1e-6);
+        let blocks = skip_full.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+        let up = blocks.upsample_nearest2d([16, 16], None, None);
+        assert!(f64::try_from((&skip - &up).abs().max()).unwrap() < 1e-6);
+        assert!(f64::try_from((&skip - &skip_full).abs().max()).unwrap() > 1e-4);
     }
 
     #[test]

@@ -200,6 +200,9 @@ pub struct TrainOptions {
     /// Side of the downsample the encoder's information comes from, over the preset's 32
     /// ([`Config::input_size`]; a resumed run keeps its own).
     pub input_size: Option<i64>,
+    /// Side of the skip connection's detail, over the preset's 16 ([`Config::skip_detail`]; a
+    /// resumed run keeps its own).
+    pub skip_detail: Option<i64>,
 }
 
 /// Contents of `checkpoint.json`: the latest complete checkpoint of a run.
@@ -803,8 +806,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let mut cfg = Config::preset(&opts.preset)?;
     if let Some(side) = opts.input_size {
         cfg.input_size = side;
-        cfg.validate()?;
     }
+    if let Some(side) = opts.skip_detail {
+        cfg.skip_detail = side;
+    }
+    cfg.validate()?;
     fs::create_dir_all(opts.out.join("samples"))
         .with_context(|| format!("cannot create '{}'", opts.out.display()))?;
     let resumed = resumed_run(opts, &cfg)?;
@@ -817,6 +823,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             opts.input_size.unwrap_or_default()
         );
         cfg.input_size = meta.config.input_size;
+        ensure!(
+            opts.skip_detail
+                .is_none_or(|s| s == meta.config.skip_detail),
+            "'{}' was trained with --skip-detail {}, not {}",
+            opts.out.display(),
+            meta.config.skip_detail,
+            opts.skip_detail.unwrap_or_default()
+        );
+        cfg.skip_detail = meta.config.skip_detail;
     }
     let start = resumed.as_ref().map_or(0, |m| m.step);
     ensure!(
@@ -1131,6 +1146,11 @@ pub fn provenance(meta: &CheckpointMeta) -> BTreeMap<String, serde_json::Value> 
     ]);
     if let Some(init) = &meta.init {
         provenance.insert("init".to_owned(), json!(init));
+    }
+    if meta.config.skip_detail != crate::config::SKIP_SIZE {
+        // The graphs' interface is the same either way; the generator rebuilt from a bundle
+        // (attack::generator_from_bundle) reads it here.
+        provenance.insert("skip_detail".to_owned(), json!(meta.config.skip_detail));
     }
     provenance
 }
