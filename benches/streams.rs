@@ -37,6 +37,7 @@ use common::{FRAME_H, FRAME_W};
 
 const FACES: u32 = 4;
 
+#[derive(Clone)]
 struct Options {
     frames: usize,
     rounds: usize,
@@ -160,14 +161,7 @@ fn measure(o: &Options, mode: Mode, streams: usize, server: Option<&str>) -> Res
     for s in 0..streams {
         let (start, done) = (start.clone(), done.clone());
         let (id, server) = (id.clone(), server.map(str::to_owned));
-        let o = Options {
-            frames: o.frames,
-            rounds: 1,
-            shared_timeout_ms: o.shared_timeout_ms,
-            model: o.model.clone(),
-            backend: o.backend.clone(),
-            samples: o.samples,
-        };
+        let o = o.clone();
         workers.push(std::thread::spawn(
             move || -> Result<(Vec<f64>, f64), String> {
                 let prepared = (|| -> Result<(gst_check::Harness, Vec<gst::Buffer>), String> {

@@ -56,9 +56,22 @@ fn leaky<O: Ops>(o: &mut O, x: &O::T) -> O::T {
 /// The 32x32 encoder input: average pool with kernel = stride = S / `input_size`, then (for an
 /// `input_size` below 32) nearest-neighbour upsampling back to 32x32.
 pub fn downsample<O: Ops>(o: &mut O, cfg: &Config, face: &O::T) -> O::T {
-    let mut x = o.avg_pool(face, cfg.pool_factor());
-    let mut side = cfg.input_size;
-    while side < ENCODER_INPUT_SIZE {
+    pool_and_restore(
+        o,
+        face,
+        cfg.pool_factor(),
+        cfg.input_size,
+        ENCODER_INPUT_SIZE,
+    )
+}
+
+/// Average pool with kernel = stride = `pool`, giving a map of side `side`, then nearest 2x
+/// upsampling until the side reaches `target`: the detail of a `side` x `side` map at the
+/// `target` size.
+fn pool_and_restore<O: Ops>(o: &mut O, x: &O::T, pool: i64, side: i64, target: i64) -> O::T {
+    let mut x = o.avg_pool(x, pool);
+    let mut side = side;
+    while side < target {
         x = o.upsample2x(&x);
         side *= 2;
     }
@@ -84,13 +97,8 @@ pub fn encoder_from_input<O: Ops>(o: &mut O, cfg: &Config, x32: &O::T) -> Encode
     let logvar = o.conv2d(&h, "encoder.logvar", cfg.latent_channels, 1, 1);
     let logvar = o.reshape(&logvar, &[0, -1]);
     let skip = if cfg.skip_detail < SKIP_SIZE {
-        let mut x = o.avg_pool(&h16, SKIP_SIZE / cfg.skip_detail);
-        let mut side = cfg.skip_detail;
-        while side < SKIP_SIZE {
-            x = o.upsample2x(&x);
-            side *= 2;
-        }
-        x
+        let pool = SKIP_SIZE / cfg.skip_detail;
+        pool_and_restore(o, &h16, pool, cfg.skip_detail, SKIP_SIZE)
     } else {
         h16
     };

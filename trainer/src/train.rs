@@ -815,23 +815,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         .with_context(|| format!("cannot create '{}'", opts.out.display()))?;
     let resumed = resumed_run(opts, &cfg)?;
     if let Some(meta) = &resumed {
-        ensure!(
-            opts.input_size.is_none_or(|s| s == meta.config.input_size),
-            "'{}' was trained with --input-size {}, not {}",
-            opts.out.display(),
-            meta.config.input_size,
-            opts.input_size.unwrap_or_default()
-        );
-        cfg.input_size = meta.config.input_size;
-        ensure!(
-            opts.skip_detail
-                .is_none_or(|s| s == meta.config.skip_detail),
-            "'{}' was trained with --skip-detail {}, not {}",
-            opts.out.display(),
-            meta.config.skip_detail,
-            opts.skip_detail.unwrap_or_default()
-        );
-        cfg.skip_detail = meta.config.skip_detail;
+        // A resumed run keeps its own geometry; a flag asking for another one is an error.
+        let keep = |flag: &str, asked: Option<i64>, trained: i64| -> Result<i64> {
+            ensure!(
+                asked.is_none_or(|s| s == trained),
+                "'{}' was trained with {flag} {trained}, not {}",
+                opts.out.display(),
+                asked.unwrap_or_default()
+            );
+            Ok(trained)
+        };
+        cfg.input_size = keep("--input-size", opts.input_size, meta.config.input_size)?;
+        cfg.skip_detail = keep("--skip-detail", opts.skip_detail, meta.config.skip_detail)?;
     }
     let start = resumed.as_ref().map_or(0, |m| m.step);
     ensure!(
