@@ -12,7 +12,8 @@
 # Needs: `cargo build --release`, gstreamer1.0-plugins-good (rtspsrc), -libav / -bad for the
 # camera's codec. Tested by tests/rtsp.rs against a real RTSP server on 127.0.0.1 (the
 # gst-rtsp-server library serving the shipped street video's H.264): with the line as it is,
-# every frame sent is received and decoded, the frames the queue drops are counted, every frame
+# every frame sent is received and decoded (the RTP packets a loaded host's UDP loses are
+# counted, and spoil at most one frame each), the frames the queue drops are counted, every frame
 # it lets through reaches the sink and every face there carries its verdict. Known problem:
 # with LEAKY=no that test run stalls before the end of the stream (the jitter buffer stops
 # pushing once the queue has blocked; over TCP too), so LEAKY=no is not tested. Not tested
