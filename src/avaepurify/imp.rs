@@ -46,6 +46,8 @@ struct State {
     costs: Costs,
     /// Whether upstream is live, asked at the first frame after caps.
     live: Option<bool>,
+    /// How far a live stream has fallen behind its timestamps (reset on flush and caps change).
+    backlog: live::Backlog,
     /// The rate limit of the `avae-purify-alarm` messages.
     limiter: Limiter,
 }
@@ -117,7 +119,13 @@ impl AvaePurify {
         let info = state.info.clone().ok_or(gst::FlowError::NotNegotiated)?;
 
         let mut report = FrameReport::default();
-        let budget = self.budget(state, settings, &info, received, &mut report);
+        let budget = self.budget(
+            state,
+            settings,
+            &info,
+            (received, buffer.pts()),
+            &mut report,
+        );
         Self::note_batch_clamp(state, settings, &mut report);
         let template = state.purifier.bundle().manifest.landmark_template;
         let geometry = Geometry {
@@ -193,15 +201,18 @@ impl AvaePurify {
         }
     }
 
-    /// The live budget of this frame: `None` unless upstream is live (asked once after caps).
+    /// The live budget of this frame, received at `arrival.0` with PTS `arrival.1`: `None`
+    /// unless upstream is live (asked once after caps). It counts from when the frame should
+    /// have arrived: the time it waited upstream behind a slow frame is spent already.
     fn budget(
         &self,
         state: &mut State,
         settings: &Settings,
         info: &gst_video::VideoInfo,
-        received: Instant,
+        arrival: (Instant, Option<gst::ClockTime>),
         report: &mut FrameReport,
     ) -> Option<Budget> {
+        let (received, pts) = arrival;
         let live = *state
             .live
             .get_or_insert_with(|| live::upstream_is_live(self.obj().sink_pad()));
@@ -216,8 +227,9 @@ impl AvaePurify {
                     .to_owned()
             });
         }
+        let behind = state.backlog.arrive(received, pts);
         limit.map(|limit| Budget {
-            start: received,
+            start: received.checked_sub(behind.min(limit)).unwrap_or(received),
             limit,
         })
     }
@@ -585,6 +597,7 @@ impl BaseTransformImpl for AvaePurify {
             tracks: Tracks::default(),
             costs,
             live: None,
+            backlog: live::Backlog::default(),
             limiter: Limiter::default(),
         });
         *lock(&self.stats) = Stats::default();
@@ -607,6 +620,7 @@ impl BaseTransformImpl for AvaePurify {
             && let Some(state) = lock(&self.state).as_mut()
         {
             state.tracks.reset();
+            state.backlog.reset();
         }
         self.parent_sink_event(event)
     }
@@ -673,6 +687,7 @@ impl VideoFilterImpl for AvaePurify {
         // New caps: another stream or geometry; no kept latent applies, and liveness is asked
         // again.
         state.tracks.reset();
+        state.backlog.reset();
         state.live = None;
         Ok(())
     }

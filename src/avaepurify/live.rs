@@ -95,3 +95,75 @@ pub(super) fn warm_up(
     }
     Ok(())
 }
+
+/// How far a live stream's frames have fallen behind their own timestamps while they waited
+/// upstream for this element: a frame that arrives while the previous one still ran (after a
+/// slow frame, a cold engine) has already spent part of its budget there, so its budget counts
+/// from when it should have arrived. Measured from arrival times and PTS alone, so whatever
+/// latency upstream adds on every frame (a jitter buffer, a decoder) is not counted: the
+/// backlog grows when frames arrive later than their PTS spacing says and falls back to 0 as
+/// they arrive on time again.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Backlog {
+    last: Option<(Instant, gst::ClockTime)>,
+    behind: Duration,
+}
+
+impl Backlog {
+    /// Records the arrival of a frame with `pts` at `received` and returns how far behind
+    /// schedule it is (0 without a PTS, on the first frame and after [`Backlog::reset`]).
+    pub(super) fn arrive(&mut self, received: Instant, pts: Option<gst::ClockTime>) -> Duration {
+        let Some(pts) = pts else {
+            self.reset();
+            return Duration::ZERO;
+        };
+        if let Some((at, last_pts)) = self.last {
+            let waited = received.saturating_duration_since(at);
+            match pts.checked_sub(last_pts) {
+                Some(spacing) => {
+                    let spacing = Duration::from_nanos(spacing.nseconds());
+                    self.behind = (self.behind + waited).saturating_sub(spacing);
+                }
+                // PTS went backwards (a reordering decoder, a new segment): start again.
+                None => self.behind = Duration::ZERO,
+            }
+        }
+        self.last = Some((received, pts));
+        self.behind
+    }
+
+    /// Forgets the schedule (flush, new caps).
+    pub(super) fn reset(&mut self) {
+        *self = Backlog::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn backlog_counts_the_wait_behind_a_slow_frame_and_recovers() {
+        let t0 = Instant::now();
+        let pts = |v: u64| Some(gst::ClockTime::from_mseconds(v));
+        let mut backlog = Backlog::default();
+        // Frames every 40 ms, on time: nothing behind (a constant upstream delay included).
+        assert_eq!(backlog.arrive(t0 + ms(200), pts(0)), ms(0));
+        assert_eq!(backlog.arrive(t0 + ms(240), pts(40)), ms(0));
+        // Frame 40 took 100 ms: frame 80 arrives 60 ms behind, frame 120 right after it.
+        assert_eq!(backlog.arrive(t0 + ms(340), pts(80)), ms(60));
+        assert_eq!(backlog.arrive(t0 + ms(350), pts(120)), ms(30));
+        assert_eq!(backlog.arrive(t0 + ms(360), pts(160)), ms(0));
+        // Early arrivals never make a frame ahead of schedule.
+        assert_eq!(backlog.arrive(t0 + ms(370), pts(200)), ms(0));
+        assert_eq!(backlog.arrive(t0 + ms(410), pts(240)), ms(0));
+        // No PTS, or PTS going back, starts again.
+        assert_eq!(backlog.arrive(t0 + ms(600), None), ms(0));
+        assert_eq!(backlog.arrive(t0 + ms(700), pts(280)), ms(0));
+        assert_eq!(backlog.arrive(t0 + ms(900), pts(100)), ms(0));
+    }
+}

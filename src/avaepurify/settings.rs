@@ -401,8 +401,9 @@ fn rate_properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecUInt::builder("max-latency-ms")
             .nick("Maximum latency")
             .blurb(
-                "With a live source, the longest a frame is held (ms): faces that cannot get a \
-             full purification in time take the reuse path, or pass through marked \
+                "With a live source, the longest a frame is held (ms), counted from when it \
+             should have arrived: faces that cannot get a full purification in time take the \
+             reuse path, or pass through marked \
              purified=false reason=latency-budget when they have no latent yet. 0 = one frame \
              period of the negotiated frame rate. Non-live streams never skip purification",
             )
