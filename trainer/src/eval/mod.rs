@@ -424,6 +424,11 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let t = Instant::now();
     let sets = PairSets::load(opts, size)?;
     stage_done(&mut seconds, "alignment", t);
+    // First: its white-box chunks are kept under `<report>/cache/`, so a run stopped during the
+    // longest stage resumes there, and the crop stages after it run in one go.
+    let t = Instant::now();
+    let image_rows = image::rows(opts)?;
+    stage_done(&mut seconds, "image threat model", t);
     let (_vs, generator) = attack::generator_from_bundle(&bundle)?;
     let avae = AVaeDefense::load(&opts.bundle, opts.backend, opts.purify)?;
     let purifier = summary::purifier_info(opts, &bundle, &avae)?;
@@ -483,10 +488,6 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         None => None,
     };
     stage_done(&mut seconds, "alarm", t);
-
-    let t = Instant::now();
-    let image_rows = image::rows(opts)?;
-    stage_done(&mut seconds, "image threat model", t);
 
     let grids = ev.grids(&probes, &results.purified, white_grid);
     let mut summary = EvalSummary {
