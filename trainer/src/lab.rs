@@ -35,6 +35,7 @@ use gstavaepurify::purifier::Purified;
 
 use crate::alarm::{self, AlarmFigures};
 use crate::attack::{self, Bpda, BreakMonitor, GreyBox, LossGradient, Target, fgsm, pgd};
+use crate::chunk;
 use crate::data::{progress_bar, write_atomic};
 use crate::defense::{AVaeDefense, Defense, quantize};
 use crate::eval::{
@@ -775,13 +776,13 @@ fn white_box(
     for first_pair in (0..n).step_by(chunk) {
         let len = chunk.min(n - first_pair);
         let kept = plan.cache.as_ref().map(|dir| {
-            dir.join(format!(
-                "whitebox-{}-{:016x}-{first_pair}.pt",
-                space.model.key(),
-                fnv1a(&key)
-            ))
+            let stem = format!("whitebox-{}", space.model.key());
+            chunk::path(dir, &stem, &key, first_pair)
         });
-        if let Some((out, was_broken)) = kept.as_deref().and_then(load_chunk) {
+        let loaded = kept.as_deref().and_then(chunk::load);
+        if let Some((out, was_broken)) =
+            loaded.and_then(|k| Some((k.tensor("adv")?, k.flags("broken")?)))
+        {
             adv.push(out);
             broken.extend(was_broken);
             bar.inc(len as u64);
@@ -834,7 +835,11 @@ fn white_box(
         };
         let out = quantize(&out);
         if let Some(path) = &kept {
-            save_chunk(path, &out, &chunk_broken)?;
+            let named = [
+                ("adv".to_owned(), out.shallow_clone()),
+                ("broken".to_owned(), chunk::flags(&chunk_broken)),
+            ];
+            chunk::save(path, &named)?;
         }
         adv.push(out);
         broken.extend(chunk_broken);
@@ -842,41 +847,6 @@ fn white_box(
     }
     bar.finish();
     Ok((Tensor::cat(&adv, 0), broken))
-}
-
-/// 64-bit FNV-1a of `text` (names the kept white-box chunks of one setting).
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// A kept white-box chunk: its probes and which pairs broke (`None` when absent or unreadable,
-/// which means attacking it again).
-fn load_chunk(path: &std::path::Path) -> Option<(Tensor, Vec<bool>)> {
-    let named = Tensor::load_multi(path).ok()?;
-    let get = |k: &str| named.iter().find(|(n, _)| n == k).map(|(_, t)| t);
-    let (adv, broken) = (get("adv")?, get("broken")?);
-    let broken: Vec<i64> = Vec::try_from(broken).ok()?;
-    Some((
-        adv.shallow_clone(),
-        broken.into_iter().map(|b| b != 0).collect(),
-    ))
-}
-
-/// Keeps a white-box chunk (written beside and renamed, so a stop never leaves half a file).
-fn save_chunk(path: &std::path::Path, adv: &Tensor, broken: &[bool]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
-    }
-    let flags: Vec<i64> = broken.iter().map(|&b| i64::from(b)).collect();
-    let tmp = path.with_extension("tmp");
-    Tensor::save_multi(
-        &[("adv", adv), ("broken", &Tensor::from_slice(&flags))],
-        &tmp,
-    )
-    .with_context(|| format!("cannot write '{}'", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write '{}'", path.display()))
 }
 
 /// The lab tables (image model first) as Markdown.
@@ -986,20 +956,6 @@ fn render_alarm(rows: &[LabRow], model: ThreatModel) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_kept_white_box_chunk_reads_back_as_written() {
-        let dir = std::env::temp_dir().join(format!("avae-lab-chunk-{}", std::process::id()));
-        let path = dir.join("whitebox-image-0-0.pt");
-        assert!(load_chunk(&path).is_none(), "nothing kept yet");
-        let adv = Tensor::rand([3, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
-        save_chunk(&path, &adv, &[true, false, true]).unwrap();
-        let (back, broken) = load_chunk(&path).expect("the kept chunk");
-        assert_eq!(broken, [true, false, true]);
-        assert!(back.allclose(&adv, 0.0, 0.0, false));
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_ne!(fnv1a("a|1"), fnv1a("a|2"));
-    }
 
     #[test]
     fn a_pair_broken_by_an_earlier_iterate_counts_as_broken() {

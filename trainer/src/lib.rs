@@ -3,6 +3,7 @@
 pub mod alarm;
 pub mod attack;
 pub mod calibrate;
+pub mod chunk;
 pub mod config;
 pub mod data;
 pub mod defense;

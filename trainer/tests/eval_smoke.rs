@@ -91,7 +91,7 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         data.to_str().unwrap(),
     ]);
     let pairs_file = lfw.join("pairs.txt");
-    let out = trainer(&[
+    let eval_args = [
         "eval",
         "--bundle",
         "tests/data/bundle-tiny",
@@ -124,7 +124,8 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         "tract",
         "--threads",
         "1",
-    ]);
+    ];
+    let out = trainer(&eval_args);
     assert!(out.contains("M = 2") && out.contains("K = 2"), "{out}");
 
     let summary: serde_json::Value =
@@ -244,9 +245,43 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         assert!(headline[key].is_number(), "{key} missing: {headline}");
     }
     assert_eq!(headline["clean_none"], image[0]["accuracy"]["clean"]);
-    let kept = fs::read_dir(report.join("cache")).unwrap().count();
-    assert!(kept >= 1, "no white-box chunk kept in report/cache");
+    let kept: Vec<String> = fs::read_dir(report.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for stem in [
+        "whitebox-image-",
+        "greybox-crop-",
+        "whitebox-crop-avae-",
+        "whitebox-crop-jpeg75-",
+        "adaptive-alarm-",
+    ] {
+        assert!(
+            kept.iter().any(|f| f.starts_with(stem)),
+            "no {stem} chunk kept in report/cache: {kept:?}"
+        );
+    }
     assert!(readme.contains("**Headline**"), "{readme}");
+
+    // A second run on the same report folder (a resumed one) picks up every kept attack chunk
+    // and gives the same tables, image rows and alarm figures.
+    let again = trainer(&eval_args);
+    assert!(again.contains("M = 2"), "{again}");
+    let resumed: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(report.join("summary.json")).unwrap()).unwrap();
+    for key in ["tables", "headline"] {
+        assert_eq!(
+            resumed[key], summary[key],
+            "{key} differs after a resumed run"
+        );
+    }
+    for (a, b) in resumed["image"].as_array().unwrap().iter().zip(image) {
+        assert_eq!(
+            a["accuracy"], b["accuracy"],
+            "image row differs after a resumed run"
+        );
+    }
+    assert_eq!(resumed["alarm"]["adaptive"], summary["alarm"]["adaptive"]);
 
     // The robustness lab on the same data: two bundles side by side, one row each.
     let lab = root.join("lab");

@@ -43,6 +43,7 @@ use super::defenses::DefenseResults;
 use super::protocol::{Evaluation, defended_embeddings, mix, scores_of, stream};
 use crate::alarm::{self, AlarmFigures};
 use crate::attack::{LossGradient, Target, pgd};
+use crate::chunk;
 use crate::data::{FaceSet, progress_bar, to_unit_range};
 use crate::defense::{Defense, quantize};
 use crate::model::AVae;
@@ -538,10 +539,31 @@ impl Evaluation<'_> {
         let size = self.probe.size()[2];
         let block = (size / 32).max(1);
         let bar = progress_bar(n as u64, &format!("adaptive alarm attack w = {weight}"));
-        let mut attack_rng = StdRng::seed_from_u64(mix(opts.seed, &[STREAM_ALARM, 1, w as u64]));
+        // Every setting the chunks depend on: a stopped run picks up the finished ones.
+        let key = format!(
+            "alarm|{}|{:?}|{params:?}|{weight}|{n}|{}|{:?}|{}|{threshold}",
+            opts.bundle.display(),
+            opts.purify,
+            opts.chunk,
+            opts.whitebox_pgd,
+            opts.seed
+        );
         let mut parts = Vec::new();
         for first in (0..n).step_by(opts.chunk.max(1)) {
             let len = opts.chunk.min(n - first);
+            let kept = chunk::path(&opts.report.join("cache"), "adaptive-alarm", &key, first);
+            if let Some(adv) = chunk::load(&kept)
+                .and_then(|k| k.tensor("adv"))
+                .filter(|adv| adv.size().first() == Some(&(len as i64)))
+            {
+                parts.push(adv);
+                bar.inc(len as u64);
+                continue;
+            }
+            // Seeded per chunk, so that a resumed run attacks the remaining chunks as a whole
+            // run would have.
+            let mut attack_rng =
+                StdRng::seed_from_u64(mix(opts.seed, &[STREAM_ALARM, 1, w as u64, first as u64]));
             let target = Target::new(
                 &Self::rows(gallery, first, len),
                 &self.same[first..first + len],
@@ -575,7 +597,9 @@ impl Evaluation<'_> {
                         .map_or_else(|| last.get(i as i64), Tensor::shallow_clone)
                 })
                 .collect();
-            parts.push(quantize(&Tensor::stack(&rows, 0)));
+            let adv = quantize(&Tensor::stack(&rows, 0));
+            chunk::save(&kept, &[("adv".to_owned(), adv.shallow_clone())])?;
+            parts.push(adv);
             bar.inc(len as u64);
         }
         bar.finish();

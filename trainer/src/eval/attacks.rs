@@ -11,9 +11,21 @@ use tch::{Kind, Tensor};
 use super::Condition;
 use super::protocol::{Evaluation, mix, stream};
 use crate::attack::{self, GreyBox, LatentStep, LossGradient, Target, carlini_wagner, fgsm, pgd};
+use crate::chunk;
 use crate::data::progress_bar;
 use crate::defense::quantize;
 use crate::model::AVae;
+
+/// The grey-box stage's attacks, in the order they are made and kept.
+const GREY_KEPT: [Condition; 7] = [
+    Condition::Fgsm4,
+    Condition::Fgsm8,
+    Condition::Pgd8,
+    Condition::Cw,
+    Condition::Manifold,
+    Condition::ManifoldUnit,
+    Condition::Recon,
+];
 
 /// Probes of every condition (clean and adversarial), `[N, 3, S, S]` each.
 pub(super) type Probes = BTreeMap<Condition, Tensor>;
@@ -27,10 +39,40 @@ impl Evaluation<'_> {
             self.recognizer
                 .embed_all(&self.gallery, &self.align_gallery, opts.chunk as i64)?;
         let mut parts: BTreeMap<Condition, Vec<Tensor>> = BTreeMap::new();
-        let mut rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK]));
         let bar = progress_bar(n as u64, "grey-box attacks");
+        // Every setting the chunks depend on (the on-manifold attacks use the bundle's
+        // generator): a stopped run picks up the finished ones.
+        let key = format!(
+            "grey|{}|{n}|{}|{:?}|{:?}|{}|{}|{}|{}|{threshold}",
+            opts.bundle.display(),
+            opts.chunk,
+            opts.pgd,
+            opts.cw,
+            opts.manifold_steps,
+            opts.manifold_eps,
+            opts.manifold_unit_step,
+            opts.seed
+        );
         for first in (0..n).step_by(opts.chunk) {
             let len = opts.chunk.min(n - first);
+            let kept = chunk::path(&opts.report.join("cache"), "greybox-crop", &key, first);
+            let loaded = chunk::load(&kept).and_then(|k| {
+                GREY_KEPT
+                    .iter()
+                    .map(|&c| Some((c, k.tensor(c.key()).filter(|t| t.size()[0] == len as i64)?)))
+                    .collect::<Option<Vec<_>>>()
+            });
+            if let Some(loaded) = loaded {
+                for (cond, adv) in loaded {
+                    parts.entry(cond).or_default().push(adv);
+                }
+                bar.inc(len as u64);
+                continue;
+            }
+            // Seeded per chunk, so that a resumed run attacks the remaining chunks as a whole
+            // run would have.
+            let mut rng =
+                StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, 2000 + first as u64]));
             let x = Self::rows(&self.probe, first, len);
             let target = Target::new(
                 &Self::rows(&clean_gallery, first, len),
@@ -58,17 +100,21 @@ impl Evaluation<'_> {
             let [manifold, manifold_unit]: [Tensor; 2] = latent_attacks
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("internal error: two on-manifold attacks expected"))?;
-            for (cond, adv) in [
-                (Condition::Fgsm4, fgsm(&x, &grad, attack::unit_eps(4.0))),
-                (Condition::Fgsm8, fgsm(&x, &grad, attack::unit_eps(8.0))),
-                (Condition::Pgd8, pgd8),
-                (Condition::Cw, cw),
-                (Condition::Manifold, manifold),
-                (Condition::ManifoldUnit, manifold_unit),
-                (Condition::Recon, recon),
-            ] {
-                parts.entry(cond).or_default().push(quantize(&adv));
+            let mut named = Vec::new();
+            for (cond, adv) in GREY_KEPT.into_iter().zip([
+                fgsm(&x, &grad, attack::unit_eps(4.0)),
+                fgsm(&x, &grad, attack::unit_eps(8.0)),
+                pgd8,
+                cw,
+                manifold,
+                manifold_unit,
+                recon,
+            ]) {
+                let adv = quantize(&adv);
+                named.push((cond.key().to_owned(), adv.shallow_clone()));
+                parts.entry(cond).or_default().push(adv);
             }
+            chunk::save(&kept, &named)?;
             bar.inc(len as u64);
         }
         bar.finish();

@@ -1,8 +1,10 @@
 //! `trainer eval`: the paper's evaluation (section 4) on LFW with a real recognizer, the
 //! paper's attacks and the baselines, written to a report folder by [`crate::report`].
 //!
-//! The stages live in submodules: `protocol` (pairs, thresholds, verification, seeds),
-//! `attacks` (grey-box), `defenses`, `whitebox` and `summary` (what the report is written from).
+//! The stages live in submodules: `image` (the image threat model, run first), `protocol`
+//! (pairs, thresholds, verification, seeds), `attacks` (grey-box), `defenses`, `whitebox`,
+//! `alarm` and `summary` (what the report is written from). Every long attack keeps its
+//! finished chunks under `<report>/cache/` ([`crate::chunk`]), so a stopped run resumes there.
 //!
 //! Protocol:
 //! - Test pairs: fold 1 of `pairs.txt` (people the A-VAE never saw), `--pairs` of them, half

@@ -14,6 +14,7 @@ use super::protocol::{
 };
 use super::{Cell, Condition, Row};
 use crate::attack::{self, Bpda, BreakMonitor, Target, fgsm, pgd};
+use crate::chunk;
 use crate::data::progress_bar;
 use crate::defense::{Defense, quantize};
 
@@ -33,6 +34,30 @@ struct Variant {
 struct Attacked {
     probes: BTreeMap<Condition, Vec<Tensor>>,
     broken: Vec<bool>,
+}
+
+/// Appends a kept chunk of `len` pairs to every variant's attacks; false (and nothing appended)
+/// when the chunk lacks a variant's tensor.
+fn keep_from(kept: &chunk::Kept, out: &mut [Attacked], len: usize) -> bool {
+    let mut parts = Vec::new();
+    for v in 0..out.len() {
+        let broken = kept.flags(&format!("{v}-broken"));
+        let probes: Option<Vec<Tensor>> = Condition::WHITE_ATTACKS
+            .iter()
+            .map(|c| kept.tensor(&format!("{v}-{}", c.key())))
+            .collect();
+        match (broken, probes) {
+            (Some(b), Some(p)) if b.len() == len => parts.push((b, p)),
+            _ => return false,
+        }
+    }
+    for (attacked, (broken, probes)) in out.iter_mut().zip(parts) {
+        attacked.broken.extend(broken);
+        for (cond, p) in Condition::WHITE_ATTACKS.into_iter().zip(probes) {
+            attacked.probes.entry(cond).or_default().push(p);
+        }
+    }
+    true
 }
 
 /// The variants of `defense`: BPDA without EOT, then with EOT over `eot` draws when it is random.
@@ -166,12 +191,31 @@ impl Evaluation<'_> {
         // the defended gallery.
         let mut out: Vec<Attacked> = variants.iter().map(|_| Attacked::default()).collect();
         let bar = progress_bar(n as u64, &format!("white-box {}", defense.key()));
-        let mut attack_rng = StdRng::seed_from_u64(mix(opts.seed, &[stream::ATTACK, d as u64]));
+        // Every setting the chunks depend on: a stopped run picks up the finished ones.
+        let key = format!(
+            "crop|{}|{:?}|{}|{n}|{}|{eot}|{:?}|{}|{threshold}",
+            opts.bundle.display(),
+            opts.purify,
+            defense.key(),
+            opts.chunk,
+            opts.whitebox_pgd,
+            opts.seed
+        );
+        let stem = format!("whitebox-crop-{}", defense.key());
         for first in (0..n).step_by(opts.chunk) {
             let len = opts.chunk.min(n - first);
+            let kept = chunk::path(&opts.report.join("cache"), &stem, &key, first);
+            if chunk::load(&kept).is_some_and(|k| keep_from(&k, &mut out, len)) {
+                bar.inc(len as u64);
+                continue;
+            }
             let x = Self::rows(&self.probe, first, len);
             let attacker_seed =
                 |extra: u64| mix(opts.seed, &[stream::ATTACK, d as u64, first as u64, extra]);
+            // Seeded per chunk, so that a resumed run attacks the remaining chunks as a whole
+            // run would have.
+            let mut attack_rng = StdRng::seed_from_u64(attacker_seed(1000));
+            let mut named = Vec::new();
             let target = self.white_box_target(d, defense, first, len)?;
             // FGSM: K defense draws at the clean probe; the variant without EOT uses the first.
             let draws = Bpda {
@@ -196,17 +240,20 @@ impl Evaluation<'_> {
                     monitor: Some(BreakMonitor::new(threshold, len)),
                 };
                 let pgd8 = pgd(&x, &opts.whitebox_pgd, &mut bpda, &mut attack_rng)?;
-                attacked
-                    .broken
-                    .extend(bpda.monitor.map(|m| m.broken).unwrap_or_default());
+                let broken = bpda.monitor.map(|m| m.broken).unwrap_or_default();
+                named.push((format!("{v}-broken"), chunk::flags(&broken)));
+                attacked.broken.extend(broken);
                 for (cond, a) in [
                     (Condition::Fgsm4, fgsm(&x, &grad, attack::unit_eps(4.0))),
                     (Condition::Fgsm8, fgsm(&x, &grad, attack::unit_eps(8.0))),
                     (Condition::Pgd8, pgd8),
                 ] {
-                    attacked.probes.entry(cond).or_default().push(quantize(&a));
+                    let a = quantize(&a);
+                    named.push((format!("{v}-{}", cond.key()), a.shallow_clone()));
+                    attacked.probes.entry(cond).or_default().push(a);
                 }
             }
+            chunk::save(&kept, &named)?;
             bar.inc(len as u64);
         }
         bar.finish();
