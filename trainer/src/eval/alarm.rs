@@ -38,7 +38,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::Condition;
-use super::attacks::Probes;
+use super::attacks::{GREY_ATTACKS, Probes};
 use super::defenses::DefenseResults;
 use super::protocol::{Evaluation, defended_embeddings, mix, scores_of, stream};
 use crate::alarm::{self, AlarmFigures};
@@ -57,16 +57,6 @@ pub const ADAPTIVE_WEIGHTS: [f64; 5] = [0.0, 0.1, 0.3, 1.0, 3.0];
 
 /// Seed stream of the alarm's calibration faces and of the adaptive attacker's draws.
 const STREAM_ALARM: u64 = 5;
-
-/// The attacks whose probes the grey-box stage made, in the evaluation's condition order.
-const ATTACKS: [Condition; 6] = [
-    Condition::Fgsm4,
-    Condition::Fgsm8,
-    Condition::Pgd8,
-    Condition::Cw,
-    Condition::Manifold,
-    Condition::ManifoldUnit,
-];
 
 /// The alarm's figures on one attack.
 #[derive(Debug, Clone, Serialize)]
@@ -408,7 +398,7 @@ impl Evaluation<'_> {
                 .or_else(|| results.manifold_rows[d].cells.get(&cond))
         };
         let mut logs: BTreeMap<Condition, (Vec<Purified>, Vec<bool>)> = BTreeMap::new();
-        for cond in std::iter::once(Condition::Clean).chain(ATTACKS) {
+        for cond in std::iter::once(Condition::Clean).chain(GREY_ATTACKS) {
             let c = order
                 .iter()
                 .position(|&o| o == cond)
@@ -442,7 +432,7 @@ impl Evaluation<'_> {
             .copied()
             .context("no alarm combination")?;
         let params = alarm::fit(&calib, weights, format!("score '{score}' fitted on {how}"));
-        let attacks: Vec<AttackAlarm> = ATTACKS
+        let attacks: Vec<AttackAlarm> = GREY_ATTACKS
             .iter()
             .map(|cond| {
                 let (log, correct) = &logs[cond];

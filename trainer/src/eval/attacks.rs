@@ -16,16 +16,21 @@ use crate::data::progress_bar;
 use crate::defense::quantize;
 use crate::model::AVae;
 
-/// The grey-box stage's attacks, in the order they are made and kept.
-const GREY_KEPT: [Condition; 7] = [
+/// The attacks whose probes the grey-box stage makes, in the evaluation's condition order (the
+/// stage also keeps the reconstruction, [`Condition::Recon`], after them).
+pub(super) const GREY_ATTACKS: [Condition; 6] = [
     Condition::Fgsm4,
     Condition::Fgsm8,
     Condition::Pgd8,
     Condition::Cw,
     Condition::Manifold,
     Condition::ManifoldUnit,
-    Condition::Recon,
 ];
+
+/// Everything the grey-box stage makes and keeps, in order.
+fn grey_kept() -> impl Iterator<Item = Condition> {
+    GREY_ATTACKS.into_iter().chain([Condition::Recon])
+}
 
 /// Probes of every condition (clean and adversarial), `[N, 3, S, S]` each.
 pub(super) type Probes = BTreeMap<Condition, Tensor>;
@@ -57,9 +62,8 @@ impl Evaluation<'_> {
             let len = opts.chunk.min(n - first);
             let kept = chunk::path(&opts.report.join("cache"), "greybox-crop", &key, first);
             let loaded = chunk::load(&kept).and_then(|k| {
-                GREY_KEPT
-                    .iter()
-                    .map(|&c| Some((c, k.tensor(c.key()).filter(|t| t.size()[0] == len as i64)?)))
+                grey_kept()
+                    .map(|c| Some((c, k.tensor(c.key()).filter(|t| t.size()[0] == len as i64)?)))
                     .collect::<Option<Vec<_>>>()
             });
             if let Some(loaded) = loaded {
@@ -101,7 +105,7 @@ impl Evaluation<'_> {
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("internal error: two on-manifold attacks expected"))?;
             let mut named = Vec::new();
-            for (cond, adv) in GREY_KEPT.into_iter().zip([
+            for (cond, adv) in grey_kept().zip([
                 fgsm(&x, &grad, attack::unit_eps(4.0)),
                 fgsm(&x, &grad, attack::unit_eps(8.0)),
                 pgd8,
