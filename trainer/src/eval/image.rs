@@ -182,8 +182,8 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{}: the attacker perturbs the photo; every defense runs as the element does (alignment, \
-         defense, feathered paste-back, then the recognizer's alignment). Grey-box attacks use \
+        "{}: every defense runs as the element does (alignment, defense, feathered paste-back, \
+         then the recognizer's alignment). Grey-box attacks use \
          the undefended system's gradient; white-box is BPDA + EOT (K = {}, {} steps of PGD 8, \
          random start, a pair broken if any iterate broke it; final iterate in brackets) on {} \
          pairs; transfer: every defense on those white-box photos.\n\n| defense | clean | FGSM 4 \
