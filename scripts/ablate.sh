@@ -30,6 +30,7 @@ for r in "${runs[@]}"; do
     ft-critic-only) extra=(--lambda-c 0) ;;
     ft-guided) extra=("${guided[@]}" --id-weight 10) ;;
     ft-guided-skip8) extra=("${guided[@]}" --id-weight 10 --skip-detail 8) ;;
+    ft-guided-skip8-id30) extra=("${guided[@]}" --id-weight 30 --skip-detail 8) ;;
     # The 8x8 skip fine-tuned from the shipped (already guided) generator, AVAE_INIT unset.
     ft-guided-then-skip8) extra=("${guided[@]}" --id-weight 10 --skip-detail 8) ;;
     ft-4x) extra=("${fourx[@]}") ;;
