@@ -181,7 +181,7 @@ fn frame_time(
             &mut frame,
             &faces,
             &params,
-            0.15,
+            &frame::Paste::feathered(0.15),
             &mut draw,
             &mut storage,
         )

@@ -31,6 +31,8 @@ for r in "${runs[@]}"; do
     ft-guided) extra=("${guided[@]}" --id-weight 10) ;;
     ft-guided-skip8) extra=("${guided[@]}" --id-weight 10 --skip-detail 8) ;;
     ft-guided-skip8-id30) extra=("${guided[@]}" --id-weight 30 --skip-detail 8) ;;
+    # The same at lr 3e-4: at 1e-3 the critic's gradient penalty blew up three times.
+    ft-guided-skip8-id30-lr3) extra=("${guided[@]}" --id-weight 30 --skip-detail 8 --lr 0.0003) ;;
     # The 8x8 skip fine-tuned from the shipped (already guided) generator, AVAE_INIT unset.
     ft-guided-then-skip8) extra=("${guided[@]}" --id-weight 10 --skip-detail 8) ;;
     ft-4x) extra=("${fourx[@]}") ;;

@@ -6,7 +6,7 @@
 //! image threat model calls the same function on whole photos, so the evaluation measures
 //! exactly what a pipeline does to a frame.
 
-use ndarray::{ArrayView3, ArrayViewMut3, ArrayViewMut4, Axis};
+use ndarray::{Array3, ArrayView3, ArrayViewMut3, ArrayViewMut4, Axis};
 use rand::rngs::StdRng;
 
 use crate::core::align::{self, Similarity};
@@ -70,16 +70,44 @@ impl std::fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Reads, purifies and writes back every face of `frame` in one purifier call, with `feather`
-/// the fraction of the face over which the pasted face fades into the frame. `storage` holds the
-/// face batch between calls (it grows to `faces.len() * 3 * S * S`). On error the frame is
-/// untouched: faces are written only once all of them are purified.
+/// `avaepurify`'s default `context` (measured, see README "Does the defense work?"), also the
+/// evaluation's default, so that it measures what ships.
+pub const DEFAULT_CONTEXT: f32 = 0.5;
+
+/// How a purified face goes back into its frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paste {
+    /// Fraction of the face over which the pasted face fades into the frame.
+    pub feather: f32,
+    /// Margin around the face crop, as a fraction of its side, that is low-passed before the
+    /// face is pasted (see [`soften_context`]); 0 leaves the frame around the face as it is.
+    pub context: f32,
+    /// Samples per face side at which the context is low-passed (the encoder's input size:
+    /// the context keeps no more detail than the purifier reads from the face).
+    pub context_detail: usize,
+}
+
+impl Paste {
+    /// A paste with `feather` and no context.
+    pub fn feathered(feather: f32) -> Self {
+        Paste {
+            feather,
+            context: 0.0,
+            context_detail: 0,
+        }
+    }
+}
+
+/// Reads, purifies and writes back every face of `frame` in one purifier call, pasted as
+/// `paste` says (feathered edge, low-passed context). `storage` holds the face batch between
+/// calls (it grows to `faces.len() * 3 * S * S`). On error the frame is untouched: faces are
+/// written only once all of them are purified.
 pub fn purify_faces(
     purifier: &mut Purifier,
     frame: &mut FrameMut<'_>,
     faces: &[Placement],
     params: &PurifyParams,
-    feather: f32,
+    paste: &Paste,
     rng: &mut StdRng,
     storage: &mut Vec<f32>,
 ) -> Result<Vec<Purified>, FrameError> {
@@ -107,10 +135,66 @@ pub fn purify_faces(
         )));
     }
 
-    for (placement, face) in faces.iter().zip(batch.axis_iter(Axis(0))) {
-        paste(frame, placement, face, feather).map_err(unreadable)?;
-    }
+    let faces: Vec<(&Placement, ArrayView3<'_, f32>)> =
+        faces.iter().zip(batch.axis_iter(Axis(0))).collect();
+    paste_all(frame, &faces, paste).map_err(unreadable)?;
     Ok(results)
+}
+
+/// Writes every purified face back: first every face's context is low-passed (so that one
+/// face's context cannot cover another face), then the faces are pasted on top.
+pub fn paste_all(
+    frame: &mut FrameMut<'_>,
+    faces: &[(&Placement, ArrayView3<'_, f32>)],
+    how: &Paste,
+) -> Result<(), crate::Error> {
+    if how.context > 0.0 {
+        for (placement, face) in faces {
+            soften_context(frame, placement, face.dim().1, how)?;
+        }
+    }
+    for (placement, face) in faces {
+        paste(frame, placement, face.view(), how.feather)?;
+    }
+    Ok(())
+}
+
+/// Low-passes the frame around the face at `placement` (`side` its crop side): the square
+/// that extends `context` x `side` beyond every edge of the face crop is resampled down to
+/// `context_detail` samples per face side and back up, fading out over the outer half of the
+/// margin. A recogniser's own crop of the face is wider than the purifier's (it sees forehead,
+/// cheeks and ears the purifier never reads), so without this an attacker's perturbation there
+/// reaches the recogniser untouched. Whole-frame placements have no context.
+pub fn soften_context(
+    frame: &mut FrameMut<'_>,
+    placement: &Placement,
+    side: usize,
+    how: &Paste,
+) -> Result<(), crate::Error> {
+    let margin = how.context;
+    if margin <= 0.0 || how.context_detail == 0 {
+        return Ok(());
+    }
+    let to_face = match placement {
+        Placement::Frame(_) => return Ok(()),
+        Placement::Box(region) => Similarity::from_region(*region, side),
+        Placement::Aligned(to_face) => *to_face,
+    };
+    let span = 1.0 + 2.0 * margin;
+    let samples = ((how.context_detail as f32 * span).round() as usize).max(2);
+    // Frame pixels -> context samples: the face's own coordinates, shifted by the margin and
+    // scaled to the samples.
+    let k = samples as f32 / (side as f32 * span);
+    let shift = margin * side as f32;
+    let to_context = Similarity {
+        a: to_face.a * k,
+        b: to_face.b * k,
+        tx: (to_face.tx + shift) * k,
+        ty: (to_face.ty + shift) * k,
+    };
+    let mut low = Array3::<f32>::zeros((3, samples, samples));
+    align::warp_face(&frame.as_frame_ref(), &to_context, low.view_mut())?;
+    align::paste_face(frame, &to_context, low.view(), margin / (2.0 * span))
 }
 
 /// Cuts the face at `placement` out of `frame` into `out` (`[3, S, S]`, RGB in [-1, 1]).
@@ -282,17 +366,52 @@ mod tests {
     }
 
     #[test]
+    fn context_smooths_a_ring_around_the_face_and_nothing_else() {
+        let (w, h) = (120, 120);
+        // Alternating columns: the finest detail a frame can hold, all of it lost to a
+        // low-pass at a quarter of the resolution.
+        let mut data: Vec<u8> = (0..w * h * 3)
+            .map(|i| if (i / 3) % 2 == 0 { 40 } else { 200 })
+            .collect();
+        let before = data.clone();
+        let mut frame = FrameMut::new(&mut data, w, h, w * 3, PixelLayout::Rgb).unwrap();
+        // A 40-pixel face at (40, 40), read at S = 64, context 0.5: the context square spans
+        // frame pixels 20..100, fully smoothed over 30..90.
+        let face = Placement::Box(Region {
+            x: 40,
+            y: 40,
+            width: 40,
+            height: 40,
+        });
+        let how = Paste {
+            feather: 0.15,
+            context: 0.5,
+            context_detail: 16,
+        };
+        soften_context(&mut frame, &face, 64, &how).unwrap();
+        let px = |d: &[u8], x: usize, y: usize| i32::from(d[(y * w + x) * 3]);
+        // Inside the margin the stripes (160 levels apart) are smoothed out.
+        for (x, y) in [(32, 60), (35, 35), (60, 85), (86, 50)] {
+            let contrast = (px(&data, x, y) - px(&data, x + 1, y)).abs();
+            assert!(contrast <= 40, "({x}, {y}): stripes {contrast} apart");
+        }
+        // Beyond the context square the frame is untouched.
+        for (x, y) in [(5, 5), (110, 60), (60, 110), (15, 60)] {
+            assert_eq!(px(&data, x, y), px(&before, x, y), "({x}, {y})");
+        }
+        // No context, no change.
+        let mut again = before.clone();
+        let mut frame = FrameMut::new(&mut again, w, h, w * 3, PixelLayout::Rgb).unwrap();
+        soften_context(&mut frame, &face, 64, &Paste::feathered(0.15)).unwrap();
+        assert_eq!(again, before);
+    }
+
+    #[test]
     fn conceal_pixelates_only_the_face() {
         let (w, h) = (40, 20);
         let mut data: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
         let before = data.clone();
-        let mut frame = FrameMut {
-            data: &mut data,
-            width: w,
-            height: h,
-            stride: w * 3,
-            layout: PixelLayout::Rgb,
-        };
+        let mut frame = FrameMut::new(&mut data, w, h, w * 3, PixelLayout::Rgb).unwrap();
         let region = Region {
             x: 4,
             y: 4,

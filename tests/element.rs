@@ -10,14 +10,16 @@ use gst_check::Harness;
 use gst_video::VideoRegionOfInterestMeta;
 use gstavaepurify::core::image::{Region, square_box};
 
-/// An `avaepurify` on the tiny test bundle with tract and few samples, then `props`.
+/// An `avaepurify` on the tiny test bundle with tract and few samples, no context (so that only
+/// the face crops change, which most tests check), then `props`.
 fn element(props: &[(&str, &str)]) -> gst::Element {
     common::init();
     let mut builder = gst::ElementFactory::make("avaepurify")
         .property("model", common::tiny_bundle())
         .property_from_str("backend", "tract")
         .property("samples", 4u32)
-        .property("seed", 1u64);
+        .property("seed", 1u64)
+        .property("context", 0.0f32);
     for (name, value) in props {
         builder = builder.property_from_str(name, value);
     }
@@ -179,6 +181,56 @@ fn rgb_odd_size_purifies_inside_the_square_only() {
     assert!(param.get::<f64>("distance").unwrap() >= 0.0);
     assert!(param.get::<u32>("candidate").unwrap() < 4);
     assert_eq!(param.get::<u32>("samples").unwrap(), 4);
+}
+
+/// `context` low-passes a ring around the face crop (here a 64-pixel box in a 160x160 frame,
+/// read at S = 64 and low-passed to the bundle's 32 samples per face side: context 0.5 reaches
+/// 32 pixels beyond the box, fully smoothed over the first 16) and leaves the rest alone.
+#[test]
+fn context_smooths_the_ring_around_the_face_only() {
+    let run = |context: &str| {
+        let (mut h, info) = harness(
+            gst_video::VideoFormat::Rgb,
+            160,
+            160,
+            &[("margin", "0"), ("context", context)],
+        );
+        let input = frame(&info, 5, &[("face", 48, 48, 64, 64)]);
+        let before = bytes(&input);
+        let output = h.push_and_pull(input).expect("frame out");
+        (info, before, bytes(&output))
+    };
+    let (info, before, plain) = run("0");
+    let (_, _, ringed) = run("0.5");
+    let stride = info.stride()[0] as usize;
+    let (mut ring_changed, mut ring) = (0, 0);
+    for y in 0..160usize {
+        for x in 0..160usize {
+            let i = y * stride + x * 3;
+            let d = (x as i32 - 80).abs().max((y as i32 - 80).abs());
+            if d >= 65 {
+                // Beyond the context square: the frame as it was, with or without context.
+                assert_eq!(
+                    ringed[i..i + 3],
+                    before[i..i + 3],
+                    "pixel ({x}, {y}) changed"
+                );
+            } else if (36..=46).contains(&d) {
+                // Outside the face crop, inside the fully smoothed part of the context.
+                assert_eq!(
+                    plain[i..i + 3],
+                    before[i..i + 3],
+                    "context 0 changed ({x}, {y})"
+                );
+                ring += 1;
+                ring_changed += usize::from(ringed[i..i + 3] != before[i..i + 3]);
+            }
+        }
+    }
+    assert!(
+        ring_changed * 10 > ring * 9,
+        "only {ring_changed} of {ring} ring pixels smoothed"
+    );
 }
 
 #[test]
@@ -546,6 +598,10 @@ fn property_defaults_and_ranges() {
     assert!(!element.property::<bool>("full-frame"));
     assert_eq!(element.property::<u32>("max-faces"), 16);
     assert_eq!(element.property::<f32>("feather"), 0.15);
+    assert_eq!(
+        element.property::<f32>("context"),
+        gstavaepurify::frame::DEFAULT_CONTEXT
+    );
     assert!(element.property::<bool>("align"));
     assert!(
         !element.property::<bool>("qos"),

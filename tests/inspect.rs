@@ -8,7 +8,7 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 26] = [
+const PROPERTIES: [&str; 27] = [
     "max-latency-ms",
     "model-instance-id",
     "precision",
@@ -18,6 +18,7 @@ const PROPERTIES: [&str; 26] = [
     "shared-timeout-ms",
     "align",
     "feather",
+    "context",
     "model",
     "backend",
     "device",

@@ -14,14 +14,14 @@ use rand::rngs::StdRng;
 use super::targets::Target;
 use super::tracks::{Budget, Costs, FacePath, Outcome, Plan, Refresh, Tracks};
 use crate::core::image::FrameMut;
-use crate::frame::{self, FrameError};
+use crate::frame::{self, FrameError, Paste};
 use crate::purifier::{Chosen, Encoded, Purified, PurifyParams};
 use crate::shared::PurifierHandle;
 
 /// How this frame is purified: the sampling, the refresh rule and the live budget.
 pub(super) struct Rate {
     pub(super) params: PurifyParams,
-    pub(super) feather: f32,
+    pub(super) paste: Paste,
     pub(super) interval: u32,
     pub(super) ratio: f64,
     pub(super) budget: Option<Budget>,
@@ -138,19 +138,28 @@ pub(super) fn purify(
     // The full path, in order of need; under a live budget only as many as fit.
     let mut full: Vec<usize> = (0..n).filter(|&i| plans[i].is_full()).collect();
     full.sort_by_key(|&i| plans[i].priority());
+    let mut params = rate.params;
     if let Some(budget) = &rate.budget {
         let per_face = costs.sample.ms() * rate.params.samples as f64;
         let after = costs.copy.ms() * n as f64;
-        full.truncate(budget.fitting(full.len(), per_face, after));
+        let fitting = budget.fitting(full.len(), per_face, after);
+        // Not even one face fits in full: the most needed face that nothing else purifies this
+        // frame (no latent yet) gets as many samples as fit, so that a budget too tight for M
+        // still purifies faces (with a smaller choice) and gives their tracks a latent to reuse.
+        let needy = full.first().filter(|&&i| results[i].is_none());
+        if fitting == 0 && needy.is_some() {
+            params.samples = budget.fitting(rate.params.samples, costs.sample.ms(), after);
+            full.truncate(usize::from(params.samples > 0));
+        } else {
+            full.truncate(fitting);
+        }
     }
     let mut kept: Vec<Option<(Chosen, f32)>> = vec![None; n];
     if !full.is_empty() {
         let started = Instant::now();
-        let (purified, chosen) = full_path(purifier, &input, &enc, &full, rate, rng)?;
+        let (purified, chosen) = full_path(purifier, &input, &enc, &full, &params, rng)?;
         let elapsed = started.elapsed();
-        costs
-            .sample
-            .update(elapsed, full.len() * rate.params.samples);
+        costs.sample.update(elapsed, full.len() * params.samples);
         timing.full_ms = elapsed.as_secs_f64() * 1000.0 + encode_share * full.len() as f64;
         scatter(&mut output, &full, &purified.0);
         for ((&i, result), chosen) in full.iter().zip(purified.1).zip(chosen) {
@@ -171,11 +180,14 @@ pub(super) fn purify(
     let ages = tracks.record(&ids, &plans, &paths, kept);
 
     let paste_started = Instant::now();
-    for ((target, face), result) in targets.iter().zip(output.axis_iter(Axis(0))).zip(&results) {
-        if result.is_some() {
-            frame::paste(frame, &target.placement, face, rate.feather).map_err(unreadable)?;
-        }
-    }
+    let done: Vec<_> = targets
+        .iter()
+        .zip(output.axis_iter(Axis(0)))
+        .zip(&results)
+        .filter(|(_, result)| result.is_some())
+        .map(|((target, face), _)| (&target.placement, face))
+        .collect();
+    frame::paste_all(frame, &done, &rate.paste).map_err(unreadable)?;
     copy_time += paste_started.elapsed();
     costs.copy.update(copy_time, n);
 
@@ -191,6 +203,10 @@ pub(super) fn purify(
                 result
             },
             ages,
+            samples: match path {
+                FacePath::Full(_) => params.samples,
+                _ => rate.params.samples,
+            },
         })
         .collect();
     Ok((outcomes, timing))
@@ -204,12 +220,12 @@ fn full_path(
     input: &Array4<f32>,
     enc: &Encoded,
     rows: &[usize],
-    rate: &Rate,
+    params: &PurifyParams,
     rng: &mut StdRng,
 ) -> Result<((Array4<f32>, Vec<Purified>), Vec<Chosen>), FrameError> {
     let mut batch = input.select(Axis(0), rows);
     let view: ArrayViewMut4<'_, f32> = batch.view_mut();
     let (results, chosen) =
-        engine(|| purifier.purify_chosen(view, &enc.select(rows), &rate.params, rng))?;
+        engine(|| purifier.purify_chosen(view, &enc.select(rows), params, rng))?;
     Ok(((batch, results), chosen))
 }

@@ -22,7 +22,7 @@ use super::settings::{self, Settings};
 use super::targets::{self, Geometry, Target};
 use super::tracks::{Budget, Costs, FacePath, Outcome, Refresh, Tracks};
 use crate::element::{self, Warned, lock};
-use crate::frame::{self, FrameError, Placement};
+use crate::frame::{self, FrameError, Paste, Placement};
 use crate::purifier::{Purified, Purifier, PurifyParams};
 use crate::shared::{EngineKey, PurifierHandle};
 
@@ -90,7 +90,11 @@ impl AvaePurify {
         };
         let rate = Rate {
             params,
-            feather: settings.feather,
+            paste: Paste {
+                feather: settings.feather,
+                context: settings.context,
+                context_detail: purifier.bundle().manifest.encoder_input_size,
+            },
             interval: settings.refresh_interval,
             ratio: settings.refresh_ratio,
             budget,
@@ -228,6 +232,7 @@ impl AvaePurify {
             });
         }
         let behind = state.backlog.arrive(received, pts);
+        gst::log!(CAT, imp = self, "Frame budget {limit:?}, {behind:?} behind");
         limit.map(|limit| Budget {
             start: received.checked_sub(behind.min(limit)).unwrap_or(received),
             limit,
@@ -269,7 +274,6 @@ impl AvaePurify {
                     targets,
                     &outcomes,
                     &verdicts,
-                    settings.samples,
                     policy == OnFailure::Mark,
                 );
                 let over = (outcomes.iter().enumerate())
@@ -661,6 +665,9 @@ impl BaseTransformImpl for AvaePurify {
             gst::error!(CAT, imp = self, "{message}");
             gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", message));
             return Err(gst::FlowError::Error);
+        }
+        if let Some(state) = lock(&self.state).as_mut() {
+            state.backlog.depart(Instant::now());
         }
         if drop_frame {
             // on-failure=conceal and the frame could not even be mapped: fail closed.

@@ -96,40 +96,49 @@ pub(super) fn warm_up(
     Ok(())
 }
 
-/// How far a live stream's frames have fallen behind their own timestamps while they waited
-/// upstream for this element: a frame that arrives while the previous one still ran (after a
-/// slow frame, a cold engine) has already spent part of its budget there, so its budget counts
-/// from when it should have arrived. Measured from arrival times and PTS alone, so whatever
-/// latency upstream adds on every frame (a jitter buffer, a decoder) is not counted: the
-/// backlog grows when frames arrive later than their PTS spacing says and falls back to 0 as
-/// they arrive on time again.
+/// How far a live stream's frames have fallen behind schedule because of this element: a frame
+/// that arrives while the previous one still ran here (a slow frame, a cold engine) has
+/// already spent part of its budget waiting, so its budget counts from when it should have
+/// arrived. A frame is due one PTS spacing after the previous frame was due; the wait that
+/// counts runs from then until the frame arrived or the previous frame left this element,
+/// whichever came first. So delays this element did not cause (a jitter buffer, a decoder, a
+/// detector or a leaky queue upstream that always holds a frame or two) are never counted: no
+/// work left undone here could win them back, and counting them would leave a pipeline that
+/// is slower than its camera upstream of this element no budget for any face.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Backlog {
-    last: Option<(Instant, gst::ClockTime)>,
-    behind: Duration,
+    /// The last frame: when it was due, its PTS, and when it left (if it did).
+    last: Option<(Instant, gst::ClockTime, Option<Instant>)>,
 }
 
 impl Backlog {
     /// Records the arrival of a frame with `pts` at `received` and returns how far behind
-    /// schedule it is (0 without a PTS, on the first frame and after [`Backlog::reset`]).
+    /// schedule this element has put it (0 without a PTS, on the first frame and after
+    /// [`Backlog::reset`]).
     pub(super) fn arrive(&mut self, received: Instant, pts: Option<gst::ClockTime>) -> Duration {
         let Some(pts) = pts else {
             self.reset();
             return Duration::ZERO;
         };
-        if let Some((at, last_pts)) = self.last {
-            let waited = received.saturating_duration_since(at);
-            match pts.checked_sub(last_pts) {
-                Some(spacing) => {
-                    let spacing = Duration::from_nanos(spacing.nseconds());
-                    self.behind = (self.behind + waited).saturating_sub(spacing);
-                }
-                // PTS went backwards (a reordering decoder, a new segment): start again.
-                None => self.behind = Duration::ZERO,
+        let behind = match self.last {
+            // PTS going backwards (a reordering decoder, a new segment): start again.
+            Some((due, last_pts, left)) if pts >= last_pts => {
+                let due = due + Duration::from_nanos((pts - last_pts).nseconds());
+                let held_until = left.map_or(received, |left| left.min(received));
+                held_until.saturating_duration_since(due)
             }
+            _ => Duration::ZERO,
+        };
+        let due = received.checked_sub(behind).unwrap_or(received);
+        self.last = Some((due, pts, None));
+        behind
+    }
+
+    /// Records that the last frame left this element at `at`.
+    pub(super) fn depart(&mut self, at: Instant) {
+        if let Some((_, _, left)) = &mut self.last {
+            *left = Some(at);
         }
-        self.last = Some((received, pts));
-        self.behind
     }
 
     /// Forgets the schedule (flush, new caps).
@@ -151,19 +160,49 @@ mod tests {
         let t0 = Instant::now();
         let pts = |v: u64| Some(gst::ClockTime::from_mseconds(v));
         let mut backlog = Backlog::default();
-        // Frames every 40 ms, on time: nothing behind (a constant upstream delay included).
+        // Frames every 40 ms, each done here in 10: nothing behind (a constant upstream delay
+        // included).
         assert_eq!(backlog.arrive(t0 + ms(200), pts(0)), ms(0));
+        backlog.depart(t0 + ms(210));
         assert_eq!(backlog.arrive(t0 + ms(240), pts(40)), ms(0));
-        // Frame 40 took 100 ms: frame 80 arrives 60 ms behind, frame 120 right after it.
+        // Frame 40 took 100 ms here: frame 80 arrives 60 ms behind, frame 120 right after it.
+        backlog.depart(t0 + ms(340));
         assert_eq!(backlog.arrive(t0 + ms(340), pts(80)), ms(60));
+        backlog.depart(t0 + ms(350));
         assert_eq!(backlog.arrive(t0 + ms(350), pts(120)), ms(30));
+        backlog.depart(t0 + ms(360));
         assert_eq!(backlog.arrive(t0 + ms(360), pts(160)), ms(0));
+        backlog.depart(t0 + ms(365));
         // Early arrivals never make a frame ahead of schedule.
         assert_eq!(backlog.arrive(t0 + ms(370), pts(200)), ms(0));
+        backlog.depart(t0 + ms(375));
         assert_eq!(backlog.arrive(t0 + ms(410), pts(240)), ms(0));
         // No PTS, or PTS going back, starts again.
         assert_eq!(backlog.arrive(t0 + ms(600), None), ms(0));
         assert_eq!(backlog.arrive(t0 + ms(700), pts(280)), ms(0));
         assert_eq!(backlog.arrive(t0 + ms(900), pts(100)), ms(0));
+    }
+
+    #[test]
+    fn delays_upstream_of_this_element_are_not_backlog() {
+        let t0 = Instant::now();
+        let pts = |v: u64| Some(gst::ClockTime::from_mseconds(v));
+        let mut backlog = Backlog::default();
+        assert_eq!(backlog.arrive(t0, pts(0)), ms(0));
+        backlog.depart(t0 + ms(10));
+        // A detector or a leaky queue upstream delays every frame by 40 to 150 ms more than
+        // its PTS spacing, while this element is done with each frame in 10 ms: its own work
+        // never held a frame back, so no frame is behind because of it.
+        for k in 1..=50u64 {
+            let late = 40 + (k * 37) % 110;
+            let at = t0 + ms(40 * k + late);
+            assert_eq!(backlog.arrive(at, pts(40 * k)), ms(0), "frame {k}");
+            backlog.depart(at + ms(10));
+        }
+        // A frame that this element held 50 ms past the next one's arrival still counts.
+        let at = t0 + ms(40 * 51 + 200);
+        assert_eq!(backlog.arrive(at, pts(40 * 51)), ms(0));
+        backlog.depart(at + ms(90));
+        assert_eq!(backlog.arrive(at + ms(90), pts(40 * 52)), ms(50));
     }
 }

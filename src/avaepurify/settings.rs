@@ -17,6 +17,8 @@ const DEFAULT_MARGIN: f32 = 0.2;
 const DEFAULT_FULL_FRAME: bool = false;
 const DEFAULT_MAX_FACES: u32 = 16;
 const DEFAULT_FEATHER: f32 = 0.15;
+use crate::frame::DEFAULT_CONTEXT;
+const MAX_CONTEXT: f32 = 1.0;
 const DEFAULT_ALIGN: bool = true;
 const DEFAULT_ON_FAILURE: OnFailure = OnFailure::Pass;
 const DEFAULT_ALARM: bool = true;
@@ -55,6 +57,7 @@ pub(super) struct Settings {
     pub(super) full_frame: bool,
     pub(super) max_faces: u32,
     pub(super) feather: f32,
+    pub(super) context: f32,
     pub(super) align: bool,
     pub(super) on_failure: OnFailure,
     pub(super) alarm: bool,
@@ -83,6 +86,7 @@ impl Default for Settings {
             full_frame: DEFAULT_FULL_FRAME,
             max_faces: DEFAULT_MAX_FACES,
             feather: DEFAULT_FEATHER,
+            context: DEFAULT_CONTEXT,
             align: DEFAULT_ALIGN,
             on_failure: DEFAULT_ON_FAILURE,
             alarm: DEFAULT_ALARM,
@@ -125,6 +129,7 @@ impl Settings {
             "full-frame" => self.full_frame = value.get().expect(checked),
             "max-faces" => self.max_faces = value.get().expect(checked),
             "feather" => self.feather = value.get().expect(checked),
+            "context" => self.context = value.get().expect(checked),
             "align" => self.align = value.get().expect(checked),
             "on-failure" => self.on_failure = value.get().expect(checked),
             "alarm" => self.alarm = value.get().expect(checked),
@@ -153,6 +158,7 @@ impl Settings {
             "full-frame" => self.full_frame.to_value(),
             "max-faces" => self.max_faces.to_value(),
             "feather" => self.feather.to_value(),
+            "context" => self.context.to_value(),
             "align" => self.align.to_value(),
             "on-failure" => self.on_failure.to_value(),
             "alarm" => self.alarm.to_value(),
@@ -310,6 +316,20 @@ fn face_properties() -> Vec<glib::ParamSpec> {
             .minimum(0.0)
             .maximum(MAX_FEATHER)
             .default_value(DEFAULT_FEATHER)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecFloat::builder("context")
+            .nick("Context")
+            .blurb(
+                "Margin around each purified face, as a fraction of the face crop's side, \
+             that is low-passed to the purifier's own input detail before the face is \
+             pasted: a recogniser's crop is wider than the purifier's, and an attack \
+             on the forehead, cheeks or ears would otherwise reach it untouched; 0 \
+             leaves the frame around the face as it is (ignored with full-frame)",
+            )
+            .minimum(0.0)
+            .maximum(MAX_CONTEXT)
+            .default_value(DEFAULT_CONTEXT)
             .mutable_playing()
             .build(),
         glib::ParamSpecBoolean::builder("align")

@@ -207,7 +207,6 @@ pub(super) fn annotate_rois(
     targets: &[Target],
     outcomes: &[Outcome],
     verdicts: &[Option<Verdict>],
-    samples: u32,
     mark: bool,
 ) {
     for mut meta in buffer.iter_meta_mut::<gst_video::VideoRegionOfInterestMeta>() {
@@ -231,7 +230,10 @@ pub(super) fn annotate_rois(
                 "candidate",
                 u32::try_from(result.candidate).unwrap_or(u32::MAX),
             )
-            .field("samples", samples)
+            .field(
+                "samples",
+                u32::try_from(outcome.samples).unwrap_or(u32::MAX),
+            )
             .field("reused", outcome.path == FacePath::Reused);
         let builder = match outcome.path {
             FacePath::Full(refresh) => builder.field("refresh", refresh.name()),

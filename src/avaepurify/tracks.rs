@@ -121,6 +121,9 @@ pub(super) struct Outcome {
     pub(super) result: Option<Purified>,
     /// `(track-age, latent-age)` of a tracked face.
     pub(super) ages: Option<(u32, u32)>,
+    /// M of this face: the candidates drawn on the full path (fewer than `samples` where the
+    /// live budget allowed no more), else the element's `samples`.
+    pub(super) samples: usize,
 }
 
 /// The kept latents of the tracks seen recently.

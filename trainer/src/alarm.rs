@@ -222,10 +222,13 @@ pub fn calibrate_bundle(
                 &set.index.crop,
                 bundle.manifest.image_size,
             )?;
-            let pipeline = crate::threat::PastePipeline {
-                side: bundle.manifest.image_size,
-                feather: 0.15,
-            };
+            // What is pasted back plays no part here: the score reads the crop only.
+            let pipeline = crate::threat::PastePipeline::new(
+                bundle.manifest.image_size,
+                0.15,
+                0.0,
+                bundle.manifest.encoder_input_size,
+            );
             let bar = crate::data::progress_bar(chosen.len() as u64, "alarm calibration");
             for start in (0..chosen.len()).step_by(16) {
                 let len = 16.min(chosen.len() - start);

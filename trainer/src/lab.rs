@@ -145,6 +145,52 @@ pub(crate) struct LabDefense {
     pub defense: Defense,
     /// The bundle's landmark template (the first bundle's for the baselines).
     pub template: Option<[[f32; 2]; 5]>,
+    /// The element's `context` for this row (image threat model).
+    pub context: f32,
+    /// Samples per face side of the context's low-pass (the bundle's encoder input size).
+    pub context_detail: usize,
+}
+
+/// The row of the bundle in `dir` (faces of side `size`) with the element's `context`, its
+/// name ending in `suffix`.
+fn bundle_row(
+    dir: &std::path::Path,
+    size: usize,
+    context: f32,
+    suffix: &str,
+    opts: &EvalOptions,
+) -> Result<LabDefense> {
+    let bundle =
+        Bundle::load(dir).with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
+    ensure!(
+        bundle.manifest.image_size == size,
+        "the bundle '{}' has image_size {}, the first has {size}: the lab compares bundles \
+         of one face size",
+        dir.display(),
+        bundle.manifest.image_size
+    );
+    let params = PurifyParams {
+        tau: opts.tau_given.unwrap_or(bundle.manifest.tau),
+        ..opts.purify
+    };
+    let prov = &bundle.manifest.provenance;
+    let provenance = ["steps", "objective"]
+        .iter()
+        .filter_map(|k| {
+            prov.get(*k)
+                .map(|v| format!("{k} {}", v.as_str().map_or(v.to_string(), str::to_owned)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let avae = AVaeDefense::load(dir, opts.backend, params)?;
+    Ok(LabDefense {
+        name: format!("{} (tau {:.3}){suffix}", dir.display(), params.tau),
+        provenance,
+        defense: Defense::AVae(Box::new(avae)),
+        template: bundle.manifest.landmark_template,
+        context,
+        context_detail: bundle.manifest.encoder_input_size,
+    })
 }
 
 impl Space {
@@ -220,73 +266,79 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
     let sets = PairSets::load(opts, size)?;
     let n = sets.same.len();
     println!(
-        "lab: {n} fold-1 pairs, {} calibration pairs, M = {}, {} bundle(s), image and crop \
-         threat models",
+        "lab: {n} fold-1 pairs, {} calibration pairs, M = {}, {} bundle(s), context {:?}, \
+         threat models {:?}",
         sets.calib_len,
         opts.purify.samples,
-        opts.lab_bundles.len()
+        opts.lab_bundles.len(),
+        opts.context,
+        opts.lab_threat_models
     );
 
-    let mut defenses = vec![
-        LabDefense {
-            name: "none".into(),
-            provenance: String::new(),
-            defense: Defense::None,
-            template: first.manifest.landmark_template,
-        },
-        LabDefense {
-            name: "down-up 32".into(),
+    let detail = first.manifest.encoder_input_size;
+    // The rows of every context value: the image threat model runs them all, the crop threat
+    // model (where the element's paste-back plays no part) those of the first.
+    let combos: Vec<(f32, Option<usize>)> = opts
+        .context
+        .iter()
+        .flat_map(|&c| opts.context_detail.iter().map(move |&d| (c, d)))
+        .collect();
+    let several = combos.len() > 1;
+    let mut defenses = Vec::new();
+    let mut first_context_rows = 0;
+    for (k, &(context, given_detail)) in combos.iter().enumerate() {
+        let suffix = match (several, given_detail) {
+            (false, _) => String::new(),
+            (true, None) => format!(", context {context}"),
+            (true, Some(d)) => format!(", context {context} at {d}"),
+        };
+        if k == 0 {
+            defenses.push(LabDefense {
+                name: "none".into(),
+                provenance: String::new(),
+                defense: Defense::None,
+                template: first.manifest.landmark_template,
+                context: 0.0,
+                context_detail: detail,
+            });
+        }
+        defenses.push(LabDefense {
+            name: format!("down-up 32{suffix}"),
             provenance: String::new(),
             defense: Defense::DownUp { size: 32 },
             template: first.manifest.landmark_template,
-        },
-    ];
-    for dir in &opts.lab_bundles {
-        let bundle = Bundle::load(dir)
-            .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
-        ensure!(
-            bundle.manifest.image_size == size,
-            "the bundle '{}' has image_size {}, the first has {size}: the lab compares bundles \
-             of one face size",
-            dir.display(),
-            bundle.manifest.image_size
-        );
-        let params = PurifyParams {
-            tau: opts.tau_given.unwrap_or(bundle.manifest.tau),
-            ..opts.purify
-        };
-        let prov = &bundle.manifest.provenance;
-        let provenance = ["steps", "objective"]
-            .iter()
-            .filter_map(|k| {
-                prov.get(*k)
-                    .map(|v| format!("{k} {}", v.as_str().map_or(v.to_string(), str::to_owned)))
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let avae = AVaeDefense::load(dir, opts.backend, params)?;
-        defenses.push(LabDefense {
-            name: format!("{} (tau {:.3})", dir.display(), params.tau),
-            provenance,
-            defense: Defense::AVae(Box::new(avae)),
-            template: bundle.manifest.landmark_template,
+            context,
+            context_detail: given_detail.unwrap_or(detail),
         });
+        for dir in &opts.lab_bundles {
+            let mut row = bundle_row(dir, size, context, &suffix, opts)?;
+            row.context_detail = given_detail.unwrap_or(row.context_detail);
+            defenses.push(row);
+        }
+        if k == 0 {
+            first_context_rows = defenses.len();
+        }
     }
 
     let same = sets.same.clone();
     let calib_len = sets.calib_len;
     let (crop_spec, [image, crop]) = spaces(opts, sets)?;
-    let pipeline = PastePipeline {
-        side: size,
-        feather: opts.feather,
-    };
+    let pipeline = PastePipeline::new(size, opts.feather, 0.0, detail);
 
     let plan = Plan::lab(opts);
     let mut rows = Vec::new();
     for space in [&image, &crop] {
+        if !opts.lab_threat_models.contains(&space.model) {
+            continue;
+        }
+        let take = if space.model == ThreatModel::Image {
+            defenses.len()
+        } else {
+            first_context_rows
+        };
         rows.extend(run_space(
             space,
-            &mut defenses,
+            &mut defenses[..take],
             &same,
             &pipeline,
             &crop_spec,
@@ -310,7 +362,9 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
         "whitebox_pgd": opts.whitebox_pgd,
         "eot": opts.eot,
         "feather": opts.feather,
-        "threat_models": ["image", "crop"],
+        "context": opts.context,
+        "context_detail": opts.context_detail,
+        "threat_models": opts.lab_threat_models,
         "rows": rows,
         "wall_seconds": start.elapsed().as_secs_f64(),
     });
@@ -472,6 +526,12 @@ pub(crate) fn run_space(
     let mut rows = Vec::new();
     for (d, lab) in defenses.iter_mut().enumerate() {
         let t = Instant::now();
+        let row_pipeline = PastePipeline {
+            context: lab.context,
+            context_detail: lab.context_detail,
+            ..*pipeline
+        };
+        let pipeline = &row_pipeline;
         let template = lab.template;
         let places = [GALLERY, PROBE, CALIB_A, CALIB_B]
             .map(|w| space.placements(w, template.as_ref(), crop_spec, side));

@@ -145,9 +145,33 @@ pub struct PastePipeline {
     pub side: usize,
     /// The element's `feather`.
     pub feather: f32,
+    /// The element's `context` (margin low-passed around the face; 0: none).
+    pub context: f32,
+    /// Samples per face side of the context's low-pass (the bundle's encoder input size).
+    pub context_detail: usize,
 }
 
 impl PastePipeline {
+    /// The element's pipeline for faces of side `side` of `bundle`: `feather` and `context`
+    /// as given, the context low-passed to the bundle's encoder input size.
+    pub fn new(side: usize, feather: f32, context: f32, encoder_input_size: usize) -> Self {
+        Self {
+            side,
+            feather,
+            context,
+            context_detail: encoder_input_size,
+        }
+    }
+
+    /// How the element pastes a face back.
+    pub fn paste(&self) -> frame::Paste {
+        frame::Paste {
+            feather: self.feather,
+            context: self.context,
+            context_detail: self.context_detail,
+        }
+    }
+
     /// Defends the photos `x` (`[N, 3, 250, 250]` in [-1, 1]) as a pipeline does, each with the
     /// face at `placements[i]` and seeded by `seeds[i]`; without autograd, rounded to 8 bits.
     /// A-VAE runs through [`frame::purify_faces`], exactly as `avaepurify` runs it; the other
@@ -184,6 +208,7 @@ impl PastePipeline {
                 .view([-1]),
         )?;
         let s = self.side;
+        let how = self.paste();
         let mut storage = Vec::new();
         for (i, data) in bytes.chunks_mut(3 * h * w).enumerate() {
             let mut dest = FrameMut::new(data, w, h, 3 * w, PixelLayout::Rgb)?;
@@ -197,7 +222,7 @@ impl PastePipeline {
                         &mut dest,
                         std::slice::from_ref(placement),
                         &params,
-                        self.feather,
+                        &how,
                         &mut rng,
                         &mut storage,
                     )
@@ -212,11 +237,10 @@ impl PastePipeline {
                     let out = other.apply(&t, &seeds[i..=i])?;
                     let values = Vec::<f32>::try_from(&out.contiguous().view([-1]))?;
                     let face = Array4::from_shape_vec((1, 3, s, s), values)?;
-                    frame::paste(
+                    frame::paste_all(
                         &mut dest,
-                        placement,
-                        face.index_axis(ndarray::Axis(0), 0),
-                        self.feather,
+                        &[(placement, face.index_axis(ndarray::Axis(0), 0))],
+                        &how,
                     )?;
                 }
             }
@@ -386,10 +410,7 @@ mod tests {
 
     #[test]
     fn the_surrogate_follows_the_elements_crop_and_paste() {
-        let pipeline = PastePipeline {
-            side: 64,
-            feather: 0.15,
-        };
+        let pipeline = PastePipeline::new(64, 0.15, 0.0, 32);
         let x = quantize(&photo());
         let places = [aligned()];
         // 8-bit depth is the identity on 8-bit photos: what remains is the element's own crop
@@ -409,10 +430,7 @@ mod tests {
 
     #[test]
     fn gradients_reach_the_photo_through_the_surrogate() {
-        let pipeline = PastePipeline {
-            side: 64,
-            feather: 0.15,
-        };
+        let pipeline = PastePipeline::new(64, 0.15, 0.0, 32);
         let x = photo().set_requires_grad(true);
         let y = pipeline.surrogate(&x, &[aligned()]).unwrap();
         let g = Tensor::run_backward(&[y.sum(Kind::Float)], &[&x], false, false)

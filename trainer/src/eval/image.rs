@@ -48,6 +48,8 @@ pub(super) fn rows(opts: &EvalOptions) -> Result<Vec<LabRow>> {
         provenance: String::new(),
         defense,
         template,
+        context: opts.context[0],
+        context_detail: opts.context_detail[0].unwrap_or(bundle.manifest.encoder_input_size),
     };
     let avae = Defense::AVae(Box::new(AVaeDefense::load(
         &opts.bundle,
@@ -64,10 +66,12 @@ pub(super) fn rows(opts: &EvalOptions) -> Result<Vec<LabRow>> {
         transfer: true,
         cache: Some(opts.report.join("cache")),
     };
-    let pipeline = PastePipeline {
-        side: size,
-        feather: opts.feather,
-    };
+    let pipeline = PastePipeline::new(
+        size,
+        opts.feather,
+        opts.context[0],
+        opts.context_detail[0].unwrap_or(bundle.manifest.encoder_input_size),
+    );
     lab::run_space(
         &image,
         &mut defenses,

@@ -51,6 +51,7 @@ use crate::attack::{self, CwParams, PgdParams};
 use crate::defense::{AVaeDefense, Defense};
 use crate::lab;
 use crate::recognizer::Alignment;
+use crate::threat::ThreatModel;
 use protocol::{Evaluation, spread};
 
 /// Everything `trainer eval` needs.
@@ -62,6 +63,8 @@ pub struct EvalOptions {
     pub bundle: PathBuf,
     /// With `--lab`: every bundle of the side-by-side table (else empty).
     pub lab_bundles: Vec<PathBuf>,
+    /// With `--lab`: the threat models it runs (both unless `--threat-model` says otherwise).
+    pub lab_threat_models: Vec<ThreatModel>,
     /// Report folder to (re)write.
     pub report: PathBuf,
     /// Folder of the crop cache.
@@ -90,6 +93,12 @@ pub struct EvalOptions {
     pub eot: usize,
     /// The element's `feather` in the image threat model.
     pub feather: f32,
+    /// The element's `context` values in the image threat model: the full evaluation uses the
+    /// first, the lab makes one row per bundle (and down-up baseline) and value.
+    pub context: Vec<f32>,
+    /// Samples per face side of the context's low-pass (`None`: the bundle's encoder input
+    /// size, as the element does); the lab makes rows for each value and each `context`.
+    pub context_detail: Vec<Option<usize>>,
     /// Grey-box PGD.
     pub pgd: PgdParams,
     /// White-box (BPDA) PGD.
@@ -136,6 +145,9 @@ pub struct EvalArgs {
     /// FGSM 8, PGD 8, BPDA PGD 8, PSNR, ms/face) instead of the full report
     #[arg(long)]
     lab: bool,
+    /// With --lab: run only this threat model (repeatable) [default: image and crop]
+    #[arg(long, value_enum)]
+    threat_model: Vec<ThreatModel>,
     /// Report folder to (re)write
     #[arg(long, default_value = "reports")]
     report: PathBuf,
@@ -172,6 +184,14 @@ pub struct EvalArgs {
     /// The element's feather (paste-back mask) in the image threat model
     #[arg(long, default_value_t = 0.15)]
     feather: f32,
+    /// The element's context (margin low-passed around each face) in the image threat model;
+    /// repeat it in the lab for one row per value [default: the element's]
+    #[arg(long)]
+    context: Vec<f32>,
+    /// Samples per face side of the context's low-pass, 0 for the bundle's encoder input size;
+    /// repeat it in the lab for rows of each value [default: 0]
+    #[arg(long)]
+    context_detail: Vec<usize>,
     /// K: purifier draws per white-box EOT gradient [default: 4, --fast 2, --lab 1]
     #[arg(long)]
     eot: Option<usize>,
@@ -271,11 +291,25 @@ impl EvalArgs {
                 .context("no --pairs-file given and ../shared/datasets/lfw/pairs.txt not found")?,
         };
         ensure!(self.chunk > 0, "--chunk must be at least 1");
+        if let Some(bad) = self
+            .context
+            .iter()
+            .find(|c| !c.is_finite() || !(0.0..=1.0).contains(*c))
+        {
+            anyhow::bail!(
+                "--context {bad}: expected a margin from 0 to 1 (a fraction of the face)"
+            );
+        }
         let args: Vec<String> = std::env::args().skip(1).collect();
         let (pgd, whitebox_pgd) = self.pgd_params();
         Ok(EvalOptions {
             command: format!("trainer {}", args.join(" ")),
             bundle: first,
+            lab_threat_models: if self.threat_model.is_empty() {
+                vec![ThreatModel::Image, ThreatModel::Crop]
+            } else {
+                self.threat_model.clone()
+            },
             lab_bundles: if self.lab {
                 self.bundle.clone()
             } else {
@@ -315,6 +349,19 @@ impl EvalArgs {
                 self.pick(self.eot, defaults::EOT)
             },
             feather: self.feather,
+            context_detail: if self.context_detail.is_empty() {
+                vec![None]
+            } else {
+                self.context_detail
+                    .iter()
+                    .map(|&d| (d > 0).then_some(d))
+                    .collect()
+            },
+            context: if self.context.is_empty() {
+                vec![gstavaepurify::frame::DEFAULT_CONTEXT]
+            } else {
+                self.context.clone()
+            },
             pgd,
             whitebox_pgd,
             image: ImageOptions {
