@@ -181,6 +181,7 @@ fn frame_time(
             &mut frame,
             &faces,
             &params,
+            1,
             &frame::Paste::feathered(0.15),
             &mut draw,
             &mut storage,

@@ -70,6 +70,9 @@ impl std::fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
+/// `avaepurify`'s default `passes` (measured, see README "Does the defense work?").
+pub const DEFAULT_PASSES: usize = 1;
+
 /// `avaepurify`'s default `context` (measured, see README "Does the defense work?"), also the
 /// evaluation's default, so that it measures what ships.
 pub const DEFAULT_CONTEXT: f32 = 0.5;
@@ -98,15 +101,18 @@ impl Paste {
     }
 }
 
-/// Reads, purifies and writes back every face of `frame` in one purifier call, pasted as
-/// `paste` says (feathered edge, low-passed context). `storage` holds the face batch between
-/// calls (it grows to `faces.len() * 3 * S * S`). On error the frame is untouched: faces are
-/// written only once all of them are purified.
+/// Reads, purifies and writes back every face of `frame` in one purifier call per pass, pasted
+/// as `paste` says (feathered edge, low-passed context). With `passes` > 1 each further pass
+/// purifies the last pass's output again; the results (distance, candidate, the alarm's
+/// signals) are the first pass's, which saw the face as given. `storage` holds the face batch
+/// between calls (it grows to `faces.len() * 3 * S * S`). On error the frame is untouched:
+/// faces are written only once all of them are purified.
 pub fn purify_faces(
     purifier: &mut Purifier,
     frame: &mut FrameMut<'_>,
     faces: &[Placement],
     params: &PurifyParams,
+    passes: usize,
     paste: &Paste,
     rng: &mut StdRng,
     storage: &mut Vec<f32>,
@@ -124,7 +130,11 @@ pub fn purify_faces(
     }
 
     let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        purifier.purify(batch.view_mut(), params, rng)
+        let first = purifier.purify(batch.view_mut(), params, rng)?;
+        for _ in 1..passes {
+            purifier.purify(batch.view_mut(), params, rng)?;
+        }
+        Ok::<_, crate::Error>(first)
     }))
     .map_err(|_| FrameError::Engine("the purifier panicked (see the log above)".to_owned()))?
     .map_err(|err| FrameError::Engine(err.to_string()))?;

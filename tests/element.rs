@@ -233,6 +233,29 @@ fn context_smooths_the_ring_around_the_face_only() {
     );
 }
 
+/// A second pass purifies the first pass's output again: the same face comes out otherwise,
+/// while the ROI's figures stay the first pass's (the same with one pass or two).
+#[test]
+fn a_second_pass_changes_the_face_but_not_its_figures() {
+    let run = |passes: &str| {
+        let (mut h, info) = harness(
+            gst_video::VideoFormat::Rgb,
+            96,
+            96,
+            &[("margin", "0"), ("passes", passes)],
+        );
+        let output = h
+            .push_and_pull(frame(&info, 7, &[("face", 16, 16, 64, 64)]))
+            .expect("frame out");
+        let param = purify_params(&output)[0].clone().expect("purified");
+        (bytes(&output), param.get::<f64>("distance").unwrap())
+    };
+    let (one, d1) = run("1");
+    let (two, d2) = run("2");
+    assert_ne!(one, two, "the second pass changed nothing");
+    assert_eq!(d1, d2, "the reported distance is the first pass's");
+}
+
 #[test]
 fn bgrx_keeps_padding_bytes() {
     let (mut h, info) = harness(gst_video::VideoFormat::Bgrx, 64, 48, &[("margin", "0")]);
@@ -601,6 +624,10 @@ fn property_defaults_and_ranges() {
     assert_eq!(
         element.property::<f32>("context"),
         gstavaepurify::frame::DEFAULT_CONTEXT
+    );
+    assert_eq!(
+        element.property::<u32>("passes") as usize,
+        gstavaepurify::frame::DEFAULT_PASSES
     );
     assert!(element.property::<bool>("align"));
     assert!(

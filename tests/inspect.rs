@@ -8,7 +8,7 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 27] = [
+const PROPERTIES: [&str; 28] = [
     "max-latency-ms",
     "model-instance-id",
     "precision",
@@ -19,6 +19,7 @@ const PROPERTIES: [&str; 27] = [
     "align",
     "feather",
     "context",
+    "passes",
     "model",
     "backend",
     "device",

@@ -22,6 +22,7 @@ use crate::shared::PurifierHandle;
 pub(super) struct Rate {
     pub(super) params: PurifyParams,
     pub(super) paste: Paste,
+    pub(super) passes: usize,
     pub(super) interval: u32,
     pub(super) ratio: f64,
     pub(super) budget: Option<Budget>,
@@ -140,7 +141,8 @@ pub(super) fn purify(
     full.sort_by_key(|&i| plans[i].priority());
     let mut params = rate.params;
     if let Some(budget) = &rate.budget {
-        let per_face = costs.sample.ms() * rate.params.samples as f64;
+        let passes = rate.passes.max(1) as f64;
+        let per_face = costs.sample.ms() * rate.params.samples as f64 * passes;
         let after = costs.copy.ms() * n as f64;
         let fitting = budget.fitting(full.len(), per_face, after);
         // Not even one face fits in full: the most needed face that nothing else purifies this
@@ -148,7 +150,7 @@ pub(super) fn purify(
         // still purifies faces (with a smaller choice) and gives their tracks a latent to reuse.
         let needy = full.first().filter(|&&i| results[i].is_none());
         if fitting == 0 && needy.is_some() {
-            params.samples = budget.fitting(rate.params.samples, costs.sample.ms(), after);
+            params.samples = budget.fitting(rate.params.samples, costs.sample.ms() * passes, after);
             full.truncate(usize::from(params.samples > 0));
         } else {
             full.truncate(fitting);
@@ -157,9 +159,13 @@ pub(super) fn purify(
     let mut kept: Vec<Option<(Chosen, f32)>> = vec![None; n];
     if !full.is_empty() {
         let started = Instant::now();
-        let (purified, chosen) = full_path(purifier, &input, &enc, &full, &params, rng)?;
+        let (purified, chosen) =
+            full_path(purifier, &input, &enc, &full, &params, rate.passes, rng)?;
         let elapsed = started.elapsed();
-        costs.sample.update(elapsed, full.len() * params.samples);
+        let passes = rate.passes.max(1);
+        costs
+            .sample
+            .update(elapsed, full.len() * params.samples * passes);
         timing.full_ms = elapsed.as_secs_f64() * 1000.0 + encode_share * full.len() as f64;
         scatter(&mut output, &full, &purified.0);
         for ((&i, result), chosen) in full.iter().zip(purified.1).zip(chosen) {
@@ -212,8 +218,8 @@ pub(super) fn purify(
     Ok((outcomes, timing))
 }
 
-/// Purifies faces `rows` of `input` in full (one purifier call): their purified images and
-/// results, and their chosen latents.
+/// Purifies faces `rows` of `input` in full (one purifier call per pass): their purified
+/// images and the first pass's results and chosen latents.
 #[allow(clippy::type_complexity)]
 fn full_path(
     purifier: &mut PurifierHandle,
@@ -221,11 +227,17 @@ fn full_path(
     enc: &Encoded,
     rows: &[usize],
     params: &PurifyParams,
+    passes: usize,
     rng: &mut StdRng,
 ) -> Result<((Array4<f32>, Vec<Purified>), Vec<Chosen>), FrameError> {
     let mut batch = input.select(Axis(0), rows);
     let view: ArrayViewMut4<'_, f32> = batch.view_mut();
     let (results, chosen) =
         engine(|| purifier.purify_chosen(view, &enc.select(rows), params, rng))?;
+    // Further passes purify the output again; what was chosen and measured stays the first
+    // pass's (it saw the face as given).
+    for _ in 1..passes {
+        engine(|| purifier.purify(batch.view_mut(), params, rng))?;
+    }
     Ok(((batch, results), chosen))
 }

@@ -95,6 +95,7 @@ impl AvaePurify {
                 context: settings.context,
                 context_detail: purifier.bundle().manifest.encoder_input_size,
             },
+            passes: settings.passes as usize,
             interval: settings.refresh_interval,
             ratio: settings.refresh_ratio,
             budget,

@@ -17,7 +17,8 @@ const DEFAULT_MARGIN: f32 = 0.2;
 const DEFAULT_FULL_FRAME: bool = false;
 const DEFAULT_MAX_FACES: u32 = 16;
 const DEFAULT_FEATHER: f32 = 0.15;
-use crate::frame::DEFAULT_CONTEXT;
+use crate::frame::{DEFAULT_CONTEXT, DEFAULT_PASSES};
+const MAX_PASSES: u32 = 8;
 const MAX_CONTEXT: f32 = 1.0;
 const DEFAULT_ALIGN: bool = true;
 const DEFAULT_ON_FAILURE: OnFailure = OnFailure::Pass;
@@ -58,6 +59,7 @@ pub(super) struct Settings {
     pub(super) max_faces: u32,
     pub(super) feather: f32,
     pub(super) context: f32,
+    pub(super) passes: u32,
     pub(super) align: bool,
     pub(super) on_failure: OnFailure,
     pub(super) alarm: bool,
@@ -87,6 +89,7 @@ impl Default for Settings {
             max_faces: DEFAULT_MAX_FACES,
             feather: DEFAULT_FEATHER,
             context: DEFAULT_CONTEXT,
+            passes: DEFAULT_PASSES as u32,
             align: DEFAULT_ALIGN,
             on_failure: DEFAULT_ON_FAILURE,
             alarm: DEFAULT_ALARM,
@@ -130,6 +133,7 @@ impl Settings {
             "max-faces" => self.max_faces = value.get().expect(checked),
             "feather" => self.feather = value.get().expect(checked),
             "context" => self.context = value.get().expect(checked),
+            "passes" => self.passes = value.get().expect(checked),
             "align" => self.align = value.get().expect(checked),
             "on-failure" => self.on_failure = value.get().expect(checked),
             "alarm" => self.alarm = value.get().expect(checked),
@@ -159,6 +163,7 @@ impl Settings {
             "max-faces" => self.max_faces.to_value(),
             "feather" => self.feather.to_value(),
             "context" => self.context.to_value(),
+            "passes" => self.passes.to_value(),
             "align" => self.align.to_value(),
             "on-failure" => self.on_failure.to_value(),
             "alarm" => self.alarm.to_value(),
@@ -330,6 +335,18 @@ fn face_properties() -> Vec<glib::ParamSpec> {
             .minimum(0.0)
             .maximum(MAX_CONTEXT)
             .default_value(DEFAULT_CONTEXT)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("passes")
+            .nick("Passes")
+            .blurb(
+                "A-VAE passes over each face purified in full: each further pass purifies \
+             the last one's output again (M more candidates each), removing more of what \
+             an attack left; faces reused from their track's latent take one",
+            )
+            .minimum(1)
+            .maximum(MAX_PASSES)
+            .default_value(DEFAULT_PASSES as u32)
             .mutable_playing()
             .build(),
         glib::ParamSpecBoolean::builder("align")

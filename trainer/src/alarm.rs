@@ -223,12 +223,15 @@ pub fn calibrate_bundle(
                 bundle.manifest.image_size,
             )?;
             // What is pasted back plays no part here: the score reads the crop only.
-            let pipeline = crate::threat::PastePipeline::new(
-                bundle.manifest.image_size,
-                0.15,
-                0.0,
-                bundle.manifest.encoder_input_size,
-            );
+            let pipeline = crate::threat::PastePipeline {
+                passes: 1,
+                ..crate::threat::PastePipeline::new(
+                    bundle.manifest.image_size,
+                    0.15,
+                    0.0,
+                    bundle.manifest.encoder_input_size,
+                )
+            };
             let bar = crate::data::progress_bar(chosen.len() as u64, "alarm calibration");
             for start in (0..chosen.len()).step_by(16) {
                 let len = 16.min(chosen.len() - start);

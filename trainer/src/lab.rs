@@ -323,7 +323,10 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
     let same = sets.same.clone();
     let calib_len = sets.calib_len;
     let (crop_spec, [image, crop]) = spaces(opts, sets)?;
-    let pipeline = PastePipeline::new(size, opts.feather, 0.0, detail);
+    let pipeline = PastePipeline {
+        passes: opts.passes,
+        ..PastePipeline::new(size, opts.feather, 0.0, detail)
+    };
 
     let plan = Plan::lab(opts);
     let mut rows = Vec::new();
@@ -364,6 +367,7 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
         "feather": opts.feather,
         "context": opts.context,
         "context_detail": opts.context_detail,
+        "passes": opts.passes,
         "threat_models": opts.lab_threat_models,
         "rows": rows,
         "wall_seconds": start.elapsed().as_secs_f64(),

@@ -149,6 +149,9 @@ pub struct PastePipeline {
     pub context: f32,
     /// Samples per face side of the context's low-pass (the bundle's encoder input size).
     pub context_detail: usize,
+    /// The element's `passes`: A-VAE passes over each face, each purifying the last one's
+    /// output.
+    pub passes: usize,
 }
 
 impl PastePipeline {
@@ -160,6 +163,7 @@ impl PastePipeline {
             feather,
             context,
             context_detail: encoder_input_size,
+            passes: frame::DEFAULT_PASSES,
         }
     }
 
@@ -222,6 +226,7 @@ impl PastePipeline {
                         &mut dest,
                         std::slice::from_ref(placement),
                         &params,
+                        self.passes,
                         &how,
                         &mut rng,
                         &mut storage,

@@ -66,12 +66,15 @@ pub(super) fn rows(opts: &EvalOptions) -> Result<Vec<LabRow>> {
         transfer: true,
         cache: Some(opts.report.join("cache")),
     };
-    let pipeline = PastePipeline::new(
-        size,
-        opts.feather,
-        opts.context[0],
-        opts.context_detail[0].unwrap_or(bundle.manifest.encoder_input_size),
-    );
+    let pipeline = PastePipeline {
+        passes: opts.passes,
+        ..PastePipeline::new(
+            size,
+            opts.feather,
+            opts.context[0],
+            opts.context_detail[0].unwrap_or(bundle.manifest.encoder_input_size),
+        )
+    };
     lab::run_space(
         &image,
         &mut defenses,

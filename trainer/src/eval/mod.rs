@@ -99,6 +99,8 @@ pub struct EvalOptions {
     /// Samples per face side of the context's low-pass (`None`: the bundle's encoder input
     /// size, as the element does); the lab makes rows for each value and each `context`.
     pub context_detail: Vec<Option<usize>>,
+    /// The element's `passes` in the image threat model.
+    pub passes: usize,
     /// Grey-box PGD.
     pub pgd: PgdParams,
     /// White-box (BPDA) PGD.
@@ -192,6 +194,10 @@ pub struct EvalArgs {
     /// repeat it in the lab for rows of each value [default: 0]
     #[arg(long)]
     context_detail: Vec<usize>,
+    /// Image threat model: the element's passes, A-VAE passes over each face, each purifying
+    /// the last one's output [default: the element's]
+    #[arg(long)]
+    passes: Option<usize>,
     /// K: purifier draws per white-box EOT gradient [default: 4, --fast 2, --lab 1]
     #[arg(long)]
     eot: Option<usize>,
@@ -349,6 +355,10 @@ impl EvalArgs {
                 self.pick(self.eot, defaults::EOT)
             },
             feather: self.feather,
+            passes: self
+                .passes
+                .unwrap_or(gstavaepurify::frame::DEFAULT_PASSES)
+                .max(1),
             context_detail: if self.context_detail.is_empty() {
                 vec![None]
             } else {
