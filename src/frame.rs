@@ -107,6 +107,7 @@ impl Paste {
 /// signals) are the first pass's, which saw the face as given. `storage` holds the face batch
 /// between calls (it grows to `faces.len() * 3 * S * S`). On error the frame is untouched:
 /// faces are written only once all of them are purified.
+#[allow(clippy::too_many_arguments)]
 pub fn purify_faces(
     purifier: &mut Purifier,
     frame: &mut FrameMut<'_>,
