@@ -183,21 +183,31 @@ fn rgb_odd_size_purifies_inside_the_square_only() {
     assert_eq!(param.get::<u32>("samples").unwrap(), 4);
 }
 
+/// Pushes one `side` x `side` RGB frame (pattern `seed`) with one face ROI `(x, y, w, h)` through
+/// an element with `margin=0` and `props`: the frame's info, its bytes before, and what came out.
+fn one_face(
+    side: u32,
+    seed: u32,
+    face: (u32, u32, u32, u32),
+    props: &[(&str, &str)],
+) -> (gst_video::VideoInfo, Vec<u8>, gst::Buffer) {
+    let mut all = vec![("margin", "0")];
+    all.extend_from_slice(props);
+    let (mut h, info) = harness(gst_video::VideoFormat::Rgb, side, side, &all);
+    let (x, y, w, hh) = face;
+    let input = frame(&info, seed, &[("face", x, y, w, hh)]);
+    let before = bytes(&input);
+    let output = h.push_and_pull(input).expect("frame out");
+    (info, before, output)
+}
+
 /// `context` low-passes a ring around the face crop (here a 64-pixel box in a 160x160 frame,
 /// read at S = 64 and low-passed to the bundle's 32 samples per face side: context 0.5 reaches
 /// 32 pixels beyond the box, fully smoothed over the first 16) and leaves the rest alone.
 #[test]
 fn context_smooths_the_ring_around_the_face_only() {
     let run = |context: &str| {
-        let (mut h, info) = harness(
-            gst_video::VideoFormat::Rgb,
-            160,
-            160,
-            &[("margin", "0"), ("context", context)],
-        );
-        let input = frame(&info, 5, &[("face", 48, 48, 64, 64)]);
-        let before = bytes(&input);
-        let output = h.push_and_pull(input).expect("frame out");
+        let (info, before, output) = one_face(160, 5, (48, 48, 64, 64), &[("context", context)]);
         (info, before, bytes(&output))
     };
     let (info, before, plain) = run("0");
@@ -238,15 +248,7 @@ fn context_smooths_the_ring_around_the_face_only() {
 #[test]
 fn a_second_pass_changes_the_face_but_not_its_figures() {
     let run = |passes: &str| {
-        let (mut h, info) = harness(
-            gst_video::VideoFormat::Rgb,
-            96,
-            96,
-            &[("margin", "0"), ("passes", passes)],
-        );
-        let output = h
-            .push_and_pull(frame(&info, 7, &[("face", 16, 16, 64, 64)]))
-            .expect("frame out");
+        let (_, _, output) = one_face(96, 7, (16, 16, 64, 64), &[("passes", passes)]);
         let param = purify_params(&output)[0].clone().expect("purified");
         (bytes(&output), param.get::<f64>("distance").unwrap())
     };
