@@ -71,7 +71,7 @@ impl std::fmt::Display for FrameError {
 impl std::error::Error for FrameError {}
 
 /// `avaepurify`'s default `passes` (measured, see README "Does the defense work?").
-pub const DEFAULT_PASSES: usize = 1;
+pub const DEFAULT_PASSES: usize = 2;
 
 /// `avaepurify`'s default `context` (measured, see README "Does the defense work?"), also the
 /// evaluation's default, so that it measures what ships.

@@ -123,6 +123,27 @@ pub(super) fn purify(
                 rate.params.batch,
             )
         })?;
+        // Further passes: each decodes the latent its pass chose at the last full purification
+        // with the encoding of the previous pass's output.
+        for k in 0..rate.passes.saturating_sub(1) {
+            let (rows, latents): (Vec<usize>, Vec<&Chosen>) = reuse
+                .iter()
+                .enumerate()
+                .filter_map(|(r, &i)| {
+                    let id = ids[i]?;
+                    tracks.later(id).get(k).map(|c| (r, c))
+                })
+                .unzip();
+            if rows.is_empty() {
+                break;
+            }
+            let mut sub = batch.select(Axis(0), &rows);
+            let sub_enc = engine(|| purifier.encode(sub.view()))?;
+            engine(|| {
+                purifier.decode_chosen(sub.view_mut(), &sub_enc, &latents, rate.params.batch)
+            })?;
+            scatter(&mut batch, &rows, &sub);
+        }
         let elapsed = started.elapsed();
         costs.reuse.update(elapsed, reuse.len());
         timing.reuse_ms = elapsed.as_secs_f64() * 1000.0 + encode_share * reuse.len() as f64;
@@ -157,9 +178,10 @@ pub(super) fn purify(
         }
     }
     let mut kept: Vec<Option<(Chosen, f32)>> = vec![None; n];
+    let mut kept_later: Vec<Vec<Chosen>> = vec![Vec::new(); n];
     if !full.is_empty() {
         let started = Instant::now();
-        let (purified, chosen) =
+        let (purified, chosen, later) =
             full_path(purifier, &input, &enc, &full, &params, rate.passes, rng)?;
         let elapsed = started.elapsed();
         let passes = rate.passes.max(1);
@@ -168,8 +190,9 @@ pub(super) fn purify(
             .update(elapsed, full.len() * params.samples * passes);
         timing.full_ms = elapsed.as_secs_f64() * 1000.0 + encode_share * full.len() as f64;
         scatter(&mut output, &full, &purified.0);
-        for ((&i, result), chosen) in full.iter().zip(purified.1).zip(chosen) {
+        for (((&i, result), chosen), later) in full.iter().zip(purified.1).zip(chosen).zip(later) {
             kept[i] = Some((chosen, result.distance));
+            kept_later[i] = later;
             results[i] = Some(result);
         }
     }
@@ -184,6 +207,11 @@ pub(super) fn purify(
         )
         .collect();
     let ages = tracks.record(&ids, &plans, &paths, kept);
+    for (i, later) in kept_later.into_iter().enumerate() {
+        if let (Some(id), FacePath::Full(_)) = (ids[i], paths[i]) {
+            tracks.keep_later(id, later);
+        }
+    }
 
     let paste_started = Instant::now();
     let done: Vec<_> = targets
@@ -219,7 +247,8 @@ pub(super) fn purify(
 }
 
 /// Purifies faces `rows` of `input` in full (one purifier call per pass): their purified
-/// images and the first pass's results and chosen latents.
+/// images, the first pass's results and chosen latents (what was measured is the first pass's,
+/// which saw the face as given), and per face the latents the further passes chose.
 #[allow(clippy::type_complexity)]
 fn full_path(
     purifier: &mut PurifierHandle,
@@ -229,15 +258,18 @@ fn full_path(
     params: &PurifyParams,
     passes: usize,
     rng: &mut StdRng,
-) -> Result<((Array4<f32>, Vec<Purified>), Vec<Chosen>), FrameError> {
+) -> Result<((Array4<f32>, Vec<Purified>), Vec<Chosen>, Vec<Vec<Chosen>>), FrameError> {
     let mut batch = input.select(Axis(0), rows);
     let view: ArrayViewMut4<'_, f32> = batch.view_mut();
     let (results, chosen) =
         engine(|| purifier.purify_chosen(view, &enc.select(rows), params, rng))?;
-    // Further passes purify the output again; what was chosen and measured stays the first
-    // pass's (it saw the face as given).
+    let mut later = vec![Vec::new(); rows.len()];
     for _ in 1..passes {
-        engine(|| purifier.purify(batch.view_mut(), params, rng))?;
+        let again = engine(|| purifier.encode(batch.view()))?;
+        let (_, picked) = engine(|| purifier.purify_chosen(batch.view_mut(), &again, params, rng))?;
+        for (face, c) in later.iter_mut().zip(picked) {
+            face.push(c);
+        }
     }
-    Ok(((batch, results), chosen))
+    Ok(((batch, results), chosen, later))
 }

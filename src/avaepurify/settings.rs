@@ -340,9 +340,9 @@ fn face_properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecUInt::builder("passes")
             .nick("Passes")
             .blurb(
-                "A-VAE passes over each face purified in full: each further pass purifies \
-             the last one's output again (M more candidates each), removing more of what \
-             an attack left; faces reused from their track's latent take one",
+                "A-VAE passes over each face: each further pass purifies the last one's \
+             output again (M more candidates each), removing more of what an attack \
+             left; a tracked face between refreshes decodes the latent each pass chose",
             )
             .minimum(1)
             .maximum(MAX_PASSES)

@@ -36,6 +36,8 @@ const COST_MARGIN: f64 = 1.25;
 #[derive(Debug, Clone)]
 struct Track {
     chosen: Chosen,
+    /// The latents chosen by the further passes of that purification (`passes` > 1), in order.
+    later: Vec<Chosen>,
     /// The face's distance to its candidate at the last full purification.
     reference: f32,
     /// Frames since the latent was chosen (0 on the frame of a full purification).
@@ -170,6 +172,19 @@ impl Tracks {
         self.map.get(&id).map(|t| &t.chosen)
     }
 
+    /// The latents the further passes of track `id`'s last full purification chose (empty
+    /// with one pass, or for an unknown track).
+    pub(super) fn later(&self, id: i32) -> &[Chosen] {
+        self.map.get(&id).map_or(&[], |t| t.later.as_slice())
+    }
+
+    /// Keeps `later`, the latents of the further passes, for track `id` (just recorded).
+    pub(super) fn keep_later(&mut self, id: i32, later: Vec<Chosen>) {
+        if let Some(t) = self.map.get_mut(&id) {
+            t.later = later;
+        }
+    }
+
     /// Whether the reused decoding at `distance` shows that face `id` has changed: more than
     /// `ratio` times its distance at the last full purification.
     pub(super) fn changed(&self, id: i32, distance: f32, ratio: f64) -> bool {
@@ -205,6 +220,7 @@ impl Tracks {
                 (FacePath::Full(_), Some((chosen, reference))) => {
                     let track = Track {
                         chosen,
+                        later: Vec::new(),
                         reference,
                         latent_age: 0,
                         age,
