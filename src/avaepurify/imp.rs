@@ -570,7 +570,10 @@ impl BaseTransformImpl for AvaePurify {
         let mut costs = Costs::default();
         let batch = settings.batch as usize;
         let samples = settings.samples as usize;
-        if let Err(err) = purifier.with_purifier(|p| live::warm_up(p, batch, samples, &mut costs)) {
+        let passes = settings.passes as usize;
+        if let Err(err) =
+            purifier.with_purifier(|p| live::warm_up(p, batch, samples, passes, &mut costs))
+        {
             gst::warning!(
                 CAT,
                 imp = self,

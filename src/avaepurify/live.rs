@@ -50,6 +50,7 @@ pub(super) fn warm_up(
     purifier: &mut Purifier,
     batch: usize,
     samples: usize,
+    passes: usize,
     costs: &mut Costs,
 ) -> Result<(), crate::Error> {
     let side = purifier.image_size();
@@ -88,9 +89,13 @@ pub(super) fn warm_up(
         )?;
         let reused = started.elapsed();
         if round == 1 {
+            // Every further pass decodes again and first encodes the last pass's output.
+            let passes = u32::try_from(passes.max(1)).unwrap_or(1);
             costs.encode.update(encoded, 1);
             costs.sample.update(sampled, chunk);
-            costs.reuse.update(reused, 1);
+            costs
+                .reuse
+                .update(reused * passes + encoded * (passes - 1), 1);
         }
     }
     Ok(())
