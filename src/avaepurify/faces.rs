@@ -161,9 +161,10 @@ pub(super) fn purify(
     let mut full: Vec<usize> = (0..n).filter(|&i| plans[i].is_full()).collect();
     full.sort_by_key(|&i| plans[i].priority());
     let mut params = rate.params;
+    let passes = rate.passes.max(1);
     if let Some(budget) = &rate.budget {
-        let passes = rate.passes.max(1) as f64;
-        let per_face = costs.sample.ms() * rate.params.samples as f64 * passes;
+        let per_latent = costs.sample.ms() * passes as f64;
+        let per_face = per_latent * rate.params.samples as f64;
         let after = costs.copy.ms() * n as f64;
         let fitting = budget.fitting(full.len(), per_face, after);
         // Not even one face fits in full: the most needed face that nothing else purifies this
@@ -171,7 +172,7 @@ pub(super) fn purify(
         // still purifies faces (with a smaller choice) and gives their tracks a latent to reuse.
         let needy = full.first().filter(|&&i| results[i].is_none());
         if fitting == 0 && needy.is_some() {
-            params.samples = budget.fitting(rate.params.samples, costs.sample.ms() * passes, after);
+            params.samples = budget.fitting(rate.params.samples, per_latent, after);
             full.truncate(usize::from(params.samples > 0));
         } else {
             full.truncate(fitting);
@@ -184,7 +185,6 @@ pub(super) fn purify(
         let (purified, chosen, later) =
             full_path(purifier, &input, &enc, &full, &params, rate.passes, rng)?;
         let elapsed = started.elapsed();
-        let passes = rate.passes.max(1);
         costs
             .sample
             .update(elapsed, full.len() * params.samples * passes);

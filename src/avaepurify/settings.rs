@@ -6,6 +6,7 @@ use gst::prelude::*;
 use super::OnFailure;
 use super::precision::{PrecisionChoice, precision_property};
 use crate::element::{EngineSettings, backend_property, device_property, server_properties};
+use crate::frame::{DEFAULT_CONTEXT, DEFAULT_PASSES};
 
 const DEFAULT_SAMPLES: u32 = 16;
 const DEFAULT_BATCH: u32 = 16;
@@ -17,7 +18,6 @@ const DEFAULT_MARGIN: f32 = 0.2;
 const DEFAULT_FULL_FRAME: bool = false;
 const DEFAULT_MAX_FACES: u32 = 16;
 const DEFAULT_FEATHER: f32 = 0.15;
-use crate::frame::{DEFAULT_CONTEXT, DEFAULT_PASSES};
 const MAX_PASSES: u32 = 8;
 const MAX_CONTEXT: f32 = 1.0;
 const DEFAULT_ALIGN: bool = true;
