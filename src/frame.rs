@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use crate::core::align::{self, Similarity};
 use crate::core::image::{self, FrameMut, FrameRef, Region};
 use crate::core::resample;
-use crate::purifier::{Purified, Purifier, PurifyParams};
+use crate::purifier::{Purified, Purifier, PurifyParams, purify_passes};
 
 /// Where one face lies in its frame, and so how it is cut out and put back.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,11 +131,8 @@ pub fn purify_faces(
     }
 
     let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let first = purifier.purify(batch.view_mut(), params, rng)?;
-        for _ in 1..passes {
-            purifier.purify(batch.view_mut(), params, rng)?;
-        }
-        Ok::<_, crate::Error>(first)
+        let enc = purifier.encode(batch.view())?;
+        purify_passes(purifier, batch.view_mut(), &enc, params, passes, rng).map(|p| p.results)
     }))
     .map_err(|_| FrameError::Engine("the purifier panicked (see the log above)".to_owned()))?
     .map_err(|err| FrameError::Engine(err.to_string()))?;

@@ -118,6 +118,77 @@ pub enum Observed<'a> {
     },
 }
 
+/// What [`purify_passes`] needs of a purifier. The element's handle (its own purifier or a
+/// shared one) and a bare [`Purifier`] (the trainer's image threat model, the benches) both
+/// implement it, so every caller purifies over several passes by the same route.
+pub trait PassEngine {
+    /// [`Purifier::encode`].
+    fn encode(&mut self, faces: ArrayView4<'_, f32>) -> Result<Encoded, Error>;
+    /// [`Purifier::purify_chosen`].
+    fn purify_chosen(
+        &mut self,
+        faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<(Vec<Purified>, Vec<Chosen>), Error>;
+}
+
+impl PassEngine for Purifier {
+    fn encode(&mut self, faces: ArrayView4<'_, f32>) -> Result<Encoded, Error> {
+        Purifier::encode(self, faces)
+    }
+
+    fn purify_chosen(
+        &mut self,
+        faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<(Vec<Purified>, Vec<Chosen>), Error> {
+        Purifier::purify_chosen(self, faces, enc, params, rng)
+    }
+}
+
+/// Faces purified over one or more passes ([`purify_passes`]).
+#[derive(Debug, Clone)]
+pub struct Passes {
+    /// The first pass's results, which saw each face as given (what the ROI reports).
+    pub results: Vec<Purified>,
+    /// The latent the first pass chose for each face.
+    pub chosen: Vec<Chosen>,
+    /// Per face, the latents the further passes chose, in pass order (empty for one pass).
+    pub later: Vec<Vec<Chosen>>,
+}
+
+/// Purifies `faces` (`[N, 3, S, S]`, encoded as `enc`) in place over `passes` passes: each
+/// further pass encodes the last pass's output and purifies it again. For a given `rng` state
+/// one pass chooses as [`Purifier::purify`] does. Every further pass also keeps its latents,
+/// so that a tracked face can be decoded pass by pass between refreshes.
+pub fn purify_passes<P: PassEngine + ?Sized>(
+    engine: &mut P,
+    mut faces: ArrayViewMut4<'_, f32>,
+    enc: &Encoded,
+    params: &PurifyParams,
+    passes: usize,
+    rng: &mut StdRng,
+) -> Result<Passes, Error> {
+    let (results, chosen) = engine.purify_chosen(faces.view_mut(), enc, params, rng)?;
+    let mut later = vec![Vec::with_capacity(passes.saturating_sub(1)); results.len()];
+    for _ in 1..passes {
+        let again = engine.encode(faces.view())?;
+        let (_, picked) = engine.purify_chosen(faces.view_mut(), &again, params, rng)?;
+        for (face, c) in later.iter_mut().zip(picked) {
+            face.push(c);
+        }
+    }
+    Ok(Passes {
+        results,
+        chosen,
+        later,
+    })
+}
+
 /// The encoder's outputs for a batch of faces.
 #[derive(Debug, Clone)]
 pub struct Encoded {
@@ -859,6 +930,65 @@ mod tests {
                 .unwrap();
             assert_eq!(chosen.2, observed.index_axis(Axis(0), face));
         }
+    }
+
+    #[test]
+    fn passes_purify_the_output_again_as_purify_does() {
+        // The element (through `purify_passes`, keeping every pass's latent) and a repeated
+        // `purify` must give the same faces for a seed: the lab measures the latter's route.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
+        let mut purifier = Purifier::load(&dir, Backend::Tract, Device::Cpu).unwrap();
+        let s = purifier.image_size();
+        let faces = Array4::from_shape_fn((2, 3, s, s), |(n, c, y, x)| {
+            ((n * 5 + c * 2 + 3 * y + x) % 13) as f32 / 6.5 - 1.0
+        });
+        let params = PurifyParams {
+            samples: 4,
+            batch: 4,
+            tau: purifier.default_tau(),
+        };
+        let mut again = faces.clone();
+        let mut rng = StdRng::seed_from_u64(11);
+        let first = purifier
+            .purify(again.view_mut(), &params, &mut rng)
+            .unwrap();
+        let once = again.clone();
+        purifier
+            .purify(again.view_mut(), &params, &mut rng)
+            .unwrap();
+        purifier
+            .purify(again.view_mut(), &params, &mut rng)
+            .unwrap();
+
+        let mut passed = faces.clone();
+        let enc = purifier.encode(faces.view()).unwrap();
+        let mut rng = StdRng::seed_from_u64(11);
+        let done =
+            purify_passes(&mut purifier, passed.view_mut(), &enc, &params, 3, &mut rng).unwrap();
+        assert_eq!(done.results, first);
+        assert_eq!(passed, again);
+        assert_ne!(once, again, "the further passes changed nothing");
+        assert_eq!(done.chosen.len(), 2);
+        assert!(done.later.iter().all(|l| l.len() == 2));
+
+        // The kept latents redo the three passes without sampling (the reuse path).
+        let mut replay = faces.clone();
+        let chosen: Vec<&Chosen> = done.chosen.iter().collect();
+        purifier
+            .decode_chosen(replay.view_mut(), &enc, &chosen, 4)
+            .unwrap();
+        assert_eq!(replay, once);
+        for pass in 0..2 {
+            let enc = purifier.encode(replay.view()).unwrap();
+            let chosen: Vec<&Chosen> = done.later.iter().map(|l| &l[pass]).collect();
+            purifier
+                .decode_chosen(replay.view_mut(), &enc, &chosen, 4)
+                .unwrap();
+        }
+        let worst = (&replay - &again)
+            .mapv(f32::abs)
+            .fold(0.0f32, |a, &b| a.max(b));
+        assert!(worst < 1e-4, "replayed passes differ by {worst}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::Error;
 use crate::bundle::Bundle;
 use crate::detector::Detector;
 use crate::purifier::{
-    Chosen, Encoded, LatentKeeper, Purified, Purifier, PurifyParams, check_params,
+    Chosen, Encoded, LatentKeeper, PassEngine, Purified, Purifier, PurifyParams, check_params,
 };
 
 /// The engine settings of an element as sharing compares them: `key` must be equal for two
@@ -909,6 +909,22 @@ impl PurifierHandle {
             PurifierHandle::Own(p) => p.purify(faces, params, rng),
             PurifierHandle::Shared(a, batching) => a.purify(faces, params, rng, *batching),
         }
+    }
+}
+
+impl PassEngine for PurifierHandle {
+    fn encode(&mut self, faces: ArrayView4<'_, f32>) -> Result<Encoded, Error> {
+        PurifierHandle::encode(self, faces)
+    }
+
+    fn purify_chosen(
+        &mut self,
+        faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<(Vec<Purified>, Vec<Chosen>), Error> {
+        PurifierHandle::purify_chosen(self, faces, enc, params, rng)
     }
 }
 

@@ -8,14 +8,14 @@
 
 use std::time::Instant;
 
-use ndarray::{Array4, ArrayViewMut4, Axis};
+use ndarray::{Array4, Axis};
 use rand::rngs::StdRng;
 
 use super::targets::Target;
 use super::tracks::{Budget, Costs, FacePath, Outcome, Plan, Refresh, Tracks};
 use crate::core::image::FrameMut;
 use crate::frame::{self, FrameError, Paste};
-use crate::purifier::{Chosen, Encoded, Purified, PurifyParams};
+use crate::purifier::{Chosen, Encoded, Passes, Purified, PurifyParams, purify_passes};
 use crate::shared::PurifierHandle;
 
 /// How this frame is purified: the sampling, the refresh rule and the live budget.
@@ -182,15 +182,19 @@ pub(super) fn purify(
     let mut kept_later: Vec<Vec<Chosen>> = vec![Vec::new(); n];
     if !full.is_empty() {
         let started = Instant::now();
-        let (purified, chosen, later) =
-            full_path(purifier, &input, &enc, &full, &params, rate.passes, rng)?;
+        let (purified, done) = full_path(purifier, &input, &enc, &full, &params, rate.passes, rng)?;
         let elapsed = started.elapsed();
         costs
             .sample
             .update(elapsed, full.len() * params.samples * passes);
         timing.full_ms = elapsed.as_secs_f64() * 1000.0 + encode_share * full.len() as f64;
-        scatter(&mut output, &full, &purified.0);
-        for (((&i, result), chosen), later) in full.iter().zip(purified.1).zip(chosen).zip(later) {
+        scatter(&mut output, &full, &purified);
+        let Passes {
+            results: first,
+            chosen,
+            later,
+        } = done;
+        for (((&i, result), chosen), later) in full.iter().zip(first).zip(chosen).zip(later) {
             kept[i] = Some((chosen, result.distance));
             kept_later[i] = later;
             results[i] = Some(result);
@@ -246,10 +250,8 @@ pub(super) fn purify(
     Ok((outcomes, timing))
 }
 
-/// Purifies faces `rows` of `input` in full (one purifier call per pass): their purified
-/// images, the first pass's results and chosen latents (what was measured is the first pass's,
-/// which saw the face as given), and per face the latents the further passes chose.
-#[allow(clippy::type_complexity)]
+/// Purifies faces `rows` of `input` in full ([`purify_passes`]): their purified images and
+/// what each pass chose (the results are the first pass's, which saw the face as given).
 fn full_path(
     purifier: &mut PurifierHandle,
     input: &Array4<f32>,
@@ -258,18 +260,9 @@ fn full_path(
     params: &PurifyParams,
     passes: usize,
     rng: &mut StdRng,
-) -> Result<((Array4<f32>, Vec<Purified>), Vec<Chosen>, Vec<Vec<Chosen>>), FrameError> {
+) -> Result<(Array4<f32>, Passes), FrameError> {
     let mut batch = input.select(Axis(0), rows);
-    let view: ArrayViewMut4<'_, f32> = batch.view_mut();
-    let (results, chosen) =
-        engine(|| purifier.purify_chosen(view, &enc.select(rows), params, rng))?;
-    let mut later = vec![Vec::new(); rows.len()];
-    for _ in 1..passes {
-        let again = engine(|| purifier.encode(batch.view()))?;
-        let (_, picked) = engine(|| purifier.purify_chosen(batch.view_mut(), &again, params, rng))?;
-        for (face, c) in later.iter_mut().zip(picked) {
-            face.push(c);
-        }
-    }
-    Ok(((batch, results), chosen, later))
+    let enc = enc.select(rows);
+    let done = engine(|| purify_passes(purifier, batch.view_mut(), &enc, params, passes, rng))?;
+    Ok((batch, done))
 }

@@ -199,7 +199,7 @@ pub fn calibrate_bundle(
         batch: 64,
         tau: bundle.manifest.tau,
     };
-    let mut defense = Defense::AVae(Box::new(AVaeDefense::load(dir, Backend::Auto, params)?));
+    let mut defense = Defense::AVae(Box::new(AVaeDefense::load(dir, Backend::Auto, params, 1)?));
     let seeds: Vec<u64> = (0..chosen.len() as u64)
         .map(|i| seed.wrapping_add(i))
         .collect();

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use gstavaepurify::engine::{Backend, Device};
-use gstavaepurify::purifier::{Purified, Purifier, PurifyParams};
+use gstavaepurify::purifier::{Purified, Purifier, PurifyParams, purify_passes};
 use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, ImageFormat};
 use ndarray::Array4;
@@ -27,18 +27,23 @@ pub fn quantize(x: &Tensor) -> Tensor {
 pub struct AVaeDefense {
     purifier: Purifier,
     params: PurifyParams,
+    /// The element's `passes`: each further pass purifies the last one's output.
+    passes: usize,
     /// What purification chose for every face since the last [`AVaeDefense::take_log`].
     log: Vec<Purified>,
 }
 
 impl AVaeDefense {
-    /// Loads the bundle in `dir` with `backend` on the CPU.
-    pub fn load(dir: &Path, backend: Backend, params: PurifyParams) -> Result<Self> {
+    /// Loads the bundle in `dir` with `backend` on the CPU; crops are purified over `passes`
+    /// passes as the element does ([`purify_passes`]).
+    pub fn load(dir: &Path, backend: Backend, params: PurifyParams, passes: usize) -> Result<Self> {
+        ensure!(passes >= 1, "passes must be at least 1, got {passes}");
         let purifier = Purifier::load(dir, backend, Device::Cpu)
             .with_context(|| format!("cannot load the bundle '{}'", dir.display()))?;
         Ok(Self {
             purifier,
             params,
+            passes,
             log: Vec::new(),
         })
     }
@@ -69,8 +74,9 @@ impl AVaeDefense {
         &mut self.purifier
     }
 
-    /// Purifies each face with its own generator seeded by `seeds[i]`, so a face's result does
-    /// not depend on the batch it came in.
+    /// Purifies each face (over the defense's passes) with its own generator seeded by
+    /// `seeds[i]`, so a face's result does not depend on the batch it came in. The log keeps
+    /// the first pass's results, which saw the face as given.
     fn purify(&mut self, faces: &Tensor, seeds: &[u64]) -> Result<Tensor> {
         let size = faces.size();
         let n = usize::try_from(size[0])?;
@@ -88,11 +94,20 @@ impl AVaeDefense {
         for (mut face, &seed) in array.outer_iter_mut().zip(seeds) {
             let mut rng = StdRng::seed_from_u64(seed);
             let batch = face.view_mut().insert_axis(ndarray::Axis(0));
-            let results = self
+            let enc = self
                 .purifier
-                .purify(batch, &self.params, &mut rng)
+                .encode(batch.view())
                 .context("A-VAE purification failed")?;
-            self.log.extend(results);
+            let done = purify_passes(
+                &mut self.purifier,
+                batch,
+                &enc,
+                &self.params,
+                self.passes,
+                &mut rng,
+            )
+            .context("A-VAE purification failed")?;
+            self.log.extend(done.results);
         }
         let flat: Vec<f32> = array.into_iter().collect();
         Ok(Tensor::from_slice(&flat)

@@ -182,7 +182,7 @@ fn bundle_row(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let avae = AVaeDefense::load(dir, opts.backend, params)?;
+    let avae = AVaeDefense::load(dir, opts.backend, params, opts.passes)?;
     Ok(LabDefense {
         name: format!("{} (tau {:.3}){suffix}", dir.display(), params.tau),
         provenance,
@@ -918,13 +918,14 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
     let mut out = String::new();
     for model in [ThreatModel::Image, ThreatModel::Crop] {
         out.push_str(&format!(
-            "Robustness lab, {}: {} fold-1 pairs, M = {}, grey-box PGD {} steps, BPDA PGD {} \
-             steps (K = {}, random start; BPDA counts a pair broken if any iterate broke it, \
+            "Robustness lab, {}: {} fold-1 pairs, M = {}, {} A-VAE pass(es), grey-box PGD {} \
+             steps, BPDA PGD {} steps (K = {}, random start; BPDA counts a pair broken if any iterate broke it, \
              final iterate alone in brackets)\n\n| defense | provenance | clean | FGSM 8 | PGD 8 \
              | BPDA PGD 8 | PSNR dB | ms/face |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
             model.label(),
             opts.pairs,
             opts.purify.samples,
+            opts.passes,
             opts.pgd.steps,
             opts.whitebox_pgd.steps,
             opts.eot

@@ -478,7 +478,7 @@ fn attack_settings_markdown(summary: &EvalSummary) -> String {
     let _ = writeln!(
         s,
         "- **A-VAE**: the plugin's `Purifier` on the bundle ({}), M = {} samples, tau = {}, \
-         decoder batch {}; per-face seeds derived from seed {}.\n",
+         {} pass(es), decoder batch {}; per-face seeds derived from seed {}.\n",
         summary
             .purifier
             .get("backend")
@@ -486,6 +486,7 @@ fn attack_settings_markdown(summary: &EvalSummary) -> String {
             .unwrap_or("?"),
         o.purify.samples,
         o.purify.tau,
+        o.passes,
         o.purify.batch,
         o.seed
     );

@@ -55,6 +55,7 @@ pub(super) fn rows(opts: &EvalOptions) -> Result<Vec<LabRow>> {
         &opts.bundle,
         opts.backend,
         opts.purify,
+        opts.passes,
     )?));
     let mut defenses = vec![row("none".into(), Defense::None), row(avae.label(), avae)];
     defenses.extend(Defense::baselines().into_iter().map(|d| row(d.label(), d)));
@@ -112,6 +113,10 @@ pub struct Headline {
     pub samples: usize,
     /// The KL clip tau.
     pub tau: f32,
+    /// The element's `passes` (both threat models).
+    pub passes: usize,
+    /// The element's `context` (image threat model).
+    pub context: f32,
     /// Test pairs of the image rows.
     pub pairs: usize,
     /// Pairs, K and steps of the white-box attack.
@@ -150,6 +155,8 @@ pub(super) fn headline(rows: &[LabRow], summary: &EvalSummary) -> Option<Headlin
         crop_pgd8,
         samples: opts.purify.samples,
         tau: opts.purify.tau,
+        passes: opts.passes,
+        context: opts.context[0],
         pairs: opts.pairs,
         whitebox_pairs: avae.whitebox_pairs,
         eot: opts.image.eot,
@@ -163,13 +170,16 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
     let mut out = String::new();
     if let Some(h) = &summary.headline {
         out.push_str(&format!(
-            "**Headline** (image threat model, {} test pairs, M = {}, tau = {}): no defense \
+            "**Headline** (image threat model, {} test pairs, M = {}, tau = {}, {} pass(es), \
+             context {}): no defense \
              {:.3} clean; A-VAE {:.3} clean, FGSM 8 {:.3}, PGD 8 {:.3}, C&W {:.3}, white-box \
              BPDA + EOT PGD 8 {} ({} pairs, K = {}, {} steps); best baseline under PGD 8: {} \
              {:.3}; crop threat model PGD 8 {}.\n\n",
             h.pairs,
             h.samples,
             h.tau,
+            h.passes,
+            h.context,
             h.clean_none,
             h.clean_avae,
             h.fgsm8,

@@ -99,7 +99,7 @@ pub struct EvalOptions {
     /// Samples per face side of the context's low-pass (`None`: the bundle's encoder input
     /// size, as the element does); the lab makes rows for each value and each `context`.
     pub context_detail: Vec<Option<usize>>,
-    /// The element's `passes` in the image threat model.
+    /// The element's `passes`, in both threat models.
     pub passes: usize,
     /// Grey-box PGD.
     pub pgd: PgdParams,
@@ -194,8 +194,8 @@ pub struct EvalArgs {
     /// repeat it in the lab for rows of each value [default: 0]
     #[arg(long)]
     context_detail: Vec<usize>,
-    /// Image threat model: the element's passes, A-VAE passes over each face, each purifying
-    /// the last one's output [default: the element's]
+    /// The element's passes, A-VAE passes over each face, each purifying the last one's
+    /// output, in both threat models [default: the element's]
     #[arg(long)]
     passes: Option<usize>,
     /// K: purifier draws per white-box EOT gradient [default: 4, --fast 2, --lab 1]
@@ -489,7 +489,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let image_rows = image::rows(opts)?;
     stage_done(&mut seconds, "image threat model", t);
     let (_vs, generator) = attack::generator_from_bundle(&bundle)?;
-    let avae = AVaeDefense::load(&opts.bundle, opts.backend, opts.purify)?;
+    let avae = AVaeDefense::load(&opts.bundle, opts.backend, opts.purify, opts.passes)?;
     let purifier = summary::purifier_info(opts, &bundle, &avae)?;
     let mut defenses: Vec<Defense> = vec![Defense::None, Defense::AVae(Box::new(avae))];
     defenses.extend(Defense::baselines());
@@ -573,13 +573,14 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
 fn print_plan(opts: &EvalOptions, sets: &PairSets, backend: &str) {
     println!(
         "evaluating {} fold-1 pairs ({} same, {} different), thresholds from {} impostor pairs of \
-         folds 2-10; A-VAE M = {}, tau = {}, EOT K = {}; purifier {}",
+         folds 2-10; A-VAE M = {}, tau = {}, {} pass(es), EOT K = {}; purifier {}",
         sets.same.len(),
         sets.same.iter().filter(|&&s| s).count(),
         sets.same.iter().filter(|&&s| !s).count(),
         sets.calib_len,
         opts.purify.samples,
         opts.purify.tau,
+        opts.passes,
         opts.eot,
         backend
     );
