@@ -224,8 +224,10 @@ pub struct Chosen {
     pub clipped: bool,
 }
 
-/// The running nearest candidate's latent of each face, beside [`NearestTracker`]: same
-/// distance, same rule (strictly nearer replaces, ties keep the earlier sample).
+/// The running nearest candidate's latent of each face, beside [`NearestTracker`]: on the
+/// plain path the tracker decides ([`LatentKeeper::keep`]), on the fused path the same rule
+/// decides here ([`LatentKeeper::offer`]: strictly nearer replaces, ties keep the earlier
+/// sample). One purification uses one of the two.
 pub(crate) struct LatentKeeper {
     best: Vec<Option<(f32, usize)>>,
     latents: Array2<f32>,
@@ -250,6 +252,12 @@ impl LatentKeeper {
             self.best[face] = Some((distance, sample));
             self.latents.row_mut(face).assign(&z);
         }
+    }
+
+    /// Keeps sample `sample`'s latent for `face` (the tracker beside it chose it).
+    fn keep(&mut self, face: usize, sample: usize, z: ndarray::ArrayView1<'_, f32>) {
+        self.best[face] = Some((f32::NAN, sample));
+        self.latents.row_mut(face).assign(&z);
     }
 
     pub(crate) fn finish(self, clipped: &[bool]) -> Vec<Chosen> {
@@ -292,6 +300,8 @@ pub struct Purifier {
     engine_seconds: f64,
     /// Which decoder graph runs (fp32 unless [`Purifier::set_precision`] chose int8).
     precision: Precision,
+    /// The block side the nearest candidate is chosen at ([`Purifier::set_selection_block`]).
+    selection_block: usize,
 }
 
 impl Purifier {
@@ -324,7 +334,35 @@ impl Purifier {
             fused,
             engine_seconds: 0.0,
             precision: Precision::Fp32,
+            selection_block: 1,
         })
+    }
+
+    /// Chooses the nearest candidate by the distance between `block x block` means of the
+    /// candidate and the input (1, the default: pixel L2, the paper's rule; see
+    /// [`crate::core::select::block_distance`]). The reported `distance` stays the pixel one.
+    /// A block above 1 runs the plain decoder (the fused graph selects by pixels).
+    pub fn set_selection_block(&mut self, block: usize) -> Result<(), Error> {
+        let side = self.image_size();
+        if block == 0 || !side.is_multiple_of(block) {
+            return Err(Error::InvalidParameter {
+                name: "selection block",
+                value: block.to_string(),
+                expected: "a block side of at least 1 that divides the bundle's image size",
+            });
+        }
+        self.selection_block = block;
+        Ok(())
+    }
+
+    /// The block side the nearest candidate is chosen at (1: pixels).
+    pub fn selection_block(&self) -> usize {
+        self.selection_block
+    }
+
+    /// Whether the fused graph may choose (it selects by pixel distance only).
+    fn fused_selects(&self) -> bool {
+        self.fused.is_some() && self.selection_block == 1
     }
 
     /// Uses (or stops using) the bundle's fused `purifier.onnx` graph on `backend`/`device`.
@@ -521,7 +559,7 @@ impl Purifier {
             return Ok(Vec::new());
         }
         let enc = self.encode(faces.view())?;
-        if self.fused.is_some() && observe.is_none() {
+        if self.fused_selects() && observe.is_none() {
             return self.purify_fused(faces, &enc, params, rng, None);
         }
         self.purify_plain(faces, &enc, params, rng, observe, None)
@@ -549,7 +587,7 @@ impl Purifier {
             });
         }
         let mut keeper = LatentKeeper::new(n, enc.mu.ncols());
-        let results = if self.fused.is_some() {
+        let results = if self.fused_selects() {
             self.purify_fused(faces, enc, params, rng, Some(&mut keeper))?
         } else {
             self.purify_plain(faces, enc, params, rng, None, Some(&mut keeper))?
@@ -656,7 +694,7 @@ impl Purifier {
         let chunk = self.effective_batch(params.batch).min(total);
         let mut z = Array2::<f32>::zeros((chunk, d));
         let mut skip = Array4::<f32>::zeros((chunk, c, 16, 16));
-        let mut tracker = NearestTracker::new(n, s);
+        let mut tracker = NearestTracker::new(n, s).with_block(self.selection_block);
         let mut clipped = vec![false; n];
         let mut start = 0;
         while start < total {
@@ -695,10 +733,11 @@ impl Purifier {
                     });
                 }
                 let input = faces.index_axis(Axis(0), face);
-                if let Some(keeper) = keeper.as_mut() {
-                    keeper.offer(face, sample, squared_distance(image, input), z.row(r));
+                if tracker.offer(face, sample, image, input)
+                    && let Some(keeper) = keeper.as_mut()
+                {
+                    keeper.keep(face, sample, z.row(r));
                 }
-                tracker.offer(face, sample, image, input);
             }
             start += b;
         }

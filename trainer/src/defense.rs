@@ -48,6 +48,15 @@ impl AVaeDefense {
         })
     }
 
+    /// Chooses the nearest candidate at `block x block` block means (1: pixels; see
+    /// [`Purifier::set_selection_block`]).
+    pub fn with_selection_block(mut self, block: usize) -> Result<Self> {
+        self.purifier
+            .set_selection_block(block)
+            .with_context(|| format!("--select-block {block}"))?;
+        Ok(self)
+    }
+
     /// The purification parameters (M, batch, tau).
     pub fn params(&self) -> &PurifyParams {
         &self.params
@@ -180,7 +189,13 @@ impl Defense {
     pub fn label(&self) -> String {
         match self {
             Defense::None => "No Defense".into(),
-            Defense::AVae(a) => format!("A-VAE (M = {}, tau = {})", a.params.samples, a.params.tau),
+            Defense::AVae(a) => match a.purifier.selection_block() {
+                1 => format!("A-VAE (M = {}, tau = {})", a.params.samples, a.params.tau),
+                k => format!(
+                    "A-VAE (M = {}, tau = {}, chosen at {k}x{k} blocks)",
+                    a.params.samples, a.params.tau
+                ),
+            },
             Defense::DownUp { size } => format!("Down-up {size}x{size} (area, bicubic)"),
             Defense::Jpeg { quality } => format!("JPEG q{quality}"),
             Defense::Median { size } => format!("Median {size}x{size}"),

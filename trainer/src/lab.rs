@@ -182,9 +182,15 @@ fn bundle_row(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let avae = AVaeDefense::load(dir, opts.backend, params, opts.passes)?;
+    let avae = AVaeDefense::load(dir, opts.backend, params, opts.passes)?
+        .with_selection_block(opts.select_block)?;
+    let select = if opts.select_block > 1 {
+        format!(", chosen at {0}x{0} blocks", opts.select_block)
+    } else {
+        String::new()
+    };
     Ok(LabDefense {
-        name: format!("{} (tau {:.3}){suffix}", dir.display(), params.tau),
+        name: format!("{} (tau {:.3}{select}){suffix}", dir.display(), params.tau),
         provenance,
         defense: Defense::AVae(Box::new(avae)),
         template: bundle.manifest.landmark_template,
@@ -368,6 +374,7 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
         "context": opts.context,
         "context_detail": opts.context_detail,
         "passes": opts.passes,
+        "select_block": opts.select_block,
         "threat_models": opts.lab_threat_models,
         "rows": rows,
         "wall_seconds": start.elapsed().as_secs_f64(),
@@ -822,8 +829,9 @@ fn white_box(
     let align = subset.rows(&space.aligns[PROBE]);
     let mut adv = Vec::new();
     let mut broken = Vec::with_capacity(n);
+    // Every setting the chunks depend on (the pipeline: passes, context, feather).
     let key = format!(
-        "{name}|{}|{n}|{}|{:?}|{}|{threshold}",
+        "{name}|{}|{n}|{}|{:?}|{}|{threshold}|{pipeline:?}",
         space.model.key(),
         plan.eot,
         plan.whitebox_pgd,

@@ -51,12 +51,10 @@ pub(super) fn rows(opts: &EvalOptions) -> Result<Vec<LabRow>> {
         context: opts.context[0],
         context_detail: opts.context_detail[0].unwrap_or(bundle.manifest.encoder_input_size),
     };
-    let avae = Defense::AVae(Box::new(AVaeDefense::load(
-        &opts.bundle,
-        opts.backend,
-        opts.purify,
-        opts.passes,
-    )?));
+    let avae = Defense::AVae(Box::new(
+        AVaeDefense::load(&opts.bundle, opts.backend, opts.purify, opts.passes)?
+            .with_selection_block(opts.select_block)?,
+    ));
     let mut defenses = vec![row("none".into(), Defense::None), row(avae.label(), avae)];
     defenses.extend(Defense::baselines().into_iter().map(|d| row(d.label(), d)));
     let plan = Plan {

@@ -101,6 +101,8 @@ pub struct EvalOptions {
     pub context_detail: Vec<Option<usize>>,
     /// The element's `passes`, in both threat models.
     pub passes: usize,
+    /// Block side at which A-VAE chooses the nearest candidate (1: pixels).
+    pub select_block: usize,
     /// Grey-box PGD.
     pub pgd: PgdParams,
     /// White-box (BPDA) PGD.
@@ -198,6 +200,11 @@ pub struct EvalArgs {
     /// output, in both threat models [default: the element's]
     #[arg(long)]
     passes: Option<usize>,
+    /// Block side at which A-VAE chooses the nearest candidate: 1 is pixel L2 (the paper's
+    /// rule); k > 1 compares k x k block means, so detail finer than the blocks cannot steer
+    /// the choice
+    #[arg(long, default_value_t = 1)]
+    select_block: usize,
     /// K: purifier draws per white-box EOT gradient [default: 4, --fast 2, --lab 1]
     #[arg(long)]
     eot: Option<usize>,
@@ -359,6 +366,7 @@ impl EvalArgs {
                 .passes
                 .unwrap_or(gstavaepurify::frame::DEFAULT_PASSES)
                 .max(1),
+            select_block: self.select_block,
             context_detail: if self.context_detail.is_empty() {
                 vec![None]
             } else {
@@ -489,7 +497,8 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let image_rows = image::rows(opts)?;
     stage_done(&mut seconds, "image threat model", t);
     let (_vs, generator) = attack::generator_from_bundle(&bundle)?;
-    let avae = AVaeDefense::load(&opts.bundle, opts.backend, opts.purify, opts.passes)?;
+    let avae = AVaeDefense::load(&opts.bundle, opts.backend, opts.purify, opts.passes)?
+        .with_selection_block(opts.select_block)?;
     let purifier = summary::purifier_info(opts, &bundle, &avae)?;
     let mut defenses: Vec<Defense> = vec![Defense::None, Defense::AVae(Box::new(avae))];
     defenses.extend(Defense::baselines());

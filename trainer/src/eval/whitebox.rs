@@ -193,13 +193,15 @@ impl Evaluation<'_> {
         let bar = progress_bar(n as u64, &format!("white-box {}", defense.key()));
         // Every setting the chunks depend on: a stopped run picks up the finished ones.
         let key = format!(
-            "crop|{}|{:?}|{}|{n}|{}|{eot}|{:?}|{}|{threshold}",
+            "crop|{}|{:?}|{}|{n}|{}|{eot}|{:?}|{}|{threshold}|passes {}|select {}",
             opts.bundle.display(),
             opts.purify,
             defense.key(),
             opts.chunk,
             opts.whitebox_pgd,
-            opts.seed
+            opts.seed,
+            opts.passes,
+            opts.select_block
         );
         let stem = format!("whitebox-crop-{}", defense.key());
         for first in (0..n).step_by(opts.chunk) {
