@@ -922,14 +922,21 @@ mod tests {
     use ndarray::Array3;
     use rand::SeedableRng;
 
+    /// The tiny test bundle on tract, and two faces of its size drawn from a pattern.
+    fn tiny_with_faces(
+        pattern: impl Fn(usize, usize, usize, usize) -> f32,
+    ) -> (Purifier, Array4<f32>) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
+        let purifier = Purifier::load(&dir, Backend::Tract, Device::Cpu).unwrap();
+        let s = purifier.image_size();
+        let faces = Array4::from_shape_fn((2, 3, s, s), |(n, c, y, x)| pattern(n, c, y, x));
+        (purifier, faces)
+    }
+
     #[test]
     fn the_observer_sees_every_candidate_and_changes_nothing() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
-        let mut purifier = Purifier::load(&dir, Backend::Tract, Device::Cpu).unwrap();
-        let s = purifier.image_size();
-        let faces = Array4::from_shape_fn((2, 3, s, s), |(n, c, y, x)| {
-            ((n * 7 + c * 3 + y + 2 * x) % 17) as f32 / 8.5 - 1.0
-        });
+        let (mut purifier, faces) =
+            tiny_with_faces(|n, c, y, x| ((n * 7 + c * 3 + y + 2 * x) % 17) as f32 / 8.5 - 1.0);
         let params = PurifyParams {
             samples: 5,
             batch: 3,
@@ -975,12 +982,8 @@ mod tests {
     fn passes_purify_the_output_again_as_purify_does() {
         // The element (through `purify_passes`, keeping every pass's latent) and a repeated
         // `purify` must give the same faces for a seed: the lab measures the latter's route.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
-        let mut purifier = Purifier::load(&dir, Backend::Tract, Device::Cpu).unwrap();
-        let s = purifier.image_size();
-        let faces = Array4::from_shape_fn((2, 3, s, s), |(n, c, y, x)| {
-            ((n * 5 + c * 2 + 3 * y + x) % 13) as f32 / 6.5 - 1.0
-        });
+        let (mut purifier, faces) =
+            tiny_with_faces(|n, c, y, x| ((n * 5 + c * 2 + 3 * y + x) % 13) as f32 / 6.5 - 1.0);
         let params = PurifyParams {
             samples: 4,
             batch: 4,

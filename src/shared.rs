@@ -865,11 +865,6 @@ impl PurifierHandle {
         }
     }
 
-    /// [`Purifier::encode`] (a shared engine runs it alone).
-    pub fn encode(&mut self, faces: ArrayView4<'_, f32>) -> Result<Encoded, Error> {
-        self.with_purifier(|p| p.encode(faces))
-    }
-
     /// [`Purifier::decode_chosen`] (a shared engine runs it alone: one decoder run per face).
     pub fn decode_chosen(
         &mut self,
@@ -879,23 +874,6 @@ impl PurifierHandle {
         batch: usize,
     ) -> Result<Vec<Purified>, Error> {
         self.with_purifier(|p| p.decode_chosen(faces, enc, chosen, batch))
-    }
-
-    /// [`Purifier::purify_chosen`]: through the batching scheduler when shared, with the same
-    /// results for a given `rng` state.
-    pub fn purify_chosen(
-        &mut self,
-        faces: ArrayViewMut4<'_, f32>,
-        enc: &Encoded,
-        params: &PurifyParams,
-        rng: &mut StdRng,
-    ) -> Result<(Vec<Purified>, Vec<Chosen>), Error> {
-        match self {
-            PurifierHandle::Own(p) => p.purify_chosen(faces, enc, params, rng),
-            PurifierHandle::Shared(a, batching) => {
-                a.purify_chosen(faces, enc, params, rng, *batching)
-            }
-        }
     }
 
     /// [`Purifier::purify`]: through the batching scheduler when shared.
@@ -913,10 +891,13 @@ impl PurifierHandle {
 }
 
 impl PassEngine for PurifierHandle {
+    /// [`Purifier::encode`] (a shared engine runs it alone).
     fn encode(&mut self, faces: ArrayView4<'_, f32>) -> Result<Encoded, Error> {
-        PurifierHandle::encode(self, faces)
+        self.with_purifier(|p| p.encode(faces))
     }
 
+    /// [`Purifier::purify_chosen`]: through the batching scheduler when shared, with the same
+    /// results for a given `rng` state.
     fn purify_chosen(
         &mut self,
         faces: ArrayViewMut4<'_, f32>,
@@ -924,7 +905,12 @@ impl PassEngine for PurifierHandle {
         params: &PurifyParams,
         rng: &mut StdRng,
     ) -> Result<(Vec<Purified>, Vec<Chosen>), Error> {
-        PurifierHandle::purify_chosen(self, faces, enc, params, rng)
+        match self {
+            PurifierHandle::Own(p) => p.purify_chosen(faces, enc, params, rng),
+            PurifierHandle::Shared(a, batching) => {
+                a.purify_chosen(faces, enc, params, rng, *batching)
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use super::targets::Target;
 use super::tracks::{Budget, Costs, FacePath, Outcome, Plan, Refresh, Tracks};
 use crate::core::image::FrameMut;
 use crate::frame::{self, FrameError, Paste};
-use crate::purifier::{Chosen, Encoded, Passes, Purified, PurifyParams, purify_passes};
+use crate::purifier::{Chosen, Encoded, PassEngine, Passes, Purified, PurifyParams, purify_passes};
 use crate::shared::PurifierHandle;
 
 /// How this frame is purified: the sampling, the refresh rule and the live budget.
