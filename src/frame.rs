@@ -119,6 +119,10 @@ pub fn purify_faces(
     storage: &mut Vec<f32>,
 ) -> Result<Vec<Purified>, FrameError> {
     let unreadable = |err: crate::Error| FrameError::Unreadable(err.to_string());
+    if faces.is_empty() {
+        // Nothing to encode: the engines are never run on an empty batch.
+        return Ok(Vec::new());
+    }
     let side = purifier.image_size();
     let n = faces.len();
     storage.resize(n * 3 * side * side, 0.0);
@@ -432,5 +436,39 @@ mod tests {
         // A 2 x 2 block inside the face is flat after pixelation.
         assert_eq!(px(&data, 4, 4), px(&data, 5, 5));
         assert_ne!(data, before);
+    }
+
+    #[test]
+    fn no_faces_purify_nothing_and_leave_the_frame_alone() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
+        let mut purifier = Purifier::load(
+            &dir,
+            crate::engine::Backend::Tract,
+            crate::engine::Device::Cpu,
+        )
+        .unwrap();
+        let (w, h) = (8, 6);
+        let mut data: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+        let before = data.clone();
+        let mut frame = FrameMut::new(&mut data, w, h, w * 3, PixelLayout::Rgb).unwrap();
+        let params = PurifyParams {
+            samples: 2,
+            batch: 2,
+            tau: purifier.default_tau(),
+        };
+        let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(0);
+        let results = purify_faces(
+            &mut purifier,
+            &mut frame,
+            &[],
+            &params,
+            DEFAULT_PASSES,
+            &Paste::feathered(0.15),
+            &mut rng,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert!(results.is_empty());
+        assert_eq!(data, before);
     }
 }
