@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use crate::core::align::{self, Similarity};
 use crate::core::image::{self, FrameMut, FrameRef, Region};
 use crate::core::resample;
-use crate::purifier::{Purified, Purifier, PurifyParams, purify_passes};
+use crate::purifier::{Purified, Purifier, PurifyParams};
 
 /// Where one face lies in its frame, and so how it is cut out and put back.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,7 +46,33 @@ impl Placement {
     pub fn bounds(&self, side: usize, width: usize, height: usize) -> Option<Region> {
         match self {
             Placement::Frame(region) | Placement::Box(region) => Some(*region),
-            Placement::Aligned(to_face) => aligned_bounds(to_face, side, width, height),
+            Placement::Aligned(to_face) => aligned_bounds(to_face, 0.0, side, width, height),
+        }
+    }
+
+    /// The frame region that pasting this face can write: [`Placement::bounds`] widened by a
+    /// context of `margin` x the face's side on every edge (see [`soften_context`]) and two
+    /// pixels for the resampling kernels, clipped to the frame.
+    pub fn covers(&self, side: usize, margin: f32, width: usize, height: usize) -> Option<Region> {
+        let widen = |region: Region, by: f32| {
+            let dx = (region.width as f32 * by).ceil() as usize + 2;
+            let dy = (region.height as f32 * by).ceil() as usize + 2;
+            let (x, y) = (region.x.saturating_sub(dx), region.y.saturating_sub(dy));
+            Region {
+                x,
+                y,
+                width: (region.x + region.width + dx).min(width).saturating_sub(x),
+                height: (region.y + region.height + dy)
+                    .min(height)
+                    .saturating_sub(y),
+            }
+        };
+        match self {
+            Placement::Frame(region) => Some(widen(*region, 0.0)),
+            Placement::Box(region) => Some(widen(*region, margin)),
+            Placement::Aligned(to_face) => {
+                aligned_bounds(to_face, margin, side, width, height).map(|r| widen(r, 0.0))
+            }
         }
     }
 }
@@ -103,10 +129,11 @@ impl Paste {
 
 /// Reads, purifies and writes back every face of `frame` in one purifier call per pass, pasted
 /// as `paste` says (feathered edge, low-passed context). With `passes` > 1 each further pass
-/// purifies the last pass's output again; the results (distance, candidate, the alarm's
-/// signals) are the first pass's, which saw the face as given. `storage` holds the face batch
-/// between calls (it grows to `faces.len() * 3 * S * S`). On error the frame is untouched:
-/// faces are written only once all of them are purified.
+/// reads the faces again from the frame the last pass was pasted into and purifies them again,
+/// exactly as `passes` `avaepurify` elements in a row would. The results (distance,
+/// candidate, the alarm's signals) are the first pass's, which saw the face as given.
+/// `storage` holds the face batch between calls (it grows to `faces.len() * 3 * S * S`). On
+/// error the frame is untouched: the rows a pass may write are kept and put back.
 #[allow(clippy::too_many_arguments)]
 pub fn purify_faces(
     purifier: &mut Purifier,
@@ -128,29 +155,101 @@ pub fn purify_faces(
     storage.resize(n * 3 * side * side, 0.0);
     let mut batch = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
         .map_err(|err| FrameError::Unreadable(format!("face batch: {err}")))?;
+    let kept = Snapshot::take(frame, faces.iter(), side, paste);
 
-    let source = frame.as_frame_ref();
-    for (placement, face) in faces.iter().zip(batch.axis_iter_mut(Axis(0))) {
-        read(&source, placement, face).map_err(unreadable)?;
+    let mut run = || -> Result<Vec<Purified>, FrameError> {
+        let mut first = None;
+        for _ in 0..passes.max(1) {
+            read_all(&frame.as_frame_ref(), faces.iter(), batch.view_mut()).map_err(unreadable)?;
+            let results = engine_call(|| {
+                let enc = purifier.encode(batch.view())?;
+                purifier.purify_encoded(batch.view_mut(), &enc, params, rng)
+            })?;
+            if results.len() != n {
+                return Err(FrameError::Engine(format!(
+                    "the purifier returned {} results for {n} faces",
+                    results.len()
+                )));
+            }
+            first.get_or_insert(results);
+            let pasted: Vec<(&Placement, ArrayView3<'_, f32>)> =
+                faces.iter().zip(batch.axis_iter(Axis(0))).collect();
+            paste_all(frame, &pasted, paste).map_err(unreadable)?;
+        }
+        Ok(first.unwrap_or_default())
+    };
+    let outcome = run();
+    if outcome.is_err() {
+        kept.restore(frame);
+    }
+    outcome
+}
+
+/// Runs `f` on the purifier, turning an error or a panic into [`FrameError::Engine`].
+pub fn engine_call<T>(f: impl FnOnce() -> Result<T, crate::Error>) -> Result<T, FrameError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| FrameError::Engine("the purifier panicked (see the log above)".to_owned()))?
+        .map_err(|err| FrameError::Engine(err.to_string()))
+}
+
+/// Cuts every face of `faces` out of `frame` into the rows of `batch` (`[N, 3, S, S]`).
+pub fn read_all<'p>(
+    frame: &FrameRef<'_>,
+    faces: impl IntoIterator<Item = &'p Placement>,
+    mut batch: ArrayViewMut4<'_, f32>,
+) -> Result<(), crate::Error> {
+    for (placement, face) in faces.into_iter().zip(batch.axis_iter_mut(Axis(0))) {
+        read(frame, placement, face)?;
+    }
+    Ok(())
+}
+
+/// The frame rows that pasting some faces can write (their crops, feathered edges and
+/// contexts), copied before the first paste so that a failure in a later pass can put the
+/// frame back as it was.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    start: usize,
+    bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Copies the rows of `frame` that pasting `faces` (`side` x `side`, as `paste` says) can
+    /// write.
+    pub fn take<'p>(
+        frame: &FrameMut<'_>,
+        faces: impl IntoIterator<Item = &'p Placement>,
+        side: usize,
+        paste: &Paste,
+    ) -> Snapshot {
+        let margin = paste.context.max(0.0);
+        let (mut y0, mut y1) = (frame.height, 0);
+        for placement in faces {
+            if let Some(r) = placement.covers(side, margin, frame.width, frame.height) {
+                y0 = y0.min(r.y);
+                y1 = y1.max(r.y + r.height);
+            }
+        }
+        if y1 <= y0 {
+            return Snapshot::default();
+        }
+        let start = (y0 * frame.stride).min(frame.data.len());
+        let end = (y1 * frame.stride).min(frame.data.len());
+        Snapshot {
+            start,
+            bytes: frame.data[start..end].to_vec(),
+        }
     }
 
-    let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let enc = purifier.encode(batch.view())?;
-        purify_passes(purifier, batch.view_mut(), &enc, params, passes, rng).map(|p| p.results)
-    }))
-    .map_err(|_| FrameError::Engine("the purifier panicked (see the log above)".to_owned()))?
-    .map_err(|err| FrameError::Engine(err.to_string()))?;
-    if results.len() != n {
-        return Err(FrameError::Engine(format!(
-            "the purifier returned {} results for {n} faces",
-            results.len()
-        )));
+    /// Puts the copied rows back.
+    pub fn restore(&self, frame: &mut FrameMut<'_>) {
+        if let Some(rows) = frame
+            .data
+            .get_mut(self.start..self.start + self.bytes.len())
+        {
+            rows.copy_from_slice(&self.bytes);
+        }
     }
-
-    let faces: Vec<(&Placement, ArrayView3<'_, f32>)> =
-        faces.iter().zip(batch.axis_iter(Axis(0))).collect();
-    paste_all(frame, &faces, paste).map_err(unreadable)?;
-    Ok(results)
 }
 
 /// Writes every purified face back: first every face's context is low-passed (so that one
@@ -299,13 +398,14 @@ fn paste_antialiased(
 /// frame to face), clipped to the frame; `None` when it misses the frame.
 fn aligned_bounds(
     to_face: &Similarity,
+    margin: f32,
     side: usize,
     width: usize,
     height: usize,
 ) -> Option<Region> {
     let back = to_face.inverse()?;
-    let side = side as f32;
-    let corners = [[0.0, 0.0], [side, 0.0], [0.0, side], [side, side]].map(|p| back.apply(p));
+    let (lo, hi) = (-margin * side as f32, (1.0 + margin) * side as f32);
+    let corners = [[lo, lo], [hi, lo], [lo, hi], [hi, hi]].map(|p| back.apply(p));
     let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
     for [x, y] in corners {
         if !x.is_finite() || !y.is_finite() {
@@ -438,15 +538,143 @@ mod tests {
         assert_ne!(data, before);
     }
 
-    #[test]
-    fn no_faces_purify_nothing_and_leave_the_frame_alone() {
+    fn tiny() -> Purifier {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
-        let mut purifier = Purifier::load(
+        Purifier::load(
             &dir,
             crate::engine::Backend::Tract,
             crate::engine::Device::Cpu,
         )
+        .unwrap()
+    }
+
+    /// A 160 x 120 frame of smooth gradients and two faces: a box and an aligned one.
+    fn two_faces() -> (Vec<u8>, [Placement; 2]) {
+        let (w, h) = (160, 120);
+        let data: Vec<u8> = (0..w * h * 3)
+            .map(|i| {
+                let (p, c) = (i / 3, i % 3);
+                ((p % w) * (2 + c) + (p / w) * 3) as u8
+            })
+            .collect();
+        let boxed = Placement::Box(Region {
+            x: 10,
+            y: 20,
+            width: 48,
+            height: 48,
+        });
+        let turned = Placement::Aligned(Similarity {
+            a: 0.9,
+            b: 0.3,
+            tx: -70.0,
+            ty: -20.0,
+        });
+        (data, [boxed, turned])
+    }
+
+    fn with_context() -> Paste {
+        Paste {
+            feather: 0.15,
+            context: 0.5,
+            context_detail: 32,
+        }
+    }
+
+    #[test]
+    fn further_passes_read_the_pasted_frame_as_elements_in_a_row_would() {
+        let mut purifier = tiny();
+        let params = PurifyParams {
+            samples: 3,
+            batch: 4,
+            tau: purifier.default_tau(),
+        };
+        let (start, faces) = two_faces();
+        let run = |purifier: &mut Purifier, passes: usize, times: usize| {
+            let mut data = start.clone();
+            let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+            let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(7);
+            let mut first = Vec::new();
+            for k in 0..times {
+                let results = purify_faces(
+                    purifier,
+                    &mut frame,
+                    &faces,
+                    &params,
+                    passes,
+                    &with_context(),
+                    &mut rng,
+                    &mut Vec::new(),
+                )
+                .unwrap();
+                if k == 0 {
+                    first = results;
+                }
+            }
+            (data, first)
+        };
+        let (two_passes, results) = run(&mut purifier, 2, 1);
+        let (two_calls, first_call) = run(&mut purifier, 1, 2);
+        let (one_pass, _) = run(&mut purifier, 1, 1);
+        assert_eq!(two_passes, two_calls, "two passes = two elements in a row");
+        assert_eq!(results, first_call, "the results are the first pass's");
+        assert_ne!(two_passes, one_pass, "the second pass changed the frame");
+    }
+
+    #[test]
+    fn the_snapshot_holds_every_pixel_a_paste_writes() {
+        let mut purifier = tiny();
+        let params = PurifyParams {
+            samples: 2,
+            batch: 2,
+            tau: purifier.default_tau(),
+        };
+        let (start, faces) = two_faces();
+        let mut data = start.clone();
+        let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+        let kept = Snapshot::take(&frame, faces.iter(), 64, &with_context());
+        let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(3);
+        purify_faces(
+            &mut purifier,
+            &mut frame,
+            &faces,
+            &params,
+            3,
+            &with_context(),
+            &mut rng,
+            &mut Vec::new(),
+        )
         .unwrap();
+        let covered: Vec<Region> = faces
+            .iter()
+            .map(|f| f.covers(64, 0.5, 160, 120).unwrap())
+            .collect();
+        let inside = |x: usize, y: usize| {
+            covered
+                .iter()
+                .any(|r| (r.x..r.x + r.width).contains(&x) && (r.y..r.y + r.height).contains(&y))
+        };
+        let changed: Vec<(usize, usize)> = (0..160 * 120)
+            .filter(|p| data[p * 3..p * 3 + 3] != start[p * 3..p * 3 + 3])
+            .map(|p| (p % 160, p / 160))
+            .collect();
+        assert!(
+            changed.len() > 1000,
+            "the faces were pasted: {}",
+            changed.len()
+        );
+        let outside: Vec<_> = changed.iter().filter(|&&(x, y)| !inside(x, y)).collect();
+        assert!(
+            outside.is_empty(),
+            "written outside the covered regions: {outside:?}"
+        );
+        let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+        kept.restore(&mut frame);
+        assert_eq!(data, start, "the snapshot puts the frame back");
+    }
+
+    #[test]
+    fn no_faces_purify_nothing_and_leave_the_frame_alone() {
+        let mut purifier = tiny();
         let (w, h) = (8, 6);
         let mut data: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
         let before = data.clone();

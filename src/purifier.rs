@@ -576,6 +576,32 @@ impl Purifier {
         params: &PurifyParams,
         rng: &mut StdRng,
     ) -> Result<(Vec<Purified>, Vec<Chosen>), Error> {
+        let mut keeper = LatentKeeper::new(faces.dim().0, enc.mu.ncols());
+        let results = self.purify_kept(faces, enc, params, rng, Some(&mut keeper))?;
+        let clipped: Vec<bool> = results.iter().map(|r| r.clipped).collect();
+        Ok((results, keeper.finish(&clipped)))
+    }
+
+    /// [`Purifier::purify_chosen`] without keeping the chosen latents: the same choice, for
+    /// callers that never reuse them (the frame purifier).
+    pub fn purify_encoded(
+        &mut self,
+        faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+    ) -> Result<Vec<Purified>, Error> {
+        self.purify_kept(faces, enc, params, rng, None)
+    }
+
+    fn purify_kept(
+        &mut self,
+        faces: ArrayViewMut4<'_, f32>,
+        enc: &Encoded,
+        params: &PurifyParams,
+        rng: &mut StdRng,
+        keeper: Option<&mut LatentKeeper>,
+    ) -> Result<Vec<Purified>, Error> {
         check_params(params)?;
         self.check_faces(faces.dim())?;
         let n = faces.dim().0;
@@ -586,14 +612,11 @@ impl Purifier {
                 expected: "the encoder outputs of exactly these faces",
             });
         }
-        let mut keeper = LatentKeeper::new(n, enc.mu.ncols());
-        let results = if self.fused_selects() {
-            self.purify_fused(faces, enc, params, rng, Some(&mut keeper))?
+        if self.fused_selects() {
+            self.purify_fused(faces, enc, params, rng, keeper)
         } else {
-            self.purify_plain(faces, enc, params, rng, None, Some(&mut keeper))?
-        };
-        let clipped: Vec<bool> = results.iter().map(|r| r.clipped).collect();
-        Ok((results, keeper.finish(&clipped)))
+            self.purify_plain(faces, enc, params, rng, None, keeper)
+        }
     }
 
     /// Replaces each of `faces` (`[N, 3, S, S]`, encoded as `enc`) by the decoding of its kept

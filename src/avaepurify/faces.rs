@@ -3,8 +3,9 @@
 //! others are purified in full (M samples, one call for all of them). A reused face whose
 //! decoding is too far from it is purified in full at once. Under a live budget, faces get a
 //! full purification only while the measured costs say it fits; the others take the reuse
-//! path, or go out unpurified when they have no latent yet. The frame is written only once
-//! every face is done, so on error it is untouched.
+//! path, or go out unpurified when they have no latent yet. With further passes every pass
+//! reads its faces again from the frame the last pass was pasted into (as elements in a row
+//! would); on error the rows pasted so far are put back, so the frame is untouched.
 
 use std::time::Instant;
 
@@ -14,8 +15,8 @@ use rand::rngs::StdRng;
 use super::targets::Target;
 use super::tracks::{Budget, Costs, FacePath, Outcome, Plan, Refresh, Tracks};
 use crate::core::image::FrameMut;
-use crate::frame::{self, FrameError, Paste};
-use crate::purifier::{Chosen, Encoded, PassEngine, Passes, Purified, PurifyParams, purify_passes};
+use crate::frame::{self, FrameError, Paste, Snapshot, engine_call as engine};
+use crate::purifier::{Chosen, PassEngine, Purified, PurifyParams};
 use crate::shared::PurifierHandle;
 
 /// How this frame is purified: the sampling, the refresh rule and the live budget.
@@ -41,13 +42,6 @@ pub(super) struct Work<'a> {
     pub(super) rng: &'a mut StdRng,
     pub(super) tracks: &'a mut Tracks,
     pub(super) costs: &'a mut Costs,
-}
-
-/// Runs `f` on the purifier, turning an error or a panic into [`FrameError::Engine`].
-fn engine<T>(f: impl FnOnce() -> Result<T, crate::Error>) -> Result<T, FrameError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map_err(|_| FrameError::Engine("the purifier panicked (see the log above)".to_owned()))?
-        .map_err(|err| FrameError::Engine(err.to_string()))
 }
 
 /// Copies faces `rows` of `batch` into `out`.
@@ -108,6 +102,7 @@ pub(super) fn purify(
         let after = costs.copy.ms() * n as f64;
         reuse.truncate(budget.fitting(reuse.len(), costs.reuse.ms(), after));
     }
+    let mut reuse_time = std::time::Duration::ZERO;
     if !reuse.is_empty() {
         let chosen: Vec<&Chosen> = reuse
             .iter()
@@ -123,30 +118,7 @@ pub(super) fn purify(
                 rate.params.batch,
             )
         })?;
-        // Further passes: each decodes the latent its pass chose at the last full purification
-        // with the encoding of the previous pass's output.
-        for k in 0..rate.passes.saturating_sub(1) {
-            let (rows, latents): (Vec<usize>, Vec<&Chosen>) = reuse
-                .iter()
-                .enumerate()
-                .filter_map(|(r, &i)| {
-                    let id = ids[i]?;
-                    tracks.later(id).get(k).map(|c| (r, c))
-                })
-                .unzip();
-            if rows.is_empty() {
-                break;
-            }
-            let mut sub = batch.select(Axis(0), &rows);
-            let sub_enc = engine(|| purifier.encode(sub.view()))?;
-            engine(|| {
-                purifier.decode_chosen(sub.view_mut(), &sub_enc, &latents, rate.params.batch)
-            })?;
-            scatter(&mut batch, &rows, &sub);
-        }
-        let elapsed = started.elapsed();
-        costs.reuse.update(elapsed, reuse.len());
-        timing.reuse_ms = elapsed.as_secs_f64() * 1000.0 + encode_share * reuse.len() as f64;
+        reuse_time += started.elapsed();
         scatter(&mut output, &reuse, &batch);
         for (&i, result) in reuse.iter().zip(decoded) {
             let id = ids[i].unwrap_or_default();
@@ -180,25 +152,105 @@ pub(super) fn purify(
     }
     let mut kept: Vec<Option<(Chosen, f32)>> = vec![None; n];
     let mut kept_later: Vec<Vec<Chosen>> = vec![Vec::new(); n];
+    let mut full_time = std::time::Duration::ZERO;
     if !full.is_empty() {
+        let mut batch = input.select(Axis(0), &full);
         let started = Instant::now();
-        let (purified, done) = full_path(purifier, &input, &enc, &full, &params, rate.passes, rng)?;
-        let elapsed = started.elapsed();
-        costs
-            .sample
-            .update(elapsed, full.len() * params.samples * passes);
-        timing.full_ms = elapsed.as_secs_f64() * 1000.0 + encode_share * full.len() as f64;
-        scatter(&mut output, &full, &purified);
-        let Passes {
-            results: first,
-            chosen,
-            later,
-        } = done;
-        for (((&i, result), chosen), later) in full.iter().zip(first).zip(chosen).zip(later) {
+        let (first, chosen) =
+            engine(|| purifier.purify_chosen(batch.view_mut(), &enc.select(&full), &params, rng))?;
+        full_time += started.elapsed();
+        scatter(&mut output, &full, &batch);
+        for ((&i, result), chosen) in full.iter().zip(first).zip(chosen) {
             kept[i] = Some((chosen, result.distance));
-            kept_later[i] = later;
             results[i] = Some(result);
         }
+    }
+
+    // Paste the first pass; every further pass reads its faces from the pasted frame: the
+    // full ones choose again among M, the reused ones decode the latent that pass chose at
+    // their track's last full purification (when it kept one).
+    let done: Vec<usize> = (0..n).filter(|&i| results[i].is_some()).collect();
+    let paste_started = Instant::now();
+    let placements = |rows: &[usize]| -> Vec<&frame::Placement> {
+        rows.iter().map(|&i| &targets[i].placement).collect()
+    };
+    let snapshot = if passes > 1 {
+        Snapshot::take(frame, placements(&done), side, &rate.paste)
+    } else {
+        Snapshot::default()
+    };
+    let mut run = || -> Result<(), FrameError> {
+        paste_rows(frame, targets, &output, &done, &rate.paste)?;
+        for pass in 1..passes {
+            let mut rows = Vec::new();
+            let mut latents: Vec<(usize, &Chosen)> = Vec::new();
+            for &i in &done {
+                if kept[i].is_some() {
+                    rows.push(i);
+                } else if let Some(c) = ids[i].and_then(|id| tracks.later(id).get(pass - 1)) {
+                    latents.push((rows.len(), c));
+                    rows.push(i);
+                }
+            }
+            if rows.is_empty() {
+                break;
+            }
+            let mut batch = Array4::<f32>::zeros((rows.len(), 3, side, side));
+            let source = frame.as_frame_ref();
+            frame::read_all(&source, placements(&rows), batch.view_mut()).map_err(unreadable)?;
+            let started = Instant::now();
+            let enc = engine(|| purifier.encode(batch.view()))?;
+            let (reused, fresh): (Vec<usize>, Vec<usize>) =
+                (0..rows.len()).partition(|r| latents.iter().any(|(k, _)| k == r));
+            if reused.is_empty() {
+                full_time += started.elapsed();
+            } else {
+                let mut sub = batch.select(Axis(0), &reused);
+                let chosen: Vec<&Chosen> = latents.iter().map(|(_, c)| *c).collect();
+                engine(|| {
+                    purifier.decode_chosen(
+                        sub.view_mut(),
+                        &enc.select(&reused),
+                        &chosen,
+                        rate.params.batch,
+                    )
+                })?;
+                scatter(&mut batch, &reused, &sub);
+                reuse_time += started.elapsed();
+            }
+            if !fresh.is_empty() {
+                let started = Instant::now();
+                let mut sub = batch.select(Axis(0), &fresh);
+                let (_, chosen) = engine(|| {
+                    purifier.purify_chosen(sub.view_mut(), &enc.select(&fresh), &params, rng)
+                })?;
+                for (&r, c) in fresh.iter().zip(chosen) {
+                    kept_later[rows[r]].push(c);
+                }
+                scatter(&mut batch, &fresh, &sub);
+                full_time += started.elapsed();
+            }
+            scatter(&mut output, &rows, &batch);
+            paste_rows(frame, targets, &output, &rows, &rate.paste)?;
+        }
+        Ok(())
+    };
+    if let Err(err) = run() {
+        snapshot.restore(frame);
+        return Err(err);
+    }
+    let engine_time = reuse_time + full_time;
+    copy_time += paste_started.elapsed().saturating_sub(engine_time);
+    costs.copy.update(copy_time, n);
+    if !reuse.is_empty() {
+        costs.reuse.update(reuse_time, reuse.len());
+        timing.reuse_ms = reuse_time.as_secs_f64() * 1000.0 + encode_share * reuse.len() as f64;
+    }
+    if !full.is_empty() {
+        costs
+            .sample
+            .update(full_time, full.len() * params.samples * passes);
+        timing.full_ms = full_time.as_secs_f64() * 1000.0 + encode_share * full.len() as f64;
     }
 
     let paths: Vec<FacePath> = (0..n)
@@ -216,18 +268,6 @@ pub(super) fn purify(
             tracks.keep_later(id, later);
         }
     }
-
-    let paste_started = Instant::now();
-    let done: Vec<_> = targets
-        .iter()
-        .zip(output.axis_iter(Axis(0)))
-        .zip(&results)
-        .filter(|(_, result)| result.is_some())
-        .map(|((target, face), _)| (&target.placement, face))
-        .collect();
-    frame::paste_all(frame, &done, &rate.paste).map_err(unreadable)?;
-    copy_time += paste_started.elapsed();
-    costs.copy.update(copy_time, n);
 
     let outcomes = paths
         .into_iter()
@@ -250,19 +290,17 @@ pub(super) fn purify(
     Ok((outcomes, timing))
 }
 
-/// Purifies faces `rows` of `input` in full ([`purify_passes`]): their purified images and
-/// what each pass chose (the results are the first pass's, which saw the face as given).
-fn full_path(
-    purifier: &mut PurifierHandle,
-    input: &Array4<f32>,
-    enc: &Encoded,
+/// Pastes faces `rows` of `output` back where their targets were read.
+fn paste_rows(
+    frame: &mut FrameMut<'_>,
+    targets: &[Target],
+    output: &Array4<f32>,
     rows: &[usize],
-    params: &PurifyParams,
-    passes: usize,
-    rng: &mut StdRng,
-) -> Result<(Array4<f32>, Passes), FrameError> {
-    let mut batch = input.select(Axis(0), rows);
-    let enc = enc.select(rows);
-    let done = engine(|| purify_passes(purifier, batch.view_mut(), &enc, params, passes, rng))?;
-    Ok((batch, done))
+    paste: &Paste,
+) -> Result<(), FrameError> {
+    let faces: Vec<_> = rows
+        .iter()
+        .map(|&i| (&targets[i].placement, output.index_axis(Axis(0), i)))
+        .collect();
+    frame::paste_all(frame, &faces, paste).map_err(|err| FrameError::Unreadable(err.to_string()))
 }

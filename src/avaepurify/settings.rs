@@ -340,9 +340,11 @@ fn face_properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecUInt::builder("passes")
             .nick("Passes")
             .blurb(
-                "A-VAE passes over each face: each further pass purifies the last one's \
-             output again (M more candidates each), removing more of what an attack \
-             left; a tracked face between refreshes decodes the latent each pass chose",
+                "A-VAE passes over each face: each further pass reads the face again from \
+             the frame the last pass was pasted into and purifies it again (M more \
+             candidates each), as that many elements in a row would, removing more of \
+             what an attack left; a tracked face between refreshes decodes the latent \
+             each pass chose",
             )
             .minimum(1)
             .maximum(MAX_PASSES)

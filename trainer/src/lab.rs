@@ -829,9 +829,10 @@ fn white_box(
     let align = subset.rows(&space.aligns[PROBE]);
     let mut adv = Vec::new();
     let mut broken = Vec::with_capacity(n);
-    // Every setting the chunks depend on (the pipeline: passes, context, feather).
+    // Every setting the chunks depend on (the pipeline: passes, context, feather; since
+    // 2026-12-07 further passes re-read the pasted frame, a different defense).
     let key = format!(
-        "{name}|{}|{n}|{}|{:?}|{}|{threshold}|{pipeline:?}",
+        "{name}|{}|{n}|{}|{:?}|{}|{threshold}|{pipeline:?}|passes re-read the frame",
         space.model.key(),
         plan.eot,
         plan.whitebox_pgd,
