@@ -1,11 +1,17 @@
 //! The tract backend: pure Rust ONNX inference, an optimised plan per input shape, cached.
+//!
+//! A graph whose inputs and outputs all share one symbolic batch axis (the encoder and the
+//! decoder: every row is independent) runs one row at a time, the rows spread over the CPU's
+//! cores. tract convolves a single image through its lazy im2col, and a batch through an eager
+//! one that costs several times more per image here (README, "Benchmarks").
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArrayD, ArrayViewD, Axis};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use super::Engine;
 use crate::Error;
@@ -21,6 +27,10 @@ pub struct TractEngine {
     model: InferenceModel,
     plans: HashMap<Vec<Vec<usize>>, Plan>,
     fallbacks: Vec<String>,
+    /// Whether the rows of a batch are independent (see the module docs).
+    rowwise: bool,
+    /// Threads the rows are spread over.
+    threads: usize,
 }
 
 impl TractEngine {
@@ -29,12 +39,31 @@ impl TractEngine {
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| engine_error(path, format!("cannot load ONNX graph: {e:#}")))?;
+        let rowwise = shares_batch_axis(&model);
         Ok(Self {
             path: path.to_path_buf(),
             model,
             plans: HashMap::new(),
             fallbacks: Vec::new(),
+            rowwise,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// Whether this graph runs a batch row by row (see the module docs).
+    pub fn is_rowwise(&self) -> bool {
+        self.rowwise
+    }
+
+    /// Runs a batch as one call, as [`Engine::run`] does for graphs that are not row-wise
+    /// (for comparing the two ways).
+    pub fn run_batched(
+        &mut self,
+        inputs: &[ArrayViewD<'_, f32>],
+    ) -> Result<Vec<ArrayD<f32>>, Error> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape().to_vec()).collect();
+        let plan = self.plan(shapes)?;
+        run_plan(&plan, &self.path, inputs)
     }
 
     pub(crate) fn note_fallback(&mut self, reason: String) {
@@ -88,29 +117,190 @@ impl Engine for TractEngine {
     }
 
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error> {
-        let shapes: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape().to_vec()).collect();
-        let plan = self.plan(shapes)?;
-        let values: TVec<TValue> = inputs
+        let rows = inputs
+            .first()
+            .map_or(0, |a| a.shape().first().copied().unwrap_or(0));
+        let same_rows = inputs.iter().all(|a| a.shape().first() == Some(&rows));
+        if !self.rowwise || rows <= 1 || !same_rows {
+            return self.run_batched(inputs);
+        }
+        let shapes: Vec<Vec<usize>> = inputs
             .iter()
-            .map(|a| Tensor::from(a.to_owned()).into_tvalue())
+            .map(|a| {
+                let mut shape = a.shape().to_vec();
+                shape[0] = 1;
+                shape
+            })
             .collect();
-        let outputs = plan
-            .run(values)
-            .map_err(|e| engine_error(&self.path, format!("run failed: {e:#}")))?;
+        let plan = self.plan(shapes)?;
+        let threads = self.threads.clamp(1, rows);
+        let per_thread = rows.div_ceil(threads);
+        let path = &self.path;
+        let parts: Vec<Result<Vec<Vec<ArrayD<f32>>>, Error>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..rows)
+                .step_by(per_thread)
+                .map(|start| {
+                    let plan = &plan;
+                    scope.spawn(move || {
+                        (start..(start + per_thread).min(rows))
+                            .map(|r| {
+                                let row: Vec<ArrayViewD<'_, f32>> = inputs
+                                    .iter()
+                                    .map(|a| a.slice_axis(Axis(0), (r..r + 1).into()))
+                                    .collect();
+                                run_plan(plan, path, &row)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(engine_error(path, "a row worker panicked".to_string()))
+                    })
+                })
+                .collect()
+        });
+        let mut outputs: Vec<Vec<ArrayD<f32>>> = Vec::new();
+        for part in parts {
+            for row in part? {
+                if outputs.is_empty() {
+                    outputs = row.into_iter().map(|o| vec![o]).collect();
+                } else {
+                    for (all, o) in outputs.iter_mut().zip(row) {
+                        all.push(o);
+                    }
+                }
+            }
+        }
         outputs
             .into_iter()
-            .map(|v| {
-                let t = v.into_tensor();
-                let t = if t.datum_type() == f32::datum_type() {
-                    t
-                } else {
-                    t.cast_to::<f32>()
-                        .map_err(|e| engine_error(&self.path, format!("output cast: {e:#}")))?
-                        .into_owned()
-                };
-                t.into_plain_array::<f32>()
-                    .map_err(|e| engine_error(&self.path, format!("output: {e:#}")))
+            .map(|rows| {
+                let views: Vec<_> = rows.iter().map(|a| a.view()).collect();
+                ndarray::concatenate(Axis(0), &views)
+                    .map_err(|e| engine_error(path, format!("joining the rows: {e}")))
             })
             .collect()
+    }
+}
+
+/// Runs `plan` on `inputs` once.
+fn run_plan(
+    plan: &Plan,
+    path: &Path,
+    inputs: &[ArrayViewD<'_, f32>],
+) -> Result<Vec<ArrayD<f32>>, Error> {
+    let values: TVec<TValue> = inputs
+        .iter()
+        .map(|a| Tensor::from(a.to_owned()).into_tvalue())
+        .collect();
+    let outputs = plan
+        .run(values)
+        .map_err(|e| engine_error(path, format!("run failed: {e:#}")))?;
+    outputs
+        .into_iter()
+        .map(|v| {
+            let t = v.into_tensor();
+            let t = if t.datum_type() == f32::datum_type() {
+                t
+            } else {
+                t.cast_to::<f32>()
+                    .map_err(|e| engine_error(path, format!("output cast: {e:#}")))?
+                    .into_owned()
+            };
+            t.into_plain_array::<f32>()
+                .map_err(|e| engine_error(path, format!("output: {e:#}")))
+        })
+        .collect()
+}
+
+/// Whether every input and output of `model` starts with the same symbolic axis (a batch whose
+/// rows the graph treats independently, as the exported encoder and decoder declare it). The
+/// outputs' shapes come from tract's own analysis of the graph (it does not trust the file's).
+fn shares_batch_axis(model: &InferenceModel) -> bool {
+    let symbol = |d: Option<TDim>| d.filter(|d| matches!(d, TDim::Sym(_)));
+    let inputs: Vec<Option<TDim>> = (0..model.inputs.len())
+        .map(|i| {
+            let fact = model.input_fact(i).ok()?;
+            symbol(fact.shape.dims().next()?.concretize())
+        })
+        .collect();
+    let Some(Some(axis)) = inputs.first().cloned() else {
+        return false;
+    };
+    if inputs.iter().any(|a| a.as_ref() != Some(&axis)) {
+        return false;
+    }
+    let Ok(typed) = model.clone().into_typed() else {
+        return false;
+    };
+    (0..typed.outputs.len()).all(|i| {
+        typed
+            .output_fact(i)
+            .ok()
+            .and_then(|f| symbol(f.shape.iter().next().cloned()))
+            .is_some_and(|a| a == axis)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::ArrayD;
+
+    fn tiny(graph: &str) -> TractEngine {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
+        TractEngine::open(&dir.join(graph)).unwrap()
+    }
+
+    #[test]
+    fn only_graphs_with_one_batch_axis_run_row_by_row() {
+        assert!(tiny("encoder.onnx").is_rowwise());
+        assert!(tiny("decoder.onnx").is_rowwise());
+        // The fused graph chooses among all the batch's candidates: its rows are not independent.
+        assert!(!tiny("purifier.onnx").is_rowwise());
+    }
+
+    #[test]
+    fn row_by_row_gives_the_batched_result() {
+        let mut decoder = tiny("decoder.onnx");
+        let z = ArrayD::from_shape_fn(vec![5, 64], |i| {
+            (i[0] as f32 * 0.7 + i[1] as f32 * 0.13).sin()
+        });
+        let skip = ArrayD::from_shape_fn(vec![5, 8, 16, 16], |i| {
+            (i[0] as f32 + i[1] as f32 * 0.3 + i[2] as f32 * 0.07 - i[3] as f32 * 0.05).cos()
+        });
+        let rows = decoder.run(&[z.view(), skip.view()]).unwrap();
+        let batched = decoder.run_batched(&[z.view(), skip.view()]).unwrap();
+        assert_eq!(rows[0].shape(), &[5, 3, 64, 64]);
+        assert_eq!(rows[0].shape(), batched[0].shape());
+        let worst = rows[0]
+            .iter()
+            .zip(batched[0].iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "rows differ from the batch by {worst}");
+        // Each row is its own image: the rows are not all the same.
+        assert!(
+            (&rows[0].slice(ndarray::s![0, .., .., ..])
+                - &rows[0].slice(ndarray::s![1, .., .., ..]))
+                .iter()
+                .any(|v| v.abs() > 1e-3)
+        );
+    }
+
+    #[test]
+    fn mismatched_batches_run_as_one_call() {
+        let mut decoder = tiny("decoder.onnx");
+        let z = ArrayD::<f32>::zeros(vec![3, 64]);
+        let skip = ArrayD::<f32>::zeros(vec![2, 8, 16, 16]);
+        // Not split: tract itself reports the mismatch, with the graph's path.
+        let err = decoder
+            .run(&[z.view(), skip.view()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("decoder.onnx"), "{err}");
     }
 }
