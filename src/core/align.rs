@@ -2,7 +2,7 @@
 //! canonical template, the warp that crops the aligned face, and the inverse warp that pastes
 //! the purified face back under a feathered mask so that no seam shows.
 
-use ndarray::{Array3, ArrayView3, ArrayViewMut3};
+use ndarray::{Array3, ArrayView3, ArrayViewMut3, Axis};
 
 use super::image::{FrameMut, FrameRef, Region, to_u8};
 use super::resample::bilinear;
@@ -125,7 +125,17 @@ fn sample_frame(frame: &FrameRef<'_>, x: f32, y: f32) -> [f32; 3] {
 pub fn warp_face(
     frame: &FrameRef<'_>,
     to_face: &Similarity,
+    out: ArrayViewMut3<'_, f32>,
+) -> Result<(), Error> {
+    warp_face_split(frame, to_face, out, None)
+}
+
+/// [`warp_face`] with `rows` output rows per worker (`None`: [`rows_per_worker`]).
+fn warp_face_split(
+    frame: &FrameRef<'_>,
+    to_face: &Similarity,
     mut out: ArrayViewMut3<'_, f32>,
+    rows: Option<usize>,
 ) -> Result<(), Error> {
     frame.check()?;
     let inv = to_face.inverse().ok_or(Error::InvalidParameter {
@@ -135,8 +145,32 @@ pub fn warp_face(
     })?;
     let k = (1.0 / to_face.scale()).ceil().clamp(1.0, 4.0) as usize;
     let (_, h, w) = out.dim();
+    let per = rows.unwrap_or_else(|| rows_per_worker(h, w * k * k)).max(1);
+    if per >= h {
+        warp_rows(frame, &inv, k, out, 0);
+    } else {
+        std::thread::scope(|scope| {
+            for (i, rows) in out.axis_chunks_iter_mut(Axis(1), per).enumerate() {
+                let inv = &inv;
+                scope.spawn(move || warp_rows(frame, inv, k, rows, i * per));
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Rows `first..` of [`warp_face`]'s output, `k` x `k` samples per pixel.
+fn warp_rows(
+    frame: &FrameRef<'_>,
+    inv: &Similarity,
+    k: usize,
+    mut out: ArrayViewMut3<'_, f32>,
+    first: usize,
+) {
+    let (_, h, w) = out.dim();
     let norm = 1.0 / (k * k) as f32;
-    for v in 0..h {
+    for r in 0..h {
+        let v = first + r;
         for u in 0..w {
             let mut acc = [0.0f32; 3];
             for sy in 0..k {
@@ -149,11 +183,24 @@ pub fn warp_face(
                 }
             }
             for c in 0..3 {
-                out[[c, v, u]] = acc[c] * norm;
+                out[[c, r, u]] = acc[c] * norm;
             }
         }
     }
-    Ok(())
+}
+
+/// Below this many pixel samples a warp or paste runs on the calling thread alone.
+const PARALLEL_SAMPLES: usize = 32 * 1024;
+
+/// Rows each worker takes of `rows` rows of `per_row` samples: all of them when the work is
+/// small, else an equal share for each core (at most 4). The split never changes a result:
+/// every output pixel is computed from the same inputs in the same order.
+fn rows_per_worker(rows: usize, per_row: usize) -> usize {
+    if rows == 0 || rows * per_row < PARALLEL_SAMPLES {
+        return rows.max(1);
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    rows.div_ceil(workers).max(1)
 }
 
 /// Weight of the face at face position (u, v): 1 inside, falling smoothly to 0 over the outer
@@ -178,6 +225,17 @@ pub fn paste_face(
     to_face: &Similarity,
     face: ArrayView3<'_, f32>,
     feather: f32,
+) -> Result<(), Error> {
+    paste_face_split(frame, to_face, face, feather, None)
+}
+
+/// [`paste_face`] with `rows` frame rows per worker (`None`: [`rows_per_worker`]).
+fn paste_face_split(
+    frame: &mut FrameMut<'_>,
+    to_face: &Similarity,
+    face: ArrayView3<'_, f32>,
+    feather: f32,
+    rows: Option<usize>,
 ) -> Result<(), Error> {
     frame.check()?;
     let inv = to_face.inverse().ok_or(Error::InvalidParameter {
@@ -220,8 +278,12 @@ pub fn paste_face(
         .ceil()
         .max(0.0) as usize)
         .min(frame.height);
+    if max_y <= min_y || max_x <= min_x {
+        return Ok(());
+    }
     let bpp = frame.layout.bytes_per_pixel();
     let offs = frame.layout.rgb_offsets();
+    let stride = frame.stride;
     let face_at = |u: f32, v: f32, c: usize| {
         let (u0, u1, wu) = bilinear(u, w);
         let (v0, v1, wv) = bilinear(v, h);
@@ -229,20 +291,39 @@ pub fn paste_face(
         let bottom = face[[c, v1, u0]] * (1.0 - wu) + face[[c, v1, u1]] * wu;
         top * (1.0 - wv) + bottom * wv
     };
-    for y in min_y..max_y {
-        for x in min_x..max_x {
-            let [u, v] = to_face.apply([x as f32 + 0.5, y as f32 + 0.5]);
-            let alpha = feather_weight(u, v, size, feather);
-            if alpha <= 0.0 {
-                continue;
-            }
-            let px = y * frame.stride + x * bpp;
-            for (c, off) in offs.iter().enumerate() {
-                let old = f32::from(frame.data[px + off]) / 127.5 - 1.0;
-                let new = face_at(u, v, c);
-                frame.data[px + off] = to_u8(alpha * new + (1.0 - alpha) * old);
+    // Frame rows `first..` in `rows` (whole rows of `stride` bytes, the last one maybe short).
+    let paste_rows = |rows: &mut [u8], first: usize| {
+        for (r, row) in rows.chunks_mut(stride).enumerate() {
+            let y = first + r;
+            for x in min_x..max_x {
+                let [u, v] = to_face.apply([x as f32 + 0.5, y as f32 + 0.5]);
+                let alpha = feather_weight(u, v, size, feather);
+                if alpha <= 0.0 {
+                    continue;
+                }
+                let px = x * bpp;
+                for (c, off) in offs.iter().enumerate() {
+                    let old = f32::from(row[px + off]) / 127.5 - 1.0;
+                    let new = face_at(u, v, c);
+                    row[px + off] = to_u8(alpha * new + (1.0 - alpha) * old);
+                }
             }
         }
+    };
+    let end = (max_y * stride).min(frame.data.len());
+    let region = &mut frame.data[min_y * stride..end];
+    let per = rows
+        .unwrap_or_else(|| rows_per_worker(max_y - min_y, max_x - min_x))
+        .max(1);
+    if per >= max_y - min_y {
+        paste_rows(region, min_y);
+    } else {
+        std::thread::scope(|scope| {
+            for (i, rows) in region.chunks_mut(per * stride).enumerate() {
+                let paste_rows = &paste_rows;
+                scope.spawn(move || paste_rows(rows, min_y + i * per));
+            }
+        });
     }
     Ok(())
 }
@@ -262,6 +343,41 @@ pub fn aligned_crop(
 mod tests {
     use super::*;
     use crate::core::image::PixelLayout;
+
+    #[test]
+    fn warps_and_pastes_split_over_workers_equal_one_worker() {
+        let (w, h) = (300, 260);
+        let stride = w * 3 + 5;
+        let start: Vec<u8> = (0..stride * h).map(|i| ((i * 7) % 251) as u8).collect();
+        // A turned face of about 200 frame pixels, shrunk 3x into 64 samples.
+        let to_face = Similarity {
+            a: 0.3,
+            b: 0.1,
+            tx: -20.0,
+            ty: -10.0,
+        };
+        let frame = FrameRef::new(&start, w, h, stride, PixelLayout::Rgb).unwrap();
+        let mut one = Array3::<f32>::zeros((3, 64, 64));
+        let mut split = Array3::<f32>::zeros((3, 64, 64));
+        warp_face_split(&frame, &to_face, one.view_mut(), Some(usize::MAX)).unwrap();
+        warp_face_split(&frame, &to_face, split.view_mut(), Some(7)).unwrap();
+        assert_eq!(one, split);
+        assert!(
+            rows_per_worker(64, 64 * 16) <= 64,
+            "a warp this size may split"
+        );
+
+        let paste = |rows| {
+            let mut data = start.clone();
+            let mut frame = FrameMut::new(&mut data, w, h, stride, PixelLayout::Rgb).unwrap();
+            paste_face_split(&mut frame, &to_face, one.view(), 0.15, rows).unwrap();
+            data
+        };
+        let whole = paste(Some(usize::MAX));
+        assert_ne!(whole, start, "the paste wrote the frame");
+        assert_eq!(whole, paste(Some(13)));
+        assert_eq!(whole, paste(None));
+    }
 
     #[test]
     fn recovers_a_known_similarity() {
