@@ -229,14 +229,18 @@ pub struct Chosen {
 /// decides here ([`LatentKeeper::offer`]: strictly nearer replaces, ties keep the earlier
 /// sample). One purification uses one of the two.
 pub(crate) struct LatentKeeper {
-    best: Vec<Option<(f32, usize)>>,
+    /// The kept sample of each face.
+    chosen: Vec<Option<usize>>,
+    /// Its distance, for [`LatentKeeper::offer`] (the plain path's tracker keeps its own).
+    nearest: Vec<f32>,
     latents: Array2<f32>,
 }
 
 impl LatentKeeper {
     pub(crate) fn new(faces: usize, dim: usize) -> Self {
         LatentKeeper {
-            best: vec![None; faces],
+            chosen: vec![None; faces],
+            nearest: vec![f32::INFINITY; faces],
             latents: Array2::zeros((faces, dim)),
         }
     }
@@ -248,26 +252,26 @@ impl LatentKeeper {
         distance: f32,
         z: ndarray::ArrayView1<'_, f32>,
     ) {
-        if self.best[face].is_none_or(|(d, _)| distance < d) {
-            self.best[face] = Some((distance, sample));
-            self.latents.row_mut(face).assign(&z);
+        if self.chosen[face].is_none() || distance < self.nearest[face] {
+            self.nearest[face] = distance;
+            self.keep(face, sample, z);
         }
     }
 
     /// Keeps sample `sample`'s latent for `face` (the tracker beside it chose it).
     fn keep(&mut self, face: usize, sample: usize, z: ndarray::ArrayView1<'_, f32>) {
-        self.best[face] = Some((f32::NAN, sample));
+        self.chosen[face] = Some(sample);
         self.latents.row_mut(face).assign(&z);
     }
 
     pub(crate) fn finish(self, clipped: &[bool]) -> Vec<Chosen> {
-        self.best
+        self.chosen
             .iter()
             .zip(self.latents.outer_iter())
             .zip(clipped)
-            .map(|((best, latent), &clipped)| Chosen {
+            .map(|((chosen, latent), &clipped)| Chosen {
                 latent: latent.to_owned(),
-                candidate: best.map_or(0, |(_, c)| c),
+                candidate: chosen.unwrap_or(0),
                 clipped,
             })
             .collect()
