@@ -3,7 +3,8 @@
 //! bundle's fp32 decoder: encode, one batched decode of M per face, nearest; run with the
 //! project's `.venv/bin/python`) beside `avaepurify` with `precision=fp32`, `int8` and the
 //! default `auto` (and what it chose), on each CPU backend, and the Python loop's time over the
-//! element's at the default. `bf16` is listed with the reason it falls back to fp32. The int8
+//! element's at the default. The element runs one pass without the context low-pass, the work
+//! the loop does. `bf16` is listed with the reason it falls back to fp32. The int8
 //! decoder's quality figures are the ones `scripts/quantize.py` measured and wrote into the
 //! manifest.
 //!
@@ -122,6 +123,10 @@ fn element_time(
         el.set_property_from_str("device", "cpu");
         el.set_property_from_str("precision", precision);
         el.set_property("samples", samples as u32);
+        // The same work as the Python loop: one A-VAE pass, no context low-pass (the element's
+        // defaults, passes=2 and context=0.5, do about twice as much per face).
+        el.set_property("passes", 1u32);
+        el.set_property("context", 0.0f32);
         el.set_property("seed", 1u64);
         Ok(())
     })?;
@@ -182,7 +187,7 @@ fn run() -> Result<(), String> {
     println!();
     println!(
         "precision benchmark: model {}, {} faces per {FRAME_W}x{FRAME_H} RGB frame (element, \
-         batch 16), {py_faces} faces (Python loop, one decoder call of M per face), {cores} \
+         batch 16, passes 1, context 0), {py_faces} faces (Python loop, one decoder call of M per face), {cores} \
          cores, CPU VNNI {} / AVX-512 BF16 {}; ms per face",
         o.model.display(),
         o.faces,
