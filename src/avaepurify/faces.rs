@@ -74,7 +74,7 @@ pub(super) fn purify(
     for (target, face) in targets.iter().zip(input.axis_iter_mut(Axis(0))) {
         frame::read(&source, &target.placement, face).map_err(unreadable)?;
     }
-    let mut copy_time = copy_started.elapsed();
+    let copy_time = copy_started.elapsed();
 
     let started = Instant::now();
     let enc = engine(|| purifier.encode(input.view()))?;
@@ -98,9 +98,12 @@ pub(super) fn purify(
         })
         .collect();
     reuse.sort_by_key(|&i| plans[i].is_full());
+    let passes = rate.passes.max(1);
+    // Every purified face is pasted once per pass (and read again before each further pass).
+    let pasting = costs.paste.ms() * passes as f64;
     if let Some(budget) = &rate.budget {
         let after = costs.copy.ms() * n as f64;
-        reuse.truncate(budget.fitting(reuse.len(), costs.reuse.ms(), after));
+        reuse.truncate(budget.fitting(reuse.len(), costs.reuse.ms() + pasting, after));
     }
     let mut reuse_time = std::time::Duration::ZERO;
     if !reuse.is_empty() {
@@ -133,18 +136,19 @@ pub(super) fn purify(
     let mut full: Vec<usize> = (0..n).filter(|&i| plans[i].is_full()).collect();
     full.sort_by_key(|&i| plans[i].priority());
     let mut params = rate.params;
-    let passes = rate.passes.max(1);
     if let Some(budget) = &rate.budget {
         let per_latent = costs.sample.ms() * passes as f64;
-        let per_face = per_latent * rate.params.samples as f64;
-        let after = costs.copy.ms() * n as f64;
+        let per_face = per_latent * rate.params.samples as f64 + pasting;
+        // The faces already on the reuse path are pasted after the full ones are done.
+        let reused = results.iter().filter(|r| r.is_some()).count() as f64;
+        let after = costs.copy.ms() * n as f64 + pasting * reused;
         let fitting = budget.fitting(full.len(), per_face, after);
         // Not even one face fits in full: the most needed face that nothing else purifies this
         // frame (no latent yet) gets as many samples as fit, so that a budget too tight for M
         // still purifies faces (with a smaller choice) and gives their tracks a latent to reuse.
         let needy = full.first().filter(|&&i| results[i].is_none());
         if fitting == 0 && needy.is_some() {
-            params.samples = budget.fitting(rate.params.samples, per_latent, after);
+            params.samples = budget.fitting(rate.params.samples, per_latent, after + pasting);
             full.truncate(usize::from(params.samples > 0));
         } else {
             full.truncate(fitting);
@@ -179,8 +183,10 @@ pub(super) fn purify(
     } else {
         Snapshot::default()
     };
+    let mut pasted = 0;
     let mut run = || -> Result<(), FrameError> {
         paste_rows(frame, targets, &output, &done, &rate.paste)?;
+        pasted += done.len();
         for pass in 1..passes {
             let mut rows = Vec::new();
             let mut latents: Vec<(usize, &Chosen)> = Vec::new();
@@ -232,6 +238,7 @@ pub(super) fn purify(
             }
             scatter(&mut output, &rows, &batch);
             paste_rows(frame, targets, &output, &rows, &rate.paste)?;
+            pasted += rows.len();
         }
         Ok(())
     };
@@ -240,8 +247,10 @@ pub(super) fn purify(
         return Err(err);
     }
     let engine_time = reuse_time + full_time;
-    copy_time += paste_started.elapsed().saturating_sub(engine_time);
     costs.copy.update(copy_time, n);
+    costs
+        .paste
+        .update(paste_started.elapsed().saturating_sub(engine_time), pasted);
     if !reuse.is_empty() {
         costs.reuse.update(reuse_time, reuse.len());
         timing.reuse_ms = reuse_time.as_secs_f64() * 1000.0 + encode_share * reuse.len() as f64;

@@ -571,9 +571,10 @@ impl BaseTransformImpl for AvaePurify {
         let batch = settings.batch as usize;
         let samples = settings.samples as usize;
         let passes = settings.passes as usize;
-        if let Err(err) =
-            purifier.with_purifier(|p| live::warm_up(p, batch, samples, passes, &mut costs))
-        {
+        let (feather, context) = (settings.feather, settings.context);
+        if let Err(err) = purifier.with_purifier(|p| {
+            live::warm_up(p, batch, samples, passes, feather, context, &mut costs)
+        }) {
             gst::warning!(
                 CAT,
                 imp = self,
@@ -584,12 +585,14 @@ impl BaseTransformImpl for AvaePurify {
                 CAT,
                 imp = self,
                 "Warm-up: encoder {:.2} ms per face, decoder {:.2} ms per latent (M = {} is \
-                 {:.1} ms per face in full), reuse decode {:.2} ms per face",
+                 {:.1} ms per face in full), reuse decode {:.2} ms per face, paste {:.2} ms \
+                 per face and pass",
                 costs.encode.ms(),
                 costs.sample.ms(),
                 settings.samples,
                 costs.sample.ms() * f64::from(settings.samples),
-                costs.reuse.ms()
+                costs.reuse.ms(),
+                costs.paste.ms()
             );
         }
         let rng = if settings.seed == 0 {

@@ -5,9 +5,11 @@
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use ndarray::{Array2, Array4};
+use ndarray::{Array2, Array4, Axis};
 
 use super::tracks::Costs;
+use crate::core::image::{FrameMut, PixelLayout, Region};
+use crate::frame::{self, Paste, Placement};
 use crate::purifier::Purifier;
 
 /// Whether the source upstream of `sink` is live (its latency query says so); `false` when
@@ -51,6 +53,8 @@ pub(super) fn warm_up(
     batch: usize,
     samples: usize,
     passes: usize,
+    feather: f32,
+    context: f32,
     costs: &mut Costs,
 ) -> Result<(), crate::Error> {
     let side = purifier.image_size();
@@ -96,6 +100,36 @@ pub(super) fn warm_up(
             costs
                 .reuse
                 .update(reused * passes + encoded * (passes - 1), 1);
+        }
+    }
+    // Pasting (with the context) and reading again, for a face of the bundle's side: a first
+    // estimate until frames measure it (kept low: a cost that is too high would let no face be
+    // purified, and so never be measured again; one too low rises with the first frame).
+    let paste = Paste {
+        feather,
+        context,
+        context_detail: purifier.bundle().manifest.encoder_input_size,
+    };
+    let (w, h) = (3 * side, 3 * side);
+    let mut data = vec![128u8; w * h * 3];
+    let mut frame = FrameMut::new(&mut data, w, h, w * 3, PixelLayout::Rgb)?;
+    let placement = Placement::Box(Region {
+        x: side,
+        y: side,
+        width: side,
+        height: side,
+    });
+    let mut crop = Array4::<f32>::zeros((1, 3, side, side));
+    for round in 0..2 {
+        let started = Instant::now();
+        frame::paste_all(
+            &mut frame,
+            &[(&placement, face.index_axis(Axis(0), 0))],
+            &paste,
+        )?;
+        frame::read_all(&frame.as_frame_ref(), [&placement], crop.view_mut())?;
+        if round == 1 {
+            costs.paste.update(started.elapsed(), 1);
         }
     }
     Ok(())

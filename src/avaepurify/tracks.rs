@@ -299,8 +299,11 @@ pub(super) struct Costs {
     pub(super) sample: Cost,
     /// The reuse path's decoder run, per face.
     pub(super) reuse: Cost,
-    /// Reading and pasting, per face.
+    /// Reading a face out of the frame, per face.
     pub(super) copy: Cost,
+    /// Pasting a purified face back (its context included) and, before a further pass,
+    /// reading it again: per face and pass.
+    pub(super) paste: Cost,
 }
 
 /// The time left to a live frame: `limit` from when the element received it.
