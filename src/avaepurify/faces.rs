@@ -175,6 +175,8 @@ pub(super) fn purify(
     // their track's last full purification (when it kept one).
     let done: Vec<usize> = (0..n).filter(|&i| results[i].is_some()).collect();
     let paste_started = Instant::now();
+    // Engine time before the pastes; what the further passes add is not pasting.
+    let engine_before = reuse_time + full_time;
     let placements = |rows: &[usize]| -> Vec<&frame::Placement> {
         rows.iter().map(|&i| &targets[i].placement).collect()
     };
@@ -246,7 +248,7 @@ pub(super) fn purify(
         snapshot.restore(frame);
         return Err(err);
     }
-    let engine_time = reuse_time + full_time;
+    let engine_time = (reuse_time + full_time).saturating_sub(engine_before);
     costs.copy.update(copy_time, n);
     costs
         .paste
