@@ -155,7 +155,7 @@ pub fn purify_faces(
     storage.resize(n * 3 * side * side, 0.0);
     let mut batch = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
         .map_err(|err| FrameError::Unreadable(format!("face batch: {err}")))?;
-    let kept = Snapshot::take(frame, faces.iter(), side, paste);
+    let kept = Snapshot::take(frame, faces.iter(), side, paste, passes);
 
     let mut run = || -> Result<Vec<Purified>, FrameError> {
         let mut first = None;
@@ -214,14 +214,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Copies the rows of `frame` that pasting `faces` (`side` x `side`, as `paste` says) can
-    /// write.
+    /// Copies the rows of `frame` that pasting `faces` (`side` x `side`, as `paste` says) over
+    /// `passes` passes can write. With one pass nothing: the only paste is the last step.
     pub fn take<'p>(
         frame: &FrameMut<'_>,
         faces: impl IntoIterator<Item = &'p Placement>,
         side: usize,
         paste: &Paste,
+        passes: usize,
     ) -> Snapshot {
+        if passes <= 1 {
+            return Snapshot::default();
+        }
         let margin = paste.context.max(0.0);
         let (mut y0, mut y1) = (frame.height, 0);
         for placement in faces {
@@ -538,16 +542,6 @@ mod tests {
         assert_ne!(data, before);
     }
 
-    fn tiny() -> Purifier {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
-        Purifier::load(
-            &dir,
-            crate::engine::Backend::Tract,
-            crate::engine::Device::Cpu,
-        )
-        .unwrap()
-    }
-
     /// A 160 x 120 frame of smooth gradients and two faces: a box and an aligned one.
     fn two_faces() -> (Vec<u8>, [Placement; 2]) {
         let (w, h) = (160, 120);
@@ -582,7 +576,7 @@ mod tests {
 
     #[test]
     fn further_passes_read_the_pasted_frame_as_elements_in_a_row_would() {
-        let mut purifier = tiny();
+        let mut purifier = crate::purifier::tiny_purifier();
         let params = PurifyParams {
             samples: 3,
             batch: 4,
@@ -622,7 +616,7 @@ mod tests {
 
     #[test]
     fn the_snapshot_holds_every_pixel_a_paste_writes() {
-        let mut purifier = tiny();
+        let mut purifier = crate::purifier::tiny_purifier();
         let params = PurifyParams {
             samples: 2,
             batch: 2,
@@ -631,7 +625,7 @@ mod tests {
         let (start, faces) = two_faces();
         let mut data = start.clone();
         let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
-        let kept = Snapshot::take(&frame, faces.iter(), 64, &with_context());
+        let kept = Snapshot::take(&frame, faces.iter(), 64, &with_context(), 3);
         let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(3);
         purify_faces(
             &mut purifier,
@@ -674,7 +668,7 @@ mod tests {
 
     #[test]
     fn no_faces_purify_nothing_and_leave_the_frame_alone() {
-        let mut purifier = tiny();
+        let mut purifier = crate::purifier::tiny_purifier();
         let (w, h) = (8, 6);
         let mut data: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
         let before = data.clone();

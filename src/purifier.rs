@@ -943,6 +943,13 @@ pub fn check_params(params: &PurifyParams) -> Result<(), Error> {
     Ok(())
 }
 
+/// The untrained tiny test bundle (`tests/data/bundle-tiny`) on tract, for unit tests.
+#[cfg(test)]
+pub(crate) fn tiny_purifier() -> Purifier {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
+    Purifier::load(&dir, Backend::Tract, Device::Cpu).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -953,8 +960,7 @@ mod tests {
     fn tiny_with_faces(
         pattern: impl Fn(usize, usize, usize, usize) -> f32,
     ) -> (Purifier, Array4<f32>) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
-        let purifier = Purifier::load(&dir, Backend::Tract, Device::Cpu).unwrap();
+        let purifier = tiny_purifier();
         let s = purifier.image_size();
         let faces = Array4::from_shape_fn((2, 3, s, s), |(n, c, y, x)| pattern(n, c, y, x));
         (purifier, faces)

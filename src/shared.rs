@@ -1011,16 +1011,6 @@ mod tests {
     use ndarray::Array2;
     use rand::SeedableRng;
 
-    fn tiny() -> Purifier {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
-        Purifier::load(
-            &dir,
-            crate::engine::Backend::Tract,
-            crate::engine::Device::Cpu,
-        )
-        .unwrap()
-    }
-
     fn faces(n: usize, s: usize, shift: usize) -> Array4<f32> {
         Array4::from_shape_fn((n, 3, s, s), |(i, c, y, x)| {
             ((i * 5 + c * 3 + y + 2 * x + shift) % 19) as f32 / 9.5 - 1.0
@@ -1029,7 +1019,7 @@ mod tests {
 
     #[test]
     fn streams_purified_together_get_their_solo_results() {
-        let mut purifier = tiny();
+        let mut purifier = crate::purifier::tiny_purifier();
         let s = purifier.image_size();
         let params = PurifyParams {
             samples: 5,
@@ -1097,7 +1087,7 @@ mod tests {
 
     #[test]
     fn owners_must_name_a_generator_per_face() {
-        let mut purifier = tiny();
+        let mut purifier = crate::purifier::tiny_purifier();
         let s = purifier.image_size();
         let mut f = faces(2, s, 0);
         let enc = purifier.encode(f.view()).unwrap();

@@ -71,9 +71,11 @@ pub(super) fn purify(
     let copy_started = Instant::now();
     let mut input = Array4::<f32>::zeros((n, 3, side, side));
     let source = frame.as_frame_ref();
-    for (target, face) in targets.iter().zip(input.axis_iter_mut(Axis(0))) {
-        frame::read(&source, &target.placement, face).map_err(unreadable)?;
-    }
+    let placements = |rows: &[usize]| -> Vec<&frame::Placement> {
+        rows.iter().map(|&i| &targets[i].placement).collect()
+    };
+    let all: Vec<usize> = (0..n).collect();
+    frame::read_all(&source, placements(&all), input.view_mut()).map_err(unreadable)?;
     let copy_time = copy_started.elapsed();
 
     let started = Instant::now();
@@ -177,26 +179,23 @@ pub(super) fn purify(
     let paste_started = Instant::now();
     // Engine time before the pastes; what the further passes add is not pasting.
     let engine_before = reuse_time + full_time;
-    let placements = |rows: &[usize]| -> Vec<&frame::Placement> {
-        rows.iter().map(|&i| &targets[i].placement).collect()
-    };
-    let snapshot = if passes > 1 {
-        Snapshot::take(frame, placements(&done), side, &rate.paste)
-    } else {
-        Snapshot::default()
-    };
+    let snapshot = Snapshot::take(frame, placements(&done), side, &rate.paste, passes);
     let mut pasted = 0;
     let mut run = || -> Result<(), FrameError> {
         paste_rows(frame, targets, &output, &done, &rate.paste)?;
         pasted += done.len();
         for pass in 1..passes {
-            let mut rows = Vec::new();
-            let mut latents: Vec<(usize, &Chosen)> = Vec::new();
+            // Rows of this pass's batch: `fresh` ones choose again, `reused` ones decode
+            // `chosen`.
+            let (mut rows, mut fresh, mut reused) = (Vec::new(), Vec::new(), Vec::new());
+            let mut chosen: Vec<&Chosen> = Vec::new();
             for &i in &done {
                 if kept[i].is_some() {
+                    fresh.push(rows.len());
                     rows.push(i);
                 } else if let Some(c) = ids[i].and_then(|id| tracks.later(id).get(pass - 1)) {
-                    latents.push((rows.len(), c));
+                    reused.push(rows.len());
+                    chosen.push(c);
                     rows.push(i);
                 }
             }
@@ -208,13 +207,10 @@ pub(super) fn purify(
             frame::read_all(&source, placements(&rows), batch.view_mut()).map_err(unreadable)?;
             let started = Instant::now();
             let enc = engine(|| purifier.encode(batch.view()))?;
-            let (reused, fresh): (Vec<usize>, Vec<usize>) =
-                (0..rows.len()).partition(|r| latents.iter().any(|(k, _)| k == r));
             if reused.is_empty() {
                 full_time += started.elapsed();
             } else {
                 let mut sub = batch.select(Axis(0), &reused);
-                let chosen: Vec<&Chosen> = latents.iter().map(|(_, c)| *c).collect();
                 engine(|| {
                     purifier.decode_chosen(
                         sub.view_mut(),
@@ -229,10 +225,10 @@ pub(super) fn purify(
             if !fresh.is_empty() {
                 let started = Instant::now();
                 let mut sub = batch.select(Axis(0), &fresh);
-                let (_, chosen) = engine(|| {
+                let (_, picked) = engine(|| {
                     purifier.purify_chosen(sub.view_mut(), &enc.select(&fresh), &params, rng)
                 })?;
-                for (&r, c) in fresh.iter().zip(chosen) {
+                for (&r, c) in fresh.iter().zip(picked) {
                     kept_later[rows[r]].push(c);
                 }
                 scatter(&mut batch, &fresh, &sub);

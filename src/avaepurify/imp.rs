@@ -22,7 +22,7 @@ use super::settings::{self, Settings};
 use super::targets::{self, Geometry, Target};
 use super::tracks::{Budget, Costs, FacePath, Outcome, Refresh, Tracks};
 use crate::element::{self, Warned, lock};
-use crate::frame::{self, FrameError, Paste, Placement};
+use crate::frame::{self, FrameError, Placement};
 use crate::purifier::{Purified, Purifier, PurifyParams};
 use crate::shared::{EngineKey, PurifierHandle};
 
@@ -90,11 +90,7 @@ impl AvaePurify {
         };
         let rate = Rate {
             params,
-            paste: Paste {
-                feather: settings.feather,
-                context: settings.context,
-                context_detail: purifier.bundle().manifest.encoder_input_size,
-            },
+            paste: settings.paste(purifier.bundle().manifest.encoder_input_size),
             passes: settings.passes as usize,
             interval: settings.refresh_interval,
             ratio: settings.refresh_ratio,
@@ -571,9 +567,9 @@ impl BaseTransformImpl for AvaePurify {
         let batch = settings.batch as usize;
         let samples = settings.samples as usize;
         let passes = settings.passes as usize;
-        let (feather, context) = (settings.feather, settings.context);
         if let Err(err) = purifier.with_purifier(|p| {
-            live::warm_up(p, batch, samples, passes, feather, context, &mut costs)
+            let paste = settings.paste(p.bundle().manifest.encoder_input_size);
+            live::warm_up(p, batch, samples, passes, &paste, &mut costs)
         }) {
             gst::warning!(
                 CAT,

@@ -53,8 +53,7 @@ pub(super) fn warm_up(
     batch: usize,
     samples: usize,
     passes: usize,
-    feather: f32,
-    context: f32,
+    paste: &Paste,
     costs: &mut Costs,
 ) -> Result<(), crate::Error> {
     let side = purifier.image_size();
@@ -105,11 +104,6 @@ pub(super) fn warm_up(
     // Pasting (with the context) and reading again, for a face of the bundle's side: a first
     // estimate until frames measure it (kept low: a cost that is too high would let no face be
     // purified, and so never be measured again; one too low rises with the first frame).
-    let paste = Paste {
-        feather,
-        context,
-        context_detail: purifier.bundle().manifest.encoder_input_size,
-    };
     let (w, h) = (3 * side, 3 * side);
     let mut data = vec![128u8; w * h * 3];
     let mut frame = FrameMut::new(&mut data, w, h, w * 3, PixelLayout::Rgb)?;
@@ -125,7 +119,7 @@ pub(super) fn warm_up(
         frame::paste_all(
             &mut frame,
             &[(&placement, face.index_axis(Axis(0), 0))],
-            &paste,
+            paste,
         )?;
         frame::read_all(&frame.as_frame_ref(), [&placement], crop.view_mut())?;
         if round == 1 {

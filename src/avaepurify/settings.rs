@@ -6,7 +6,7 @@ use gst::prelude::*;
 use super::OnFailure;
 use super::precision::{PrecisionChoice, precision_property};
 use crate::element::{EngineSettings, backend_property, device_property, server_properties};
-use crate::frame::{DEFAULT_CONTEXT, DEFAULT_PASSES};
+use crate::frame::{DEFAULT_CONTEXT, DEFAULT_PASSES, Paste};
 
 const DEFAULT_SAMPLES: u32 = 16;
 const DEFAULT_BATCH: u32 = 16;
@@ -102,6 +102,16 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// How purified faces go back into the frame: `feather`, `context`, and the context's
+    /// detail at `encoder_input_size` samples per face side (the bundle's).
+    pub(super) fn paste(&self, encoder_input_size: usize) -> Paste {
+        Paste {
+            feather: self.feather,
+            context: self.context,
+            context_detail: encoder_input_size,
+        }
+    }
+
     /// Sets the property `name` (type checked by GObject). An empty `roi-type` is refused:
     /// the previous value stays and the error is the message to log.
     pub(super) fn set(&mut self, name: &str, value: &glib::Value) -> Result<(), String> {

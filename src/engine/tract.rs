@@ -163,22 +163,21 @@ impl Engine for TractEngine {
                 })
                 .collect()
         });
-        let mut outputs: Vec<Vec<ArrayD<f32>>> = Vec::new();
-        for part in parts {
-            for row in part? {
-                if outputs.is_empty() {
-                    outputs = row.into_iter().map(|o| vec![o]).collect();
-                } else {
-                    for (all, o) in outputs.iter_mut().zip(row) {
-                        all.push(o);
-                    }
-                }
-            }
-        }
-        outputs
+        // Each row's outputs, in row order; output k of the batch joins every row's output k.
+        let per_row: Vec<Vec<ArrayD<f32>>> = parts
             .into_iter()
-            .map(|rows| {
-                let views: Vec<_> = rows.iter().map(|a| a.view()).collect();
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let count = per_row.first().map_or(0, Vec::len);
+        (0..count)
+            .map(|k| {
+                let views: Vec<_> = per_row
+                    .iter()
+                    .map(|row| row.get(k).map(|a| a.view()))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| engine_error(path, "rows gave different outputs".into()))?;
                 ndarray::concatenate(Axis(0), &views)
                     .map_err(|e| engine_error(path, format!("joining the rows: {e}")))
             })
