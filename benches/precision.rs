@@ -157,7 +157,7 @@ fn run() -> Result<(), String> {
     let bundle = Bundle::load(&o.model).map_err(|e| e.to_string())?;
     let cpu = CpuFeatures::detect();
     let sample_counts: &[usize] = if o.quick { &[16] } else { &[16, 64, 128] };
-    let (reps, py_faces) = if o.quick { (2, 4) } else { (3, 8) };
+    let (reps, py_faces) = if o.quick { (2, 8) } else { (3, 16) };
     let python: Vec<f64> = sample_counts
         .iter()
         .map(|&m| python_loop(&o.model, m, py_faces))

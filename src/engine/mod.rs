@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArrayD, ArrayViewD, Axis};
 
 use crate::Error;
 
@@ -35,6 +35,66 @@ pub trait Engine: Send {
     /// Runs the graph. `inputs` are given in the graph's declared input order; outputs come back
     /// in its declared output order, integer outputs converted to f32.
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error>;
+}
+
+/// Runs a batch whose rows are independent in contiguous shares, one share per worker state in
+/// `workers` (fewer when there are fewer rows), each in its own thread, and joins the outputs
+/// in row order. `fail` turns a reason into the backend's error (naming its graph).
+pub(crate) fn run_in_shares<W: Send>(
+    workers: &mut [W],
+    inputs: &[ArrayViewD<'_, f32>],
+    run: impl Fn(&mut W, &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error> + Sync,
+    fail: impl Fn(String) -> Error + Sync,
+) -> Result<Vec<ArrayD<f32>>, Error> {
+    let rows = inputs
+        .first()
+        .map_or(0, |a| a.shape().first().copied().unwrap_or(0));
+    let per_worker = rows.div_ceil(workers.len().clamp(1, rows.max(1)));
+    let (run, fail) = (&run, &fail);
+    let parts: Vec<Result<Vec<ArrayD<f32>>, Error>> = std::thread::scope(|scope| {
+        let running: Vec<_> = workers
+            .iter_mut()
+            .zip((0..rows).step_by(per_worker.max(1)))
+            .map(|(worker, start)| {
+                let end = (start + per_worker).min(rows);
+                scope.spawn(move || {
+                    let share: Vec<ArrayViewD<'_, f32>> = inputs
+                        .iter()
+                        .map(|a| a.slice_axis(Axis(0), (start..end).into()))
+                        .collect();
+                    run(worker, &share)
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(fail("a row worker panicked".to_string())))
+            })
+            .collect()
+    });
+    join_rows(parts.into_iter().collect::<Result<Vec<_>, _>>()?, fail)
+}
+
+/// Joins the outputs of consecutive row shares: output k of the batch is every share's output
+/// k, in order.
+pub(crate) fn join_rows(
+    parts: Vec<Vec<ArrayD<f32>>>,
+    fail: impl Fn(String) -> Error,
+) -> Result<Vec<ArrayD<f32>>, Error> {
+    let count = parts.first().map_or(0, Vec::len);
+    (0..count)
+        .map(|k| {
+            let views: Vec<_> = parts
+                .iter()
+                .map(|part| part.get(k).map(|a| a.view()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| fail("row shares gave different outputs".into()))?;
+            ndarray::concatenate(Axis(0), &views)
+                .map_err(|e| fail(format!("joining the row shares: {e}")))
+        })
+        .collect()
 }
 
 /// Which inference backend to use.

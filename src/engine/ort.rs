@@ -6,6 +6,12 @@
 //! process; when it cannot be, [`runtime_status`] says why instead of panicking.
 //! Execution providers are tried TensorRT, then CUDA, then CPU (depending on [`Device`]); each
 //! fallback is recorded with its reason for the caller to log once.
+//!
+//! On the CPU a graph whose inputs and outputs all share one symbolic batch axis (the encoder
+//! and the decoders: every row is independent) runs as one single-threaded session per core,
+//! each on its share of the rows, all at once. ONNX Runtime's own two intra-op threads split
+//! each node instead, and for the int8 decoder's many small quantize, layout and normalisation
+//! nodes that scales poorly (README, "Precision").
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,7 +19,7 @@ use std::sync::OnceLock;
 use ndarray::{ArrayD, ArrayViewD};
 use ort::ep::{self, ExecutionProvider};
 use ort::session::{Session, SessionInputValue};
-use ort::value::TensorRef;
+use ort::value::{TensorRef, ValueType};
 
 use super::{Device, Engine};
 use crate::Error;
@@ -101,7 +107,9 @@ fn environment() -> Result<&'static ort::environment::Environment, String> {
 /// An ONNX graph run by ONNX Runtime.
 pub struct OrtEngine {
     path: PathBuf,
-    session: Session,
+    /// One session, or on the CPU for a row-wise graph one single-threaded session per core
+    /// (see the module docs).
+    sessions: Vec<Session>,
     provider: &'static str,
     fallbacks: Vec<String>,
 }
@@ -143,11 +151,23 @@ impl OrtEngine {
         };
         let mut fallbacks = Vec::new();
         for (i, &provider) in order.iter().enumerate() {
-            match Self::session(env, path, provider, cache_dir) {
+            match Self::session(env, path, provider, cache_dir, None) {
                 Ok(session) => {
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let sessions = if matches!(provider, Provider::Cpu)
+                        && cores > 1
+                        && shares_batch_axis(&session)
+                    {
+                        (0..cores)
+                            .map(|_| Self::session(env, path, provider, cache_dir, Some(1)))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| engine_error(path, e))?
+                    } else {
+                        vec![session]
+                    };
                     return Ok(Self {
                         path: path.to_path_buf(),
-                        session,
+                        sessions,
                         provider: provider.name(),
                         fallbacks,
                     });
@@ -169,8 +189,14 @@ impl OrtEngine {
         path: &Path,
         provider: Provider,
         cache_dir: &Path,
+        threads: Option<usize>,
     ) -> Result<Session, String> {
         let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
+        if let Some(threads) = threads {
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|e| e.to_string())?;
+        }
         match provider {
             Provider::TensorRt => {
                 if !ep::TensorRT::is_available().unwrap_or(false) {
@@ -224,41 +250,161 @@ impl Engine for OrtEngine {
     }
 
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error> {
-        let names: Vec<String> = self
-            .session
-            .inputs()
+        let rows = inputs
+            .first()
+            .map_or(0, |a| a.shape().first().copied().unwrap_or(0));
+        let same_rows = inputs.iter().all(|a| a.shape().first() == Some(&rows));
+        if self.sessions.len() <= 1 || rows <= 1 || !same_rows {
+            return self.run_batched(inputs);
+        }
+        let path = &self.path;
+        super::run_in_shares(
+            &mut self.sessions,
+            inputs,
+            |session, share| run_session(session, path, share),
+            |reason| engine_error(path, reason),
+        )
+    }
+}
+
+impl OrtEngine {
+    /// How many sessions share a batch's rows (1: ONNX Runtime splits each node itself).
+    pub fn workers(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Runs a batch as one call of the first session, as [`Engine::run`] does for graphs that
+    /// are not row-wise (for comparing the two ways).
+    pub fn run_batched(
+        &mut self,
+        inputs: &[ArrayViewD<'_, f32>],
+    ) -> Result<Vec<ArrayD<f32>>, Error> {
+        run_session(&mut self.sessions[0], &self.path, inputs)
+    }
+}
+
+/// Runs `session` once on `inputs` (in the graph's input order).
+fn run_session(
+    session: &mut Session,
+    path: &Path,
+    inputs: &[ArrayViewD<'_, f32>],
+) -> Result<Vec<ArrayD<f32>>, Error> {
+    let names: Vec<String> = session
+        .inputs()
+        .iter()
+        .map(|i| i.name().to_string())
+        .collect();
+    if names.len() != inputs.len() {
+        return Err(engine_error(
+            path,
+            format!("graph takes {} inputs, {} given", names.len(), inputs.len()),
+        ));
+    }
+    let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
+    let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+    for (name, array) in names.into_iter().zip(&contiguous) {
+        let tensor = TensorRef::from_array_view(array)
+            .map_err(|e| engine_error(path, format!("input `{name}`: {e}")))?;
+        values.push((name, tensor.into()));
+    }
+    let outputs = session
+        .run(values)
+        .map_err(|e| engine_error(path, format!("run failed: {e}")))?;
+    let mut result = Vec::with_capacity(outputs.len());
+    for (name, value) in outputs.iter() {
+        let array = match value.try_extract_array::<f32>() {
+            Ok(a) => a.to_owned(),
+            Err(_) => value
+                .try_extract_array::<i64>()
+                .map(|a| a.mapv(|v| v as f32))
+                .map_err(|e| engine_error(path, format!("output `{name}`: {e}")))?,
+        };
+        result.push(array);
+    }
+    Ok(result)
+}
+
+/// Whether every input and output of the session's graph starts with the same named symbolic
+/// axis (a batch whose rows the graph treats independently, as the exported encoder and
+/// decoders declare it; the fused purifier's per-face inputs have a fixed 1 there).
+fn shares_batch_axis(session: &Session) -> bool {
+    let first = |t: &ValueType| match t {
+        ValueType::Tensor {
+            shape,
+            dimension_symbols,
+            ..
+        } => (shape.first() == Some(&-1))
+            .then(|| dimension_symbols.first().cloned())
+            .flatten()
+            .filter(|s| !s.is_empty()),
+        _ => None,
+    };
+    let mut axes = session
+        .inputs()
+        .iter()
+        .chain(session.outputs())
+        .map(|o| first(o.dtype()));
+    match axes.next() {
+        Some(Some(axis)) => axes.all(|a| a.as_ref() == Some(&axis)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(graph: &str) -> OrtEngine {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
+        OrtEngine::open(&dir.join(graph), Device::Cpu, &std::env::temp_dir())
+            .unwrap_or_else(|e| panic!("ONNX Runtime (scripts/setup.sh installs it): {e}"))
+    }
+
+    #[test]
+    fn only_graphs_with_one_batch_axis_share_rows_over_sessions() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(tiny("encoder.onnx").workers(), cores);
+        assert_eq!(tiny("decoder.onnx").workers(), cores);
+        // The fused graph chooses among all the batch's candidates: its rows are not independent.
+        assert_eq!(tiny("purifier.onnx").workers(), 1);
+    }
+
+    #[test]
+    fn shared_rows_give_the_batched_result() {
+        let mut decoder = tiny("decoder.onnx");
+        let z = ArrayD::from_shape_fn(vec![5, 64], |i| {
+            (i[0] as f32 * 0.7 + i[1] as f32 * 0.13).sin()
+        });
+        let skip = ArrayD::from_shape_fn(vec![5, 8, 16, 16], |i| {
+            (i[0] as f32 + i[1] as f32 * 0.3 + i[2] as f32 * 0.07 - i[3] as f32 * 0.05).cos()
+        });
+        let shared = decoder.run(&[z.view(), skip.view()]).unwrap();
+        let batched = decoder.run_batched(&[z.view(), skip.view()]).unwrap();
+        assert_eq!(shared[0].shape(), &[5, 3, 64, 64]);
+        let worst = shared[0]
             .iter()
-            .map(|i| i.name().to_string())
-            .collect();
-        if names.len() != inputs.len() {
-            return Err(engine_error(
-                &self.path,
-                format!("graph takes {} inputs, {} given", names.len(), inputs.len()),
-            ));
-        }
-        let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
-        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-        for (name, array) in names.into_iter().zip(&contiguous) {
-            let tensor = TensorRef::from_array_view(array)
-                .map_err(|e| engine_error(&self.path, format!("input `{name}`: {e}")))?;
-            values.push((name, tensor.into()));
-        }
-        let path = self.path.clone();
-        let outputs = self
-            .session
-            .run(values)
-            .map_err(|e| engine_error(&path, format!("run failed: {e}")))?;
-        let mut result = Vec::with_capacity(outputs.len());
-        for (name, value) in outputs.iter() {
-            let array = match value.try_extract_array::<f32>() {
-                Ok(a) => a.to_owned(),
-                Err(_) => value
-                    .try_extract_array::<i64>()
-                    .map(|a| a.mapv(|v| v as f32))
-                    .map_err(|e| engine_error(&path, format!("output `{name}`: {e}")))?,
-            };
-            result.push(array);
-        }
-        Ok(result)
+            .zip(batched[0].iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "shared rows differ from the batch by {worst}");
+        // Row order is kept: the last row is the last row of the batch, not a copy of the first.
+        assert!(
+            (&shared[0].slice(ndarray::s![4, .., .., ..])
+                - &shared[0].slice(ndarray::s![0, .., .., ..]))
+                .iter()
+                .any(|v| v.abs() > 1e-3)
+        );
+    }
+
+    #[test]
+    fn mismatched_batches_run_as_one_call_and_name_the_graph() {
+        let mut decoder = tiny("decoder.onnx");
+        let z = ArrayD::<f32>::zeros(vec![3, 64]);
+        let skip = ArrayD::<f32>::zeros(vec![2, 8, 16, 16]);
+        let err = decoder
+            .run(&[z.view(), skip.view()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("decoder.onnx"), "{err}");
     }
 }

@@ -133,55 +133,27 @@ impl Engine for TractEngine {
             })
             .collect();
         let plan = self.plan(shapes)?;
-        let threads = self.threads.clamp(1, rows);
-        let per_thread = rows.div_ceil(threads);
         let path = &self.path;
-        let parts: Vec<Result<Vec<Vec<ArrayD<f32>>>, Error>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..rows)
-                .step_by(per_thread)
-                .map(|start| {
-                    let plan = &plan;
-                    scope.spawn(move || {
-                        (start..(start + per_thread).min(rows))
-                            .map(|r| {
-                                let row: Vec<ArrayViewD<'_, f32>> = inputs
-                                    .iter()
-                                    .map(|a| a.slice_axis(Axis(0), (r..r + 1).into()))
-                                    .collect();
-                                run_plan(plan, path, &row)
-                            })
-                            .collect()
+        let fail = |reason| engine_error(path, reason);
+        let mut workers = vec![(); self.threads.clamp(1, rows)];
+        super::run_in_shares(
+            &mut workers,
+            inputs,
+            |_, share| {
+                let n = share.first().map_or(0, |a| a.shape()[0]);
+                let per_row = (0..n)
+                    .map(|r| {
+                        let row: Vec<ArrayViewD<'_, f32>> = share
+                            .iter()
+                            .map(|a| a.slice_axis(Axis(0), (r..r + 1).into()))
+                            .collect();
+                        run_plan(&plan, path, &row)
                     })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        Err(engine_error(path, "a row worker panicked".to_string()))
-                    })
-                })
-                .collect()
-        });
-        // Each row's outputs, in row order; output k of the batch joins every row's output k.
-        let per_row: Vec<Vec<ArrayD<f32>>> = parts
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        let count = per_row.first().map_or(0, Vec::len);
-        (0..count)
-            .map(|k| {
-                let views: Vec<_> = per_row
-                    .iter()
-                    .map(|row| row.get(k).map(|a| a.view()))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| engine_error(path, "rows gave different outputs".into()))?;
-                ndarray::concatenate(Axis(0), &views)
-                    .map_err(|e| engine_error(path, format!("joining the rows: {e}")))
-            })
-            .collect()
+                    .collect::<Result<Vec<_>, _>>()?;
+                super::join_rows(per_row, fail)
+            },
+            fail,
+        )
     }
 }
 
