@@ -134,6 +134,75 @@ pub fn figures(
     }
 }
 
+/// A candidate signal the element does not compute yet, measured by the lab on the attacked
+/// input itself: per image, `ln` of its finest detail (the image minus its 3x3 box blur) over
+/// the next band (the blur minus its own 3x3 blur), both mean squares over `regions[i]` (the
+/// face, at the input's own resolution: the photo for the image threat model, the crop for the
+/// crop one; `None`: the whole image). Sign-like perturbations such as FGSM's fill the finest
+/// band, which the element's downsampling warp averages away before any feature of
+/// [`Feature`] sees the face.
+pub fn native_detail_ratio(
+    x: &tch::Tensor,
+    regions: &[Option<gstavaepurify::core::image::Region>],
+) -> anyhow::Result<Vec<f32>> {
+    let size = x.size();
+    anyhow::ensure!(
+        size.len() == 4 && size[0] as usize == regions.len(),
+        "{} regions for images of shape {size:?}",
+        regions.len()
+    );
+    let _guard = tch::no_grad_guard();
+    let blur = |t: &tch::Tensor| t.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None::<i64>);
+    let b = blur(x);
+    let fine = (x - &b).square().mean_dim(1, false, tch::Kind::Float);
+    let mid = (&b - blur(&b)).square().mean_dim(1, false, tch::Kind::Float);
+    regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (h, w) = (size[2], size[3]);
+            let (y, x0, rh, rw) = match r {
+                Some(r) => (r.y as i64, r.x as i64, r.height as i64, r.width as i64),
+                None => (0, 0, h, w),
+            };
+            let (y, x0) = (y.clamp(0, h - 1), x0.clamp(0, w - 1));
+            let (rh, rw) = (rh.clamp(1, h - y), rw.clamp(1, w - x0));
+            let area = |t: &tch::Tensor| {
+                t.get(i as i64)
+                    .narrow(0, y, rh)
+                    .narrow(1, x0, rw)
+                    .mean(tch::Kind::Float)
+                    .double_value(&[])
+                    .max(1e-12)
+            };
+            Ok((area(&fine).ln() - area(&mid).ln()) as f32)
+        })
+        .collect()
+}
+
+/// The candidate signal's figures for one attack: AUC against the clean probes and the
+/// detection rate at the clean calibration faces' 1% false-alarm threshold.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalFigures {
+    /// ROC AUC, attacked probes against clean probes.
+    pub auc: f64,
+    /// Detection rate at the calibration faces' 99th percentile.
+    pub tpr_1: f64,
+    /// Clean probes above that threshold (the false-alarm rate on the test faces).
+    pub fpr_1: f64,
+}
+
+/// [`SignalFigures`] of `attacked` against `clean`, thresholded at `calibration`'s 99th
+/// percentile.
+pub fn signal_figures(calibration: &[f32], clean: &[f32], attacked: &[f32]) -> SignalFigures {
+    let threshold = quantile(calibration, 0.99);
+    SignalFigures {
+        auc: auc(clean, attacked),
+        tpr_1: rate_above(attacked, threshold),
+        fpr_1: rate_above(clean, threshold),
+    }
+}
+
 /// Clean training faces the alarm is calibrated on.
 pub const CALIBRATION_FACES: usize = 512;
 

@@ -80,19 +80,43 @@ impl BreakMonitor {
     /// Notes the attack losses `loss` (`[N]`, cosine times the pair's sign) of one defended
     /// forward pass at the current iterate.
     pub fn observe(&mut self, target: &Target, loss: &Tensor) -> Result<()> {
+        let rows: Vec<usize> = (0..self.broken.len()).collect();
+        self.observe_rows(target, loss, &rows).map(|_| ())
+    }
+
+    /// [`Self::observe`] for the monitored pairs `rows` only (`target` and `loss` hold just
+    /// those rows, in that order); says for each whether this iterate broke it.
+    pub fn observe_rows(
+        &mut self,
+        target: &Target,
+        loss: &Tensor,
+        rows: &[usize],
+    ) -> Result<Vec<bool>> {
+        ensure!(
+            loss.size() == [rows.len() as i64],
+            "losses of shape {:?} for {} monitored rows",
+            loss.size(),
+            rows.len()
+        );
         let cos = Vec::<f32>::try_from(&(loss * &target.sign).to_kind(Kind::Float))?;
         let sign = Vec::<f32>::try_from(&target.sign.to_kind(Kind::Float))?;
         ensure!(
-            cos.len() == self.broken.len(),
-            "{} losses for {} monitored pairs",
+            cos.len() == rows.len() && rows.iter().all(|&r| r < self.broken.len()),
+            "{} losses for rows {rows:?} of {} monitored pairs",
             cos.len(),
             self.broken.len()
         );
-        for ((b, c), s) in self.broken.iter_mut().zip(cos).zip(sign) {
-            let accepted = f64::from(c) > self.threshold;
-            *b |= accepted != (s > 0.0);
-        }
-        Ok(())
+        Ok(rows
+            .iter()
+            .zip(cos)
+            .zip(sign)
+            .map(|((&r, c), s)| {
+                let accepted = f64::from(c) > self.threshold;
+                let now = accepted != (s > 0.0);
+                self.broken[r] |= now;
+                now
+            })
+            .collect())
     }
 }
 
@@ -438,6 +462,48 @@ mod tests {
 
     fn zeros() -> Tensor {
         Tensor::zeros([2, 3, 4, 4], (Kind::Float, Device::Cpu))
+    }
+
+    #[test]
+    fn the_monitor_marks_the_rows_an_iterate_breaks_and_keeps_them_broken() {
+        // Pairs 0 and 2 are the same person, 1 and 3 are not; threshold 0.3.
+        let target = Target {
+            gallery: Tensor::zeros([4, 2], (Kind::Float, Device::Cpu)),
+            sign: Tensor::from_slice(&[1.0f32, -1.0, 1.0, -1.0]),
+            align: Tensor::zeros([4, 2, 3], (Kind::Float, Device::Cpu)),
+        };
+        let mut m = BreakMonitor::new(0.3, 4);
+        // Losses are cosine x sign: same pair at cosine 0.2 (rejected: broken), different pair
+        // at cosine 0.1 (rejected: holds).
+        let sub = Target {
+            gallery: target.gallery.narrow(0, 0, 2),
+            sign: target.sign.narrow(0, 0, 2),
+            align: target.align.narrow(0, 0, 2),
+        };
+        let now = m
+            .observe_rows(&sub, &Tensor::from_slice(&[0.2f32, -0.1]), &[0, 1])
+            .unwrap();
+        assert_eq!(now, [true, false]);
+        assert_eq!(m.broken, [true, false, false, false]);
+        // Rows 2 and 3 alone: a different pair accepted at cosine 0.5 breaks; a later iterate
+        // that no longer breaks pair 0 does not mend it.
+        let rest = Target {
+            gallery: target.gallery.narrow(0, 2, 2),
+            sign: target.sign.narrow(0, 2, 2),
+            align: target.align.narrow(0, 2, 2),
+        };
+        let now = m
+            .observe_rows(&rest, &Tensor::from_slice(&[0.9f32, -0.5]), &[2, 3])
+            .unwrap();
+        assert_eq!(now, [false, true]);
+        m.observe(&target, &Tensor::from_slice(&[0.9f32, -0.1, 0.9, -0.1]))
+            .unwrap();
+        assert_eq!(m.broken, [true, false, false, true]);
+        // Rows and losses must agree.
+        assert!(
+            m.observe_rows(&sub, &Tensor::from_slice(&[0.1f32]), &[0, 1])
+                .is_err()
+        );
     }
 
     #[test]

@@ -352,36 +352,84 @@ pub struct PhotoBpda<'a> {
 }
 
 impl LossGradient for PhotoBpda<'_> {
+    /// With a monitor, only the pairs no iterate has broken yet are attacked: a broken pair
+    /// gets a zero gradient from then on, so PGD keeps it at the iterate that broke it (the
+    /// white-box figure counts a pair broken if any iterate broke it, so attacking it further
+    /// cannot change that figure; on the image threat model nearly every pair breaks in a few
+    /// steps, and skipping them makes the attack several times cheaper). The losses of broken
+    /// pairs read 0. PGD runs this with one restart (a restart would start a broken pair anew).
     fn loss_and_grad(&mut self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = usize::try_from(x.size()[0])?;
-        let k = self.samples.max(1);
+        let active: Vec<i64> = match &self.monitor {
+            Some(m) => (0..n as i64).filter(|&i| !m.broken[i as usize]).collect(),
+            None => (0..n as i64).collect(),
+        };
         let (mut loss, mut grad) = (
             Tensor::zeros([x.size()[0]], (Kind::Float, x.device())),
             x.zeros_like(),
         );
+        if active.is_empty() {
+            return Ok((loss, grad));
+        }
+        let all = active.len() == n;
+        let idx = Tensor::from_slice(&active).to_device(x.device());
+        let pick = |t: &Tensor| {
+            if all {
+                t.shallow_clone()
+            } else {
+                t.index_select(0, &idx)
+            }
+        };
+        let xa = pick(x);
+        let target = Target {
+            gallery: pick(&self.target.gallery),
+            sign: pick(&self.target.sign),
+            align: pick(&self.target.align),
+        };
+        let placements: Vec<Placement> = active
+            .iter()
+            .map(|&i| self.placements[i as usize])
+            .collect();
+        let k = self.samples.max(1);
+        let (mut la, mut ga) = (
+            Tensor::zeros([active.len() as i64], (Kind::Float, x.device())),
+            xa.zeros_like(),
+        );
+        let mut first_loss = None;
         for draw in 0..k {
-            let seeds: Vec<u64> = (0..n).map(|_| self.rng.random()).collect();
+            let seeds: Vec<u64> = (0..active.len()).map(|_| self.rng.random()).collect();
             let exact = self
                 .pipeline
-                .apply(self.defense, x, self.placements, &seeds)?;
-            let xr = x.detach().set_requires_grad(true);
-            let sur = self.pipeline.surrogate(&xr, self.placements)?;
+                .apply(self.defense, &xa, &placements, &seeds)?;
+            let xr = xa.detach().set_requires_grad(true);
+            let sur = self.pipeline.surrogate(&xr, &placements)?;
             let y = &sur + (exact - &sur).detach();
-            let l = self
-                .target
-                .loss(&self.recognizer.embed(&y, &self.target.align)?);
+            let l = target.loss(&self.recognizer.embed(&y, &target.align)?);
             let g = Tensor::run_backward(&[l.sum(Kind::Float)], &[&xr], false, false)
                 .pop()
                 .context("no gradient reached the photo")?;
-            if draw == 0
-                && let Some(m) = self.monitor.as_mut()
-            {
-                m.observe(self.target, &l.detach())?;
+            if draw == 0 {
+                first_loss = Some(l.detach());
             }
-            loss += l.detach();
-            grad += g;
+            la += l.detach();
+            ga += g;
         }
-        Ok((loss / k as f64, grad / k as f64))
+        la /= k as f64;
+        ga /= k as f64;
+        if let (Some(m), Some(first)) = (self.monitor.as_mut(), first_loss) {
+            // The first draw at this iterate decides; a pair it breaks takes no step from here.
+            let rows: Vec<usize> = active.iter().map(|&i| i as usize).collect();
+            let keep: Vec<f32> = m
+                .observe_rows(&target, &first, &rows)?
+                .into_iter()
+                .map(|now| if now { 0.0 } else { 1.0 })
+                .collect();
+            let keep = Tensor::from_slice(&keep).to_device(x.device());
+            ga *= keep.view([-1, 1, 1, 1]);
+        }
+        let _ = loss.index_copy_(0, &idx, &la);
+        let _ = grad.index_copy_(0, &idx, &ga);
+        Ok((loss, grad))
     }
 }
 

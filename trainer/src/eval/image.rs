@@ -200,7 +200,7 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
         "{}: every defense runs as the element does (alignment, defense, feathered paste-back, \
          then the recognizer's alignment). Grey-box attacks use \
          the undefended system's gradient; white-box is BPDA + EOT (K = {}, {} steps of PGD 8, \
-         random start, a pair broken if any iterate broke it; final iterate in brackets) on {} \
+         random start, a pair broken if any iterate broke it; the kept iterate in brackets: a broken pair stops at the iterate that broke it) on {} \
          pairs; transfer: every defense on those white-box photos.\n\n| defense | clean | FGSM 4 \
          | FGSM 8 | PGD 8 | C&W L2 | white-box PGD 8 | transfer | PSNR dB | ms/face |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
