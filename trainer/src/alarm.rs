@@ -155,7 +155,9 @@ pub fn native_detail_ratio(
     let blur = |t: &tch::Tensor| t.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None::<i64>);
     let b = blur(x);
     let fine = (x - &b).square().mean_dim(1, false, tch::Kind::Float);
-    let mid = (&b - blur(&b)).square().mean_dim(1, false, tch::Kind::Float);
+    let mid = (&b - blur(&b))
+        .square()
+        .mean_dim(1, false, tch::Kind::Float);
     regions
         .iter()
         .enumerate()

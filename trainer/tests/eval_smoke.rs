@@ -346,7 +346,10 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
         }
         if model == "image" {
             let auc = native["fgsm8"]["auc"].as_f64().unwrap();
-            assert!(auc >= 0.9, "FGSM 8 AUC {auc} of the candidate signal: {native}");
+            assert!(
+                auc >= 0.9,
+                "FGSM 8 AUC {auc} of the candidate signal: {native}"
+            );
         }
         for row in &model_rows[2..] {
             let acc = &row["accuracy"];
