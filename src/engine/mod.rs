@@ -260,6 +260,42 @@ pub fn open_graph(
     }
 }
 
+/// What the tract and ONNX Runtime tests of the row-wise path share.
+#[cfg(test)]
+pub(crate) mod row_checks {
+    use ndarray::{ArrayD, s};
+
+    /// Five different rows of the tiny bundle's decoder input: `z` `[5, 64]`, `skip`
+    /// `[5, 8, 16, 16]`.
+    pub fn decoder_inputs() -> (ArrayD<f32>, ArrayD<f32>) {
+        let z = ArrayD::from_shape_fn(vec![5, 64], |i| {
+            (i[0] as f32 * 0.7 + i[1] as f32 * 0.13).sin()
+        });
+        let skip = ArrayD::from_shape_fn(vec![5, 8, 16, 16], |i| {
+            (i[0] as f32 + i[1] as f32 * 0.3 + i[2] as f32 * 0.07 - i[3] as f32 * 0.05).cos()
+        });
+        (z, skip)
+    }
+
+    /// Asserts that the images `rows` (`[5, 3, 64, 64]`) equal `batched` within `tol`, and
+    /// that they are in row order (the last row is not a copy of the first).
+    pub fn assert_rows_match(rows: &ArrayD<f32>, batched: &ArrayD<f32>, tol: f32) {
+        assert_eq!(rows.shape(), &[5, 3, 64, 64]);
+        assert_eq!(rows.shape(), batched.shape());
+        let worst = rows
+            .iter()
+            .zip(batched.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < tol, "rows differ from the batch by {worst}");
+        assert!(
+            (&rows.slice(s![4, .., .., ..]) - &rows.slice(s![0, .., .., ..]))
+                .iter()
+                .any(|v| v.abs() > 1e-3)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

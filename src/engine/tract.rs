@@ -237,29 +237,10 @@ mod tests {
     #[test]
     fn row_by_row_gives_the_batched_result() {
         let mut decoder = tiny("decoder.onnx");
-        let z = ArrayD::from_shape_fn(vec![5, 64], |i| {
-            (i[0] as f32 * 0.7 + i[1] as f32 * 0.13).sin()
-        });
-        let skip = ArrayD::from_shape_fn(vec![5, 8, 16, 16], |i| {
-            (i[0] as f32 + i[1] as f32 * 0.3 + i[2] as f32 * 0.07 - i[3] as f32 * 0.05).cos()
-        });
+        let (z, skip) = super::super::row_checks::decoder_inputs();
         let rows = decoder.run(&[z.view(), skip.view()]).unwrap();
         let batched = decoder.run_batched(&[z.view(), skip.view()]).unwrap();
-        assert_eq!(rows[0].shape(), &[5, 3, 64, 64]);
-        assert_eq!(rows[0].shape(), batched[0].shape());
-        let worst = rows[0]
-            .iter()
-            .zip(batched[0].iter())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "rows differ from the batch by {worst}");
-        // Each row is its own image: the rows are not all the same.
-        assert!(
-            (&rows[0].slice(ndarray::s![0, .., .., ..])
-                - &rows[0].slice(ndarray::s![1, .., .., ..]))
-                .iter()
-                .any(|v| v.abs() > 1e-3)
-        );
+        super::super::row_checks::assert_rows_match(&rows[0], &batched[0], 1e-4);
     }
 
     #[test]
