@@ -277,6 +277,18 @@ pub(crate) mod row_checks {
         (z, skip)
     }
 
+    /// Asserts that a batch whose inputs disagree on their rows is not split: the engine itself
+    /// refuses it, naming the graph.
+    pub fn assert_mismatched_rows_name_the_graph(decoder: &mut dyn super::Engine) {
+        let z = ArrayD::<f32>::zeros(vec![3, 64]);
+        let skip = ArrayD::<f32>::zeros(vec![2, 8, 16, 16]);
+        let err = decoder
+            .run(&[z.view(), skip.view()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("decoder.onnx"), "{err}");
+    }
+
     /// Asserts that the images `rows` (`[5, 3, 64, 64]`) equal `batched` within `tol`, and
     /// that they are in row order (the last row is not a copy of the first).
     pub fn assert_rows_match(rows: &ArrayD<f32>, batched: &ArrayD<f32>, tol: f32) {

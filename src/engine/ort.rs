@@ -380,13 +380,6 @@ mod tests {
 
     #[test]
     fn mismatched_batches_run_as_one_call_and_name_the_graph() {
-        let mut decoder = tiny("decoder.onnx");
-        let z = ArrayD::<f32>::zeros(vec![3, 64]);
-        let skip = ArrayD::<f32>::zeros(vec![2, 8, 16, 16]);
-        let err = decoder
-            .run(&[z.view(), skip.view()])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("decoder.onnx"), "{err}");
+        super::super::row_checks::assert_mismatched_rows_name_the_graph(&mut tiny("decoder.onnx"));
     }
 }

@@ -219,7 +219,6 @@ fn shares_batch_axis(model: &InferenceModel) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::ArrayD;
 
     fn tiny(graph: &str) -> TractEngine {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bundle-tiny");
@@ -245,14 +244,6 @@ mod tests {
 
     #[test]
     fn mismatched_batches_run_as_one_call() {
-        let mut decoder = tiny("decoder.onnx");
-        let z = ArrayD::<f32>::zeros(vec![3, 64]);
-        let skip = ArrayD::<f32>::zeros(vec![2, 8, 16, 16]);
-        // Not split: tract itself reports the mismatch, with the graph's path.
-        let err = decoder
-            .run(&[z.view(), skip.view()])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("decoder.onnx"), "{err}");
+        super::super::row_checks::assert_mismatched_rows_name_the_graph(&mut tiny("decoder.onnx"));
     }
 }
