@@ -27,16 +27,21 @@ pub enum Feature {
     /// `ln` of the input's detail over the chosen candidate's: extra detail the model cannot
     /// explain for this face.
     LogDetailRatio,
+    /// `ln` of the input's finest band over the band below it, at the input's own resolution
+    /// (the frame over the face's region, [`crate::core::band`]): where sign-like
+    /// perturbations live before the warp to the purifier's side averages them away.
+    LogNativeDetailRatio,
 }
 
 impl Feature {
     /// Every feature, in a fixed order.
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 6] = [
         Feature::LogDistance,
         Feature::LogKl,
         Feature::LogDetail,
         Feature::LogDistanceCoarse,
         Feature::LogDetailRatio,
+        Feature::LogNativeDetailRatio,
     ];
 
     /// The feature's value for one purified face.
@@ -48,6 +53,9 @@ impl Feature {
             Feature::LogDistanceCoarse => p.distance_coarse.max(1e-12).ln(),
             Feature::LogDetailRatio => {
                 p.detail.max(1e-12).ln() - p.detail_candidate.max(1e-12).ln()
+            }
+            Feature::LogNativeDetailRatio => {
+                p.native_fine.max(1e-12).ln() - p.native_mid.max(1e-12).ln()
             }
         }
     }
@@ -134,6 +142,8 @@ mod tests {
             detail: 1e-3,
             distance_coarse: 1e-3,
             detail_candidate: 1e-3,
+            native_fine: 1e-3,
+            native_mid: 1e-3,
         }
     }
 

@@ -10,6 +10,7 @@ use ndarray::{Array3, ArrayView3, ArrayViewMut3, ArrayViewMut4, Axis};
 use rand::rngs::StdRng;
 
 use crate::core::align::{self, Similarity};
+use crate::core::band;
 use crate::core::image::{self, FrameMut, FrameRef, Region};
 use crate::core::resample;
 use crate::purifier::{Purified, Purifier, PurifyParams};
@@ -156,6 +157,7 @@ pub fn purify_faces(
     let mut batch = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
         .map_err(|err| FrameError::Unreadable(format!("face batch: {err}")))?;
     let kept = Snapshot::take(frame, faces.iter(), side, paste, passes);
+    let bands = native_bands(&frame.as_frame_ref(), faces.iter(), side);
 
     let mut run = || -> Result<Vec<Purified>, FrameError> {
         let mut first = None;
@@ -171,7 +173,13 @@ pub fn purify_faces(
                     results.len()
                 )));
             }
-            first.get_or_insert(results);
+            first.get_or_insert_with(|| {
+                let mut results = results;
+                for (r, &b) in results.iter_mut().zip(&bands) {
+                    r.set_native_bands(b);
+                }
+                results
+            });
             let pasted: Vec<(&Placement, ArrayView3<'_, f32>)> =
                 faces.iter().zip(batch.axis_iter(Axis(0))).collect();
             paste_all(frame, &pasted, paste).map_err(unreadable)?;
@@ -183,6 +191,23 @@ pub fn purify_faces(
         kept.restore(frame);
     }
     outcome
+}
+
+/// The alarm's finest-band figures ([`crate::core::band::frame_bands`]) of every face of
+/// `faces` (`side` its crop side), read from `frame` over the face's region at the frame's
+/// own resolution; `(0, 0)` for a face outside the frame.
+pub fn native_bands<'p>(
+    frame: &FrameRef<'_>,
+    faces: impl IntoIterator<Item = &'p Placement>,
+    side: usize,
+) -> Vec<(f32, f32)> {
+    faces
+        .into_iter()
+        .map(|p| {
+            p.bounds(side, frame.width, frame.height)
+                .map_or((0.0, 0.0), |region| band::frame_bands(frame, region))
+        })
+        .collect()
 }
 
 /// Runs `f` on the purifier, turning an error or a panic into [`FrameError::Engine`].

@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 
 use crate::Error;
 use crate::bundle::{Bundle, GraphKind};
+use crate::core::band::crop_bands;
 use crate::core::latent::{SampleStats, mean_kl, sample_latents};
 use crate::core::select::{NearestTracker, squared_distance};
 use crate::engine::precision::{self, CpuFeatures, DecoderChoice, Precision};
@@ -50,6 +51,21 @@ pub struct Purified {
     /// Mean squared detail of the chosen candidate above the encoder's resolution: the detail
     /// the model gives this face, against which the input's is compared.
     pub detail_candidate: f32,
+    /// Mean square of the input's finest band at its own resolution, and of the band below it
+    /// ([`crate::core::band`]): read from the face crop here, and from the frame over the
+    /// face's region where there is one ([`crate::frame::native_bands`]).
+    pub native_fine: f32,
+    /// See [`Purified::native_fine`].
+    pub native_mid: f32,
+}
+
+impl Purified {
+    /// Replaces [`Purified::native_fine`] and [`Purified::native_mid`] with `(fine, mid)`, as
+    /// read from the frame ([`crate::frame::native_bands`]).
+    pub fn set_native_bands(&mut self, (fine, mid): (f32, f32)) {
+        self.native_fine = fine;
+        self.native_mid = mid;
+    }
 }
 
 /// `(detail, distance_coarse, detail_candidate)` of [`Purified`] for `input` and the chosen
@@ -665,6 +681,7 @@ impl Purifier {
                 let mut input = faces.index_axis_mut(Axis(0), face);
                 let (detail, distance_coarse, detail_candidate) =
                     coarse_signals(input.view(), image, k);
+                let (native_fine, native_mid) = crop_bands(input.view());
                 results.push(Purified {
                     distance: squared_distance(image, input.view()),
                     candidate: chosen[face].candidate,
@@ -673,6 +690,8 @@ impl Purifier {
                     detail,
                     distance_coarse,
                     detail_candidate,
+                    native_fine,
+                    native_mid,
                 });
                 input.assign(&image);
             }
@@ -770,10 +789,10 @@ impl Purifier {
         }
         let (images, best) = tracker.finish();
         let k = self.coarse_block();
-        let signals: Vec<(f32, f32, f32)> = faces
+        let signals: Vec<_> = faces
             .outer_iter()
             .zip(images.outer_iter())
-            .map(|(input, chosen)| coarse_signals(input, chosen, k))
+            .map(|(input, chosen)| (coarse_signals(input, chosen, k), crop_bands(input)))
             .collect();
         faces.assign(&images);
         Ok(best
@@ -790,9 +809,11 @@ impl Purifier {
                     candidate: b.candidate,
                     clipped,
                     kl: mean_kl(enc.mu.row(face), enc.logvar.row(face)),
-                    detail: signals[face].0,
-                    distance_coarse: signals[face].1,
-                    detail_candidate: signals[face].2,
+                    detail: signals[face].0.0,
+                    distance_coarse: signals[face].0.1,
+                    detail_candidate: signals[face].0.2,
+                    native_fine: signals[face].1.0,
+                    native_mid: signals[face].1.1,
                 }
             })
             .collect())
@@ -877,6 +898,7 @@ impl Purifier {
                     })?;
             let (detail, distance_coarse, detail_candidate) =
                 coarse_signals(pixels.view(), image.view(), coarse_block);
+            let (native_fine, native_mid) = crop_bands(pixels.view());
             pixels.assign(&image);
             result.push(Purified {
                 distance,
@@ -886,6 +908,8 @@ impl Purifier {
                 detail,
                 distance_coarse,
                 detail_candidate,
+                native_fine,
+                native_mid,
             });
         }
         Ok(result)

@@ -76,6 +76,7 @@ pub(super) fn purify(
     };
     let all: Vec<usize> = (0..n).collect();
     frame::read_all(&source, placements(&all), input.view_mut()).map_err(unreadable)?;
+    let bands = frame::native_bands(&source, placements(&all), side);
     let copy_time = copy_started.elapsed();
 
     let started = Instant::now();
@@ -276,6 +277,12 @@ pub(super) fn purify(
         }
     }
 
+    // The alarm reads the face's finest band from the frame as it came in.
+    for (r, &b) in results.iter_mut().zip(&bands) {
+        if let Some(r) = r {
+            r.set_native_bands(b);
+        }
+    }
     let outcomes = paths
         .into_iter()
         .zip(results)

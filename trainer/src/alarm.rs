@@ -11,18 +11,20 @@ use gstavaepurify::purifier::Purified;
 use serde::Serialize;
 
 /// The combinations compared: name and weights over [`Feature::ALL`].
-pub const COMBINATIONS: [(&str, [f32; 5]); 11] = [
-    ("distance", [1.0, 0.0, 0.0, 0.0, 0.0]),
-    ("kl", [0.0, 1.0, 0.0, 0.0, 0.0]),
-    ("detail", [0.0, 0.0, 1.0, 0.0, 0.0]),
-    ("coarse", [0.0, 0.0, 0.0, 1.0, 0.0]),
-    ("detail-ratio", [0.0, 0.0, 0.0, 0.0, 1.0]),
-    ("distance+detail", [1.0, 0.0, 1.0, 0.0, 0.0]),
-    ("detail+coarse", [0.0, 0.0, 1.0, 1.0, 0.0]),
-    ("detail-ratio+coarse", [0.0, 0.0, 0.0, 1.0, 1.0]),
-    ("detail-ratio+kl", [0.0, 1.0, 0.0, 0.0, 1.0]),
-    ("detail-ratio+distance", [1.0, 0.0, 0.0, 0.0, 1.0]),
-    ("all", [1.0, 1.0, 1.0, 1.0, 1.0]),
+pub const COMBINATIONS: [(&str, [f32; 6]); 13] = [
+    ("distance", [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+    ("kl", [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+    ("detail", [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]),
+    ("coarse", [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+    ("detail-ratio", [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+    ("distance+detail", [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]),
+    ("detail+coarse", [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]),
+    ("detail-ratio+coarse", [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]),
+    ("detail-ratio+kl", [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),
+    ("detail-ratio+distance", [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+    ("native", [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
+    ("native+detail-ratio", [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]),
+    ("all", [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
 ];
 
 /// The attack family the combination is chosen on.
@@ -52,7 +54,7 @@ fn quantile(values: &[f32], q: f64) -> f32 {
 }
 
 /// The alarm for `weights`, fitted on the clean faces `clean`; `calibration` says how.
-pub fn fit(clean: &[Purified], weights: [f32; 5], calibration: String) -> AlarmParams {
+pub fn fit(clean: &[Purified], weights: [f32; 6], calibration: String) -> AlarmParams {
     let mut params = AlarmParams {
         features: Feature::ALL.to_vec(),
         mean: Vec::new(),
@@ -134,75 +136,21 @@ pub fn figures(
     }
 }
 
-/// A candidate signal the element does not compute yet, measured by the lab on the attacked
-/// input itself: per image, `ln` of its finest detail (the image minus its 3x3 box blur) over
-/// the next band (the blur minus its own 3x3 blur), both mean squares over `regions[i]` (the
-/// face, at the input's own resolution: the photo for the image threat model, the crop for the
-/// crop one; `None`: the whole image). Sign-like perturbations such as FGSM's fill the finest
-/// band, which the element's downsampling warp averages away before any feature of
-/// [`Feature`] sees the face.
-pub fn native_detail_ratio(
-    x: &tch::Tensor,
-    regions: &[Option<gstavaepurify::core::image::Region>],
-) -> anyhow::Result<Vec<f32>> {
-    let size = x.size();
-    anyhow::ensure!(
-        size.len() == 4 && size[0] as usize == regions.len(),
-        "{} regions for images of shape {size:?}",
-        regions.len()
-    );
-    let _guard = tch::no_grad_guard();
+/// The finest-band figures `(fine, mid)` `[N]` of images `x` (`[N, C, H, W]`) over the whole
+/// image, in tch and differentiable, as [`gstavaepurify::core::band::crop_bands`] reads a crop:
+/// the mean square of the image minus its 3x3 box mean, and of that mean minus its own 3x3 box
+/// mean (box means over the neighbours inside the image).
+pub fn native_bands(x: &tch::Tensor) -> (tch::Tensor, tch::Tensor) {
     let blur = |t: &tch::Tensor| t.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None::<i64>);
+    let dims = [1i64, 2, 3];
     let b = blur(x);
-    let fine = (x - &b).square().mean_dim(1, false, tch::Kind::Float);
+    let fine = (x - &b)
+        .square()
+        .mean_dim(dims.as_slice(), false, tch::Kind::Float);
     let mid = (&b - blur(&b))
         .square()
-        .mean_dim(1, false, tch::Kind::Float);
-    regions
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let (h, w) = (size[2], size[3]);
-            let (y, x0, rh, rw) = match r {
-                Some(r) => (r.y as i64, r.x as i64, r.height as i64, r.width as i64),
-                None => (0, 0, h, w),
-            };
-            let (y, x0) = (y.clamp(0, h - 1), x0.clamp(0, w - 1));
-            let (rh, rw) = (rh.clamp(1, h - y), rw.clamp(1, w - x0));
-            let area = |t: &tch::Tensor| {
-                t.get(i as i64)
-                    .narrow(0, y, rh)
-                    .narrow(1, x0, rw)
-                    .mean(tch::Kind::Float)
-                    .double_value(&[])
-                    .max(1e-12)
-            };
-            Ok((area(&fine).ln() - area(&mid).ln()) as f32)
-        })
-        .collect()
-}
-
-/// The candidate signal's figures for one attack: AUC against the clean probes and the
-/// detection rate at the clean calibration faces' 1% false-alarm threshold.
-#[derive(Debug, Clone, Serialize)]
-pub struct SignalFigures {
-    /// ROC AUC, attacked probes against clean probes.
-    pub auc: f64,
-    /// Detection rate at the calibration faces' 99th percentile.
-    pub tpr_1: f64,
-    /// Clean probes above that threshold (the false-alarm rate on the test faces).
-    pub fpr_1: f64,
-}
-
-/// [`SignalFigures`] of `attacked` against `clean`, thresholded at `calibration`'s 99th
-/// percentile.
-pub fn signal_figures(calibration: &[f32], clean: &[f32], attacked: &[f32]) -> SignalFigures {
-    let threshold = quantile(calibration, 0.99);
-    SignalFigures {
-        auc: auc(clean, attacked),
-        tpr_1: rate_above(attacked, threshold),
-        fpr_1: rate_above(clean, threshold),
-    }
+        .mean_dim(dims.as_slice(), false, tch::Kind::Float);
+    (fine, mid)
 }
 
 /// Clean training faces the alarm is calibrated on.
@@ -213,7 +161,7 @@ pub const CALIBRATION_FACES: usize = 512;
 pub const DEFAULT_COMBINATION: &str = "detail-ratio";
 
 /// The weights of the combination `name`; the error lists the known ones.
-pub fn combination(name: &str) -> anyhow::Result<[f32; 5]> {
+pub fn combination(name: &str) -> anyhow::Result<[f32; 6]> {
     COMBINATIONS
         .iter()
         .find(|(n, _)| *n == name)
@@ -361,6 +309,8 @@ mod tests {
             detail: 1e-3,
             distance_coarse: 1e-3,
             detail_candidate: 1e-3,
+            native_fine: 1e-3,
+            native_mid: 1e-3,
         }
     }
 
@@ -381,7 +331,7 @@ mod tests {
         let clean: Vec<Purified> = (0..1000)
             .map(|i| face(0.001 * (1.0 + (i as f32 * 0.618).fract()), 0.5))
             .collect();
-        let p = fit(&clean, [1.0, 0.0, 0.0, 0.0, 0.0], "test".into());
+        let p = fit(&clean, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0], "test".into());
         let scores: Vec<f32> = clean.iter().map(|c| p.score(c)).collect();
         let r1 = rate_above(&scores, p.threshold_1);
         let r5 = rate_above(&scores, p.threshold_5);

@@ -30,7 +30,6 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use anyhow::ensure;
-use gstavaepurify::core::image::Region;
 use gstavaepurify::frame::Placement;
 use gstavaepurify::purifier::Purified;
 
@@ -110,10 +109,6 @@ pub struct LabRow {
     /// A-VAE rows: the alarm's figures by score combination and attack (fitted on the clean
     /// calibration faces, negatives the clean probes).
     pub alarm: BTreeMap<String, BTreeMap<String, AlarmFigures>>,
-    /// The first row of each threat model: a candidate alarm signal measured on the attacked
-    /// inputs themselves, whatever the defense ([`alarm::native_detail_ratio`]), by attack.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub native_detail: BTreeMap<String, alarm::SignalFigures>,
 }
 
 /// Mean PSNR in dB of `a` against `b` (both in [-1, 1]).
@@ -539,35 +534,6 @@ pub(crate) fn run_space(
             .collect()
     };
     let side = pipeline.side;
-    let template = defenses.first().and_then(|l| l.template);
-    let probe_places = space.placements(PROBE, template.as_ref(), crop_spec, side)?;
-    let regions = |places: &[Placement], count: usize| -> Vec<Option<Region>> {
-        let size = space.inputs[PROBE].size();
-        let (h, w) = (size[2] as usize, size[3] as usize);
-        if places.is_empty() {
-            vec![None; count]
-        } else {
-            places.iter().map(|p| p.bounds(side, w, h)).collect()
-        }
-    };
-    let calib_count = space.inputs[CALIB_A].size()[0] as usize;
-    let calib_native = alarm::native_detail_ratio(
-        &space.inputs[CALIB_A],
-        &regions(
-            &space.placements(CALIB_A, template.as_ref(), crop_spec, side)?,
-            calib_count,
-        ),
-    )?;
-    let probe_regions = regions(&probe_places, n);
-    let clean_native = alarm::native_detail_ratio(&probes["clean"], &probe_regions)?;
-    let mut native_detail = BTreeMap::new();
-    for (cond, x) in probes.iter().filter(|(c, _)| **c != "clean") {
-        let attacked = alarm::native_detail_ratio(x, &probe_regions)?;
-        native_detail.insert(
-            cond.to_string(),
-            alarm::signal_figures(&calib_native, &clean_native, &attacked),
-        );
-    }
     let mut rows = Vec::new();
     for (d, lab) in defenses.iter_mut().enumerate() {
         let t = Instant::now();
@@ -721,20 +687,7 @@ pub(crate) fn run_space(
             ms_per_face,
             whitebox_pairs,
             alarm,
-            native_detail: BTreeMap::new(),
         });
-    }
-    if let Some(adv) = &transfer_probes {
-        let sub_regions = regions(&subset.places(&probe_places), subset.len());
-        let clean = alarm::native_detail_ratio(&subset.rows(&probes["clean"]), &sub_regions)?;
-        let attacked = alarm::native_detail_ratio(adv, &sub_regions)?;
-        native_detail.insert(
-            "bpda_pgd8".into(),
-            alarm::signal_figures(&calib_native, &clean, &attacked),
-        );
-    }
-    if let Some(first) = rows.first_mut() {
-        first.native_detail = native_detail;
     }
     if let Some(adv) = transfer_probes.filter(|_| plan.transfer) {
         let align = subset.rows(&space.aligns[PROBE]);
@@ -1014,33 +967,7 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
         }
         out.push('\n');
         out.push_str(&render_alarm(rows, model));
-        out.push_str(&render_native(rows, model));
     }
-    out
-}
-
-/// The candidate signal's table of one threat model (empty when it was not measured).
-fn render_native(rows: &[LabRow], model: ThreatModel) -> String {
-    let Some(row) = rows
-        .iter()
-        .find(|r| r.threat_model == model && !r.native_detail.is_empty())
-    else {
-        return String::new();
-    };
-    let mut out = format!(
-        "Candidate alarm signal, {} (not in the element): the attacked input's finest detail \
-         over the next band at its own resolution, over the face; threshold at the clean \
-         calibration inputs' 99th percentile\n\n| attack | AUC | detected at 1% | clean test \
-         inputs above it |\n|---|---:|---:|---:|\n",
-        model.label()
-    );
-    for (cond, f) in &row.native_detail {
-        out.push_str(&format!(
-            "| {cond} | {:.3} | {:.3} | {:.3} |\n",
-            f.auc, f.tpr_1, f.fpr_1
-        ));
-    }
-    out.push('\n');
     out
 }
 

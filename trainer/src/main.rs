@@ -66,7 +66,7 @@ struct AlarmArgs {
 
 #[derive(clap::Args)]
 struct AlarmFitArgs {
-    /// Score: distance, kl, detail, coarse, detail-ratio, distance+detail or all
+    /// Score: one of the combinations of `alarm::COMBINATIONS` (native, detail-ratio, native+detail-ratio, all, ...; an unknown name lists them)
     #[arg(long = "alarm-score", default_value = avae_trainer::alarm::DEFAULT_COMBINATION)]
     score: String,
     /// Clean training faces to calibrate on

@@ -334,23 +334,6 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
             none_lab["pgd8"].as_f64().unwrap() < none_lab["clean"].as_f64().unwrap(),
             "PGD did not lower the undefended accuracy in the lab ({model}): {none_lab}"
         );
-        // The candidate alarm signal sits on the first row, for every attack of the lab; FGSM's
-        // sign noise fills the photo's finest band, so it stands out from every clean photo.
-        let native = &model_rows[0]["native_detail"];
-        for cond in ["fgsm8", "pgd8", "bpda_pgd8"] {
-            let auc = native[cond]["auc"].as_f64();
-            assert!(
-                auc.is_some_and(|a| (0.0..=1.0).contains(&a)),
-                "candidate signal missing for {cond} ({model}): {native}"
-            );
-        }
-        if model == "image" {
-            let auc = native["fgsm8"]["auc"].as_f64().unwrap();
-            assert!(
-                auc >= 0.9,
-                "FGSM 8 AUC {auc} of the candidate signal: {native}"
-            );
-        }
         for row in &model_rows[2..] {
             let acc = &row["accuracy"];
             assert!(acc["bpda_pgd8"].is_f64(), "{row}");
@@ -365,13 +348,19 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
                 auc.is_some_and(|a| (0.0..=1.0).contains(&a)),
                 "alarm figures missing ({model}): {row}"
             );
+            // FGSM's sign noise fills the photo's finest band, which the element reads from the
+            // frame before its warp: the native score stands out from every clean photo.
+            if model == "image" {
+                let auc = row["alarm"]["native"]["fgsm8"]["auc"].as_f64().unwrap();
+                assert!(auc >= 0.9, "FGSM 8 AUC {auc} of the native score: {row}");
+            }
         }
     }
     let md = fs::read_to_string(lab.join("lab.md")).unwrap();
     assert!(
         md.contains("image threat model")
             && md.contains("Attack alarm, crop")
-            && md.contains("Candidate alarm signal"),
+            && md.contains("AUC fgsm8 native"),
         "{md}"
     );
     assert!(lab.join("lab.md").is_file());

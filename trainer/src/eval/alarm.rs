@@ -159,6 +159,10 @@ fn feature_values(
             Kind::Float,
         )),
         Feature::LogDetailRatio => ln(detail(x)) - ln(detail(cand)),
+        Feature::LogNativeDetailRatio => {
+            let (fine, mid) = alarm::native_bands(x);
+            ln(fine) - ln(mid)
+        }
     }
 }
 
@@ -711,9 +715,9 @@ mod tests {
         };
         let params = AlarmParams {
             features: Feature::ALL.to_vec(),
-            mean: vec![1.0, -0.5, -3.0, -6.0, 0.2],
-            std: vec![0.5, 0.25, 1.0, 2.0, 0.3],
-            weights: vec![1.0, 0.5, 0.25, 2.0, 1.5],
+            mean: vec![1.0, -0.5, -3.0, -6.0, 0.2, 0.5],
+            std: vec![0.5, 0.25, 1.0, 2.0, 0.3, 0.7],
+            weights: vec![1.0, 0.5, 0.25, 2.0, 1.5, 0.75],
             threshold_1: 2.0,
             threshold_5: 1.0,
             calibration: String::new(),
@@ -724,6 +728,7 @@ mod tests {
             let (xi, ci) = (to_array(&x.get(i)), to_array(&cand.get(i)));
             let (detail, distance_coarse, detail_candidate) =
                 coarse_signals(xi.view(), ci.view(), 2);
+            let (native_fine, native_mid) = gstavaepurify::core::band::crop_bands(xi.view());
             let mu_i = Array1::from(Vec::<f32>::try_from(&mu.get(i)).unwrap());
             let lv_i = Array1::from(Vec::<f32>::try_from(&logvar.get(i)).unwrap());
             let p = Purified {
@@ -734,6 +739,8 @@ mod tests {
                 detail,
                 distance_coarse,
                 detail_candidate,
+                native_fine,
+                native_mid,
             };
             let want = params.score(&p);
             let got = tch_scores[i as usize];
@@ -761,8 +768,10 @@ mod tests {
                 detail: 0.1,
                 distance_coarse: 0.01,
                 detail_candidate: 0.01,
+                native_fine: 0.01,
+                native_mid: 0.01,
             }],
-            [0.0, 0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
             String::new(),
         );
         let s = score_tensor(&params, &x, &cand, &mu, &mu, 2);
