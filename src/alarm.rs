@@ -82,6 +82,14 @@ pub struct AlarmParams {
 }
 
 impl AlarmParams {
+    /// Whether the score weighs `feature` (listed with a weight other than zero).
+    pub fn uses(&self, feature: Feature) -> bool {
+        self.features
+            .iter()
+            .zip(&self.weights)
+            .any(|(f, w)| *f == feature && *w != 0.0)
+    }
+
     /// The score of one purified face: `sum_i w_i (f_i - mean_i) / std_i`.
     pub fn score(&self, p: &Purified) -> f32 {
         self.features
@@ -170,6 +178,15 @@ mod tests {
         assert!(p.score(&face(0.05, 1.0)) > p.score(&face(0.02, 1.0)));
         // Zero and NaN-free at the extremes.
         assert!(p.score(&face(0.0, 0.0)).is_finite());
+    }
+
+    #[test]
+    fn a_feature_is_used_when_listed_with_a_weight() {
+        let mut p = params();
+        assert!(p.uses(Feature::LogDistance) && p.uses(Feature::LogKl));
+        assert!(!p.uses(Feature::LogNativeDetailRatio));
+        p.weights[1] = 0.0;
+        assert!(!p.uses(Feature::LogKl));
     }
 
     #[test]

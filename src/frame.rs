@@ -600,6 +600,38 @@ mod tests {
     }
 
     #[test]
+    fn the_alarms_finest_band_is_read_from_the_frame_as_it_came_in() {
+        let mut purifier = crate::purifier::tiny_purifier();
+        let params = PurifyParams {
+            samples: 2,
+            batch: 4,
+            tau: purifier.default_tau(),
+        };
+        let (start, faces) = two_faces();
+        let mut data = start.clone();
+        let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+        let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(3);
+        let results = purify_faces(
+            &mut purifier,
+            &mut frame,
+            &faces,
+            &params,
+            2,
+            &with_context(),
+            &mut rng,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let before = FrameRef::new(&start, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+        let side = purifier.image_size();
+        let want = native_bands(&before, faces.iter(), side);
+        for (r, (fine, mid)) in results.iter().zip(want) {
+            assert!(fine > 0.0 && mid > 0.0);
+            assert_eq!((r.native_fine, r.native_mid), (fine, mid));
+        }
+    }
+
+    #[test]
     fn further_passes_read_the_pasted_frame_as_elements_in_a_row_would() {
         let mut purifier = crate::purifier::tiny_purifier();
         let params = PurifyParams {

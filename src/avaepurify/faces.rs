@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 
 use super::targets::Target;
 use super::tracks::{Budget, Costs, FacePath, Outcome, Plan, Refresh, Tracks};
+use crate::alarm::Feature;
 use crate::core::image::FrameMut;
 use crate::frame::{self, FrameError, Paste, Snapshot, engine_call as engine};
 use crate::purifier::{Chosen, PassEngine, Purified, PurifyParams};
@@ -76,7 +77,14 @@ pub(super) fn purify(
     };
     let all: Vec<usize> = (0..n).collect();
     frame::read_all(&source, placements(&all), input.view_mut()).map_err(unreadable)?;
-    let bands = frame::native_bands(&source, placements(&all), side);
+    // The alarm's finest band, read from the frame as it came in, where the bundle's alarm weighs
+    // it (otherwise the figures the purifier reads from the crops stay).
+    let alarm = purifier.bundle().manifest.alarm.as_ref();
+    let bands = if alarm.is_some_and(|a| a.uses(Feature::LogNativeDetailRatio)) {
+        frame::native_bands(&source, placements(&all), side)
+    } else {
+        Vec::new()
+    };
     let copy_time = copy_started.elapsed();
 
     let started = Instant::now();
@@ -277,7 +285,6 @@ pub(super) fn purify(
         }
     }
 
-    // The alarm reads the face's finest band from the frame as it came in.
     for (r, &b) in results.iter_mut().zip(&bands) {
         if let Some(r) = r {
             r.set_native_bands(b);
