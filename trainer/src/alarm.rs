@@ -158,7 +158,7 @@ pub const CALIBRATION_FACES: usize = 512;
 
 /// The combination `trainer export` and `trainer alarm` fit by default (chosen on FGSM 8 in
 /// the lab, see the README's alarm section).
-pub const DEFAULT_COMBINATION: &str = "detail-ratio";
+pub const DEFAULT_COMBINATION: &str = "native";
 
 /// The weights of the combination `name`; the error lists the known ones.
 pub fn combination(name: &str) -> anyhow::Result<[f32; 6]> {
