@@ -37,6 +37,14 @@ pub trait Engine: Send {
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error>;
 }
 
+/// The rows of a batch whose inputs all share their first axis, when there are at least two
+/// (a batch worth splitting); `None` otherwise: the engine then runs it as one call, which
+/// reports any mismatch itself.
+pub(crate) fn splittable_rows(inputs: &[ArrayViewD<'_, f32>]) -> Option<usize> {
+    let rows = *inputs.first()?.shape().first()?;
+    (rows > 1 && inputs.iter().all(|a| a.shape().first() == Some(&rows))).then_some(rows)
+}
+
 /// Runs a batch whose rows are independent in contiguous shares, one share per worker state in
 /// `workers` (fewer when there are fewer rows), each in its own thread, and joins the outputs
 /// in row order. `fail` turns a reason into the backend's error (naming its graph).

@@ -151,19 +151,25 @@ impl OrtEngine {
         };
         let mut fallbacks = Vec::new();
         for (i, &provider) in order.iter().enumerate() {
-            match Self::session(env, path, provider, cache_dir, None) {
+            // On a multi-core CPU the first session is single-threaded: for a row-wise graph
+            // it is the first of one per core, otherwise it is opened again with ONNX
+            // Runtime's own threads.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let share = matches!(provider, Provider::Cpu) && cores > 1;
+            match Self::session(env, path, provider, cache_dir, share.then_some(1)) {
                 Ok(session) => {
-                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    let sessions = if matches!(provider, Provider::Cpu)
-                        && cores > 1
-                        && shares_batch_axis(&session)
-                    {
-                        (0..cores)
-                            .map(|_| Self::session(env, path, provider, cache_dir, Some(1)))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| engine_error(path, e))?
-                    } else {
+                    let reopen = |threads| {
+                        Self::session(env, path, provider, cache_dir, threads)
+                            .map_err(|e| engine_error(path, e))
+                    };
+                    let sessions = if !share {
                         vec![session]
+                    } else if shares_batch_axis(&session) {
+                        std::iter::once(Ok(session))
+                            .chain((1..cores).map(|_| reopen(Some(1))))
+                            .collect::<Result<Vec<_>, _>>()?
+                    } else {
+                        vec![reopen(None)?]
                     };
                     return Ok(Self {
                         path: path.to_path_buf(),
@@ -250,11 +256,7 @@ impl Engine for OrtEngine {
     }
 
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error> {
-        let rows = inputs
-            .first()
-            .map_or(0, |a| a.shape().first().copied().unwrap_or(0));
-        let same_rows = inputs.iter().all(|a| a.shape().first() == Some(&rows));
-        if self.sessions.len() <= 1 || rows <= 1 || !same_rows {
+        if self.sessions.len() <= 1 || super::splittable_rows(inputs).is_none() {
             return self.run_batched(inputs);
         }
         let path = &self.path;

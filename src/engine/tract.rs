@@ -117,13 +117,9 @@ impl Engine for TractEngine {
     }
 
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>, Error> {
-        let rows = inputs
-            .first()
-            .map_or(0, |a| a.shape().first().copied().unwrap_or(0));
-        let same_rows = inputs.iter().all(|a| a.shape().first() == Some(&rows));
-        if !self.rowwise || rows <= 1 || !same_rows {
+        let Some(rows) = super::splittable_rows(inputs).filter(|_| self.rowwise) else {
             return self.run_batched(inputs);
-        }
+        };
         let shapes: Vec<Vec<usize>> = inputs
             .iter()
             .map(|a| {

@@ -355,14 +355,14 @@ impl LossGradient for PhotoBpda<'_> {
     /// With a monitor, only the pairs no iterate has broken yet are attacked: a broken pair
     /// gets a zero gradient from then on, so PGD keeps it at the iterate that broke it (the
     /// white-box figure counts a pair broken if any iterate broke it, so attacking it further
-    /// cannot change that figure; on the image threat model nearly every pair breaks in a few
-    /// steps, and skipping them makes the attack several times cheaper). The losses of broken
-    /// pairs read 0. PGD runs this with one restart (a restart would start a broken pair anew).
+    /// cannot change that figure; a pair that breaks early costs only the steps until then).
+    /// The losses of broken pairs read 0. PGD runs this with one restart (a restart would start
+    /// a broken pair anew).
     fn loss_and_grad(&mut self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = usize::try_from(x.size()[0])?;
-        let active: Vec<i64> = match &self.monitor {
-            Some(m) => (0..n as i64).filter(|&i| !m.broken[i as usize]).collect(),
-            None => (0..n as i64).collect(),
+        let active: Vec<usize> = match &self.monitor {
+            Some(m) => (0..n).filter(|&i| !m.broken[i]).collect(),
+            None => (0..n).collect(),
         };
         let (mut loss, mut grad) = (
             Tensor::zeros([x.size()[0]], (Kind::Float, x.device())),
@@ -372,7 +372,8 @@ impl LossGradient for PhotoBpda<'_> {
             return Ok((loss, grad));
         }
         let all = active.len() == n;
-        let idx = Tensor::from_slice(&active).to_device(x.device());
+        let rows: Vec<i64> = active.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::from_slice(&rows).to_device(x.device());
         let pick = |t: &Tensor| {
             if all {
                 t.shallow_clone()
@@ -386,16 +387,14 @@ impl LossGradient for PhotoBpda<'_> {
             sign: pick(&self.target.sign),
             align: pick(&self.target.align),
         };
-        let placements: Vec<Placement> = active
-            .iter()
-            .map(|&i| self.placements[i as usize])
-            .collect();
+        let placements: Vec<Placement> = active.iter().map(|&i| self.placements[i]).collect();
         let k = self.samples.max(1);
         let (mut la, mut ga) = (
             Tensor::zeros([active.len() as i64], (Kind::Float, x.device())),
             xa.zeros_like(),
         );
-        let mut first_loss = None;
+        // Per active pair, whether it still takes steps (the first draw at this iterate decides).
+        let mut keep = None;
         for draw in 0..k {
             let seeds: Vec<u64> = (0..active.len()).map(|_| self.rng.random()).collect();
             let exact = self
@@ -408,23 +407,22 @@ impl LossGradient for PhotoBpda<'_> {
             let g = Tensor::run_backward(&[l.sum(Kind::Float)], &[&xr], false, false)
                 .pop()
                 .context("no gradient reached the photo")?;
-            if draw == 0 {
-                first_loss = Some(l.detach());
+            if draw == 0
+                && let Some(m) = self.monitor.as_mut()
+            {
+                let still: Vec<f32> = m
+                    .observe_rows(&target, &l.detach(), &active)?
+                    .into_iter()
+                    .map(|now| if now { 0.0 } else { 1.0 })
+                    .collect();
+                keep = Some(Tensor::from_slice(&still).to_device(x.device()));
             }
             la += l.detach();
             ga += g;
         }
         la /= k as f64;
         ga /= k as f64;
-        if let (Some(m), Some(first)) = (self.monitor.as_mut(), first_loss) {
-            // The first draw at this iterate decides; a pair it breaks takes no step from here.
-            let rows: Vec<usize> = active.iter().map(|&i| i as usize).collect();
-            let keep: Vec<f32> = m
-                .observe_rows(&target, &first, &rows)?
-                .into_iter()
-                .map(|now| if now { 0.0 } else { 1.0 })
-                .collect();
-            let keep = Tensor::from_slice(&keep).to_device(x.device());
+        if let Some(keep) = keep {
             ga *= keep.view([-1, 1, 1, 1]);
         }
         let _ = loss.index_copy_(0, &idx, &la);
