@@ -196,6 +196,7 @@ fn frame_time(
             &params,
             frame::DEFAULT_PASSES,
             &paste,
+            &frame::Prefilter::OFF,
             &mut draw,
             &mut storage,
         )

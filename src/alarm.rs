@@ -102,6 +102,30 @@ impl AlarmParams {
     }
 
     /// Checks lengths and values; the error names the manifest field.
+    /// The score of a face from its finest-band figures `(fine, mid)` alone, read before
+    /// purification; `None` when the score weighs a feature that purification produces.
+    pub fn native_score(&self, (fine, mid): (f32, f32)) -> Option<f32> {
+        let weighted = |f: &Feature| self.uses(*f);
+        if Feature::ALL
+            .iter()
+            .filter(|f| weighted(f))
+            .any(|f| *f != Feature::LogNativeDetailRatio)
+        {
+            return None;
+        }
+        let value = fine.max(1e-12).ln() - mid.max(1e-12).ln();
+        Some(
+            self.features
+                .iter()
+                .zip(&self.mean)
+                .zip(&self.std)
+                .zip(&self.weights)
+                .filter(|(((f, _), _), _)| **f == Feature::LogNativeDetailRatio)
+                .map(|(((_, m), s), w)| w * (value - m) / s.max(1e-6))
+                .sum(),
+        )
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         let n = self.features.len();
         let bad = |value: String, expected: &'static str| Error::InvalidParameter {
@@ -187,6 +211,27 @@ mod tests {
         assert!(!p.uses(Feature::LogNativeDetailRatio));
         p.weights[1] = 0.0;
         assert!(!p.uses(Feature::LogKl));
+    }
+
+    #[test]
+    fn the_native_score_needs_only_the_finest_band() {
+        // An alarm that weighs purification's own signals cannot score before purification.
+        assert_eq!(params().native_score((1e-3, 1e-3)), None);
+        let mut p = params();
+        p.features.push(Feature::LogNativeDetailRatio);
+        p.mean.push(1.0);
+        p.std.push(0.5);
+        p.weights.push(2.0);
+        assert_eq!(p.native_score((1e-3, 1e-3)), None);
+        p.weights[0] = 0.0;
+        p.weights[1] = 0.0;
+        // ln(e^2 x / x) = 2: (2 - 1) / 0.5 * 2 = 4, as the full score says.
+        let (fine, mid) = (2f32.exp() * 1e-3, 1e-3);
+        let pre = p.native_score((fine, mid)).unwrap();
+        assert!((pre - 4.0).abs() < 1e-4, "{pre}");
+        let mut full = face(0.02, 3.0);
+        full.set_native_bands((fine, mid));
+        assert!((p.score(&full) - pre).abs() < 1e-4);
     }
 
     #[test]

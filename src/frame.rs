@@ -9,6 +9,7 @@
 use ndarray::{Array3, ArrayView3, ArrayViewMut3, ArrayViewMut4, Axis};
 use rand::rngs::StdRng;
 
+use crate::alarm::AlarmParams;
 use crate::core::align::{self, Similarity};
 use crate::core::band;
 use crate::core::image::{self, FrameMut, FrameRef, Region};
@@ -104,6 +105,9 @@ pub const DEFAULT_PASSES: usize = 2;
 /// evaluation's default, so that it measures what ships.
 pub const DEFAULT_CONTEXT: f32 = 0.5;
 
+/// `avaepurify`'s default `suspect-blur` ([`Prefilter`]), crop pixels; 0: off.
+pub const DEFAULT_SUSPECT_BLUR: f32 = 1.0;
+
 /// How a purified face goes back into its frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Paste {
@@ -128,6 +132,79 @@ impl Paste {
     }
 }
 
+/// What happens to a face the alarm flags before it is purified: where the bundle's alarm
+/// score can be read from the frame alone (its finest band, [`native_bands`]), a face whose
+/// score is above `threshold` (the alarm's own test) has its region (the crop and its context) Gaussian-blurred in
+/// the frame with `sigma` face-crop pixels before it is read, so that the finest detail an
+/// attack put there does not reach the purifier. Clean faces under the threshold are read as
+/// they are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prefilter {
+    /// Alarm score from which a face is blurred.
+    pub threshold: f32,
+    /// Blur in face-crop pixels (0: none).
+    pub sigma: f32,
+}
+
+impl Prefilter {
+    /// No face is blurred.
+    pub const OFF: Prefilter = Prefilter {
+        threshold: f32::INFINITY,
+        sigma: 0.0,
+    };
+
+    /// Whether this prefilter can blur anything.
+    pub fn is_on(&self) -> bool {
+        self.sigma > 0.0 && self.threshold.is_finite()
+    }
+}
+
+/// Frame pixels per face-crop pixel of `placement` (`side` its crop side).
+fn frame_pixels_per_crop_pixel(placement: &Placement, side: usize) -> f32 {
+    match placement {
+        Placement::Frame(region) | Placement::Box(region) => {
+            region.width.max(region.height) as f32 / side.max(1) as f32
+        }
+        Placement::Aligned(to_face) => 1.0 / to_face.scale().max(1e-6),
+    }
+}
+
+/// Blurs, as `prefilter` says, the faces of `faces` whose alarm score (`alarm`, from their
+/// finest-band figures `bands`) reaches its threshold; returns which faces it blurred.
+pub fn blur_suspects(
+    frame: &mut FrameMut<'_>,
+    faces: &[Placement],
+    bands: &[(f32, f32)],
+    alarm: Option<&AlarmParams>,
+    prefilter: &Prefilter,
+    side: usize,
+    margin: f32,
+) -> Result<Vec<bool>, crate::Error> {
+    let mut blurred = vec![false; faces.len()];
+    let Some(alarm) = alarm.filter(|_| prefilter.is_on()) else {
+        return Ok(blurred);
+    };
+    for ((placement, &b), flag) in faces.iter().zip(bands).zip(blurred.iter_mut()) {
+        let Some(score) = alarm.native_score(b) else {
+            return Ok(blurred);
+        };
+        if score <= prefilter.threshold {
+            continue;
+        }
+        let Some(region) = placement.covers(side, margin.max(0.0), frame.width, frame.height)
+        else {
+            continue;
+        };
+        if region.width == 0 || region.height == 0 {
+            continue;
+        }
+        let sigma = prefilter.sigma * frame_pixels_per_crop_pixel(placement, side);
+        image::gaussian_blur_region(frame, region, sigma)?;
+        *flag = true;
+    }
+    Ok(blurred)
+}
+
 /// Reads, purifies and writes back every face of `frame` in one purifier call per pass, pasted
 /// as `paste` says (feathered edge, low-passed context). With `passes` > 1 each further pass
 /// reads the faces again from the frame the last pass was pasted into and purifies them again,
@@ -143,6 +220,7 @@ pub fn purify_faces(
     params: &PurifyParams,
     passes: usize,
     paste: &Paste,
+    prefilter: &Prefilter,
     rng: &mut StdRng,
     storage: &mut Vec<f32>,
 ) -> Result<Vec<Purified>, FrameError> {
@@ -156,10 +234,27 @@ pub fn purify_faces(
     storage.resize(n * 3 * side * side, 0.0);
     let mut batch = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
         .map_err(|err| FrameError::Unreadable(format!("face batch: {err}")))?;
-    let kept = Snapshot::take(frame, faces.iter(), side, paste, passes);
+    // A blurred suspect is written before the last paste too: keep its rows as well.
+    let writes = if prefilter.is_on() {
+        passes.max(2)
+    } else {
+        passes
+    };
+    let kept = Snapshot::take(frame, faces.iter(), side, paste, writes);
     let bands = native_bands(&frame.as_frame_ref(), faces.iter(), side);
 
     let mut run = || -> Result<Vec<Purified>, FrameError> {
+        let alarm = purifier.bundle().manifest.alarm.clone();
+        blur_suspects(
+            frame,
+            faces,
+            &bands,
+            alarm.as_ref(),
+            prefilter,
+            side,
+            paste.context,
+        )
+        .map_err(unreadable)?;
         let mut first = None;
         for _ in 0..passes.max(1) {
             read_all(&frame.as_frame_ref(), faces.iter(), batch.view_mut()).map_err(unreadable)?;
@@ -591,6 +686,116 @@ mod tests {
         (data, [boxed, turned])
     }
 
+    #[test]
+    fn flagged_faces_are_blurred_before_purification_and_clean_ones_are_not() {
+        let (_, faces) = two_faces();
+        let (w, h) = (160, 120);
+        let mut data: Vec<u8> = (0..w * h * 3)
+            .map(|i| {
+                let (x, y, c) = ((i / 3) % w, i / 3 / w, i % 3);
+                let v = 110.0
+                    + 40.0 * (x as f32 * 0.15 + c as f32).sin()
+                    + 30.0 * (y as f32 * 0.11).cos();
+                v.round() as u8
+            })
+            .collect();
+        // Sign noise of +-8 over the first face only.
+        for y in 20..68 {
+            for x in 10..58 {
+                for c in 0..3 {
+                    let i = (y * w + x) * 3 + c;
+                    let sign = if (x * 7 + y * 13 + c * 5) % 3 == 0 {
+                        8
+                    } else {
+                        -8
+                    };
+                    data[i] = (i32::from(data[i]) + sign).clamp(0, 255) as u8;
+                }
+            }
+        }
+        let before = data.clone();
+        let side = 64;
+        let bands = native_bands(
+            &FrameRef::new(&before, w, h, w * 3, PixelLayout::Rgb).unwrap(),
+            faces.iter(),
+            side,
+        );
+        // A score of ln(fine / mid) alone, flagged above 1.
+        let alarm = AlarmParams {
+            features: vec![crate::alarm::Feature::LogNativeDetailRatio],
+            mean: vec![0.0],
+            std: vec![1.0],
+            weights: vec![1.0],
+            threshold_1: 1.0,
+            threshold_5: 0.5,
+            calibration: String::new(),
+        };
+        let prefilter = Prefilter {
+            threshold: 1.0,
+            sigma: 1.0,
+        };
+        let mut frame = FrameMut::new(&mut data, w, h, w * 3, PixelLayout::Rgb).unwrap();
+        let off = blur_suspects(
+            &mut frame,
+            &faces,
+            &bands,
+            Some(&alarm),
+            &Prefilter::OFF,
+            side,
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(off, vec![false, false]);
+        let flags = blur_suspects(
+            &mut frame,
+            &faces,
+            &bands,
+            Some(&alarm),
+            &prefilter,
+            side,
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(flags, vec![true, false], "bands {bands:?}");
+        let after = FrameRef::new(&data, w, h, w * 3, PixelLayout::Rgb).unwrap();
+        let region = faces[0].bounds(side, w, h).unwrap();
+        let (fine_before, _) = bands[0];
+        let (fine_after, _) = band::frame_bands(&after, region);
+        assert!(
+            fine_after < 0.2 * fine_before,
+            "{fine_before} -> {fine_after}"
+        );
+        // Nothing outside the flagged face's region and context moved.
+        let covered = faces[0].covers(side, 0.5, w, h).unwrap();
+        for y in 0..h {
+            for x in 0..w {
+                let inside = (covered.x..covered.x + covered.width).contains(&x)
+                    && (covered.y..covered.y + covered.height).contains(&y);
+                if !inside {
+                    let i = (y * w + x) * 3;
+                    assert_eq!(data[i..i + 3], before[i..i + 3], "({x}, {y})");
+                }
+            }
+        }
+        // An alarm that needs purification's signals blurs nothing.
+        let mut needs_purification = alarm.clone();
+        needs_purification.features = vec![crate::alarm::Feature::LogDistance];
+        let mut copy = before.clone();
+        let mut frame = FrameMut::new(&mut copy, w, h, w * 3, PixelLayout::Rgb).unwrap();
+        let flags = blur_suspects(
+            &mut frame,
+            &faces,
+            &bands,
+            Some(&needs_purification),
+            &prefilter,
+            side,
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(flags, vec![false, false]);
+        assert_eq!(copy, before);
+    }
+
     fn with_context() -> Paste {
         Paste {
             feather: 0.15,
@@ -618,6 +823,7 @@ mod tests {
             &params,
             2,
             &with_context(),
+            &Prefilter::OFF,
             &mut rng,
             &mut Vec::new(),
         )
@@ -653,6 +859,7 @@ mod tests {
                     &params,
                     passes,
                     &with_context(),
+                    &Prefilter::OFF,
                     &mut rng,
                     &mut Vec::new(),
                 )
@@ -691,6 +898,7 @@ mod tests {
             &params,
             3,
             &with_context(),
+            &Prefilter::OFF,
             &mut rng,
             &mut Vec::new(),
         )
@@ -743,6 +951,7 @@ mod tests {
             &params,
             DEFAULT_PASSES,
             &Paste::feathered(0.15),
+            &Prefilter::OFF,
             &mut rng,
             &mut Vec::new(),
         )

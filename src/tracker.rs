@@ -7,8 +7,12 @@
 //! tracks with detections greedily, best pair first: a pair needs an intersection over union
 //! of at least [`TrackerParams::min_iou`] between the predicted box and the detection and,
 //! when both carry landmarks, a mean landmark displacement of at most [`LANDMARK_GATE`] face
-//! sizes; pairs rank by IoU minus [`LANDMARK_WEIGHT`] times that displacement, so landmarks
-//! break near-ties between overlapping faces. A matched track takes the detection's box and
+//! sizes per frame since the track's last match; pairs rank by IoU minus [`LANDMARK_WEIGHT`]
+//! times that displacement, so landmarks break near-ties between overlapping faces. A pair that
+//! overlaps too little may still pair by its centres ([`CENTRE_GATE`] box widths per frame since
+//! the last match, boxes of similar width), ranked after every overlapping pair: a face that
+//! moved faster than its track predicted (a new track has no velocity yet), most often over
+//! frames the detector skipped. A matched track takes the detection's box and
 //! landmarks and updates its velocity (exponentially smoothed, [`VELOCITY_SMOOTHING`]); a
 //! detection left unmatched is born as a new track with a fresh id; a track left unmatched is
 //! hidden until a detection matches it again and ends once it has gone more than
@@ -31,6 +35,19 @@ pub const LANDMARK_GATE: f32 = 0.75;
 
 /// Weight of the landmark displacement against IoU when pairs are ranked.
 pub const LANDMARK_WEIGHT: f32 = 0.1;
+
+/// Largest distance between a track's predicted box centre and a detection's, in their mean
+/// box width, per frame since the track's last match (up to [`MAX_CENTRE_GATE`]), for a pair
+/// whose boxes overlap too little for [`TrackerParams::min_iou`]: a face that moved faster
+/// than its track's velocity predicted (a new track has none yet), most often across frames
+/// the detector skipped.
+pub const CENTRE_GATE: f32 = 0.5;
+
+/// Cap of the centre gate, in mean box widths.
+pub const MAX_CENTRE_GATE: f32 = 1.5;
+
+/// Largest ratio of the two boxes' widths (either way round) for a pair paired by its centres.
+pub const CENTRE_SIZE_RATIO: f32 = 1.5;
 
 /// Weight of the newest velocity measurement in a track's smoothed velocity.
 pub const VELOCITY_SMOOTHING: f32 = 0.5;
@@ -177,6 +194,21 @@ fn has_landmarks(face: &Face) -> bool {
     face.landmarks.iter().flatten().any(|&v| v != 0.0)
 }
 
+/// Distance between the box centres of `a` and `b` in their mean width (each axis in its own
+/// mean size, as [`landmark_distance`] measures), `None` when their widths differ by more than
+/// [`CENTRE_SIZE_RATIO`] either way.
+fn centre_distance(a: &Face, b: &Face) -> Option<f32> {
+    let (wa, wb) = (a.width().max(f32::EPSILON), b.width().max(f32::EPSILON));
+    if wa.max(wb) / wa.min(wb) > CENTRE_SIZE_RATIO {
+        return None;
+    }
+    let w = (wa + wb) / 2.0;
+    let h = ((a.height() + b.height()) / 2.0).max(f32::EPSILON);
+    let (ax, ay) = ((a.x_min + a.x_max) / 2.0, (a.y_min + a.y_max) / 2.0);
+    let (bx, by) = ((b.x_min + b.x_max) / 2.0, (b.y_min + b.y_max) / 2.0);
+    Some(((ax - bx) / w).hypot((ay - by) / h))
+}
+
 /// Mean displacement between the landmarks of `a` and `b`, each axis in units of the two
 /// boxes' mean width or height (so a frame's aspect ratio does not weigh in).
 pub fn landmark_distance(a: &Face, b: &Face) -> f32 {
@@ -289,18 +321,27 @@ impl Tracker {
     fn associate(&self, detections: &[Face]) -> Vec<(usize, usize)> {
         let mut pairs = Vec::new();
         for (t, track) in self.tracks.iter().enumerate() {
+            // Frames since the track's last match: the landmark and centre gates widen with
+            // them, since the face may have moved that much further.
+            let frames = track.since_match.max(1) as f32;
             for (d, detection) in detections.iter().enumerate() {
                 let iou = track.face.iou(detection);
-                if iou < self.params.min_iou || iou <= 0.0 {
-                    continue;
-                }
                 let shift = if has_landmarks(&track.face) && has_landmarks(detection) {
                     landmark_distance(&track.face, detection)
                 } else {
                     0.0
                 };
-                if shift <= LANDMARK_GATE {
+                if shift > LANDMARK_GATE * frames {
+                    continue;
+                }
+                if iou >= self.params.min_iou && iou > 0.0 {
                     pairs.push((iou - LANDMARK_WEIGHT * shift, t, d));
+                } else if let Some(distance) = centre_distance(&track.face, detection) {
+                    // Ranked after every overlapping pair (their scores are above
+                    // min_iou - LANDMARK_WEIGHT * gate > -1).
+                    if distance <= (CENTRE_GATE * frames).min(MAX_CENTRE_GATE) {
+                        pairs.push((-1.0 - distance - LANDMARK_WEIGHT * shift, t, d));
+                    }
                 }
             }
         }
@@ -369,6 +410,47 @@ mod tests {
 
     fn ids(faces: &[TrackedFace]) -> Vec<i32> {
         faces.iter().map(|f| f.track.object_id).collect()
+    }
+
+    #[test]
+    fn a_fast_face_keeps_its_id_across_skipped_frames_by_its_centre() {
+        // 0.35 widths a frame: after two frames without a detection the new track (no velocity
+        // yet) overlaps the face by IoU 0.18, under min_iou; its centre is 0.7 widths away.
+        let w = 0.05;
+        let mut tracker = Tracker::default();
+        let first = ids(&tracker.observe(&[face(0.3, 0.5, w, 0.08)]));
+        tracker.carry();
+        let moved = face(0.3 + 0.7 * w, 0.5, w, 0.08);
+        assert!(moved.iou(&face(0.3, 0.5, w, 0.08)) < DEFAULT_MIN_IOU);
+        assert_eq!(ids(&tracker.observe(&[moved])), first);
+        // One frame on (predicted 0.35 widths further), 0.8 widths beyond the prediction is
+        // past the gate of one frame: a new face.
+        let far = face(0.3 + 1.05 * w + 0.8 * w, 0.5, w, 0.08);
+        assert_ne!(ids(&tracker.observe(&[far])), first);
+        // A box of another size at that distance is another face too.
+        let mut tracker = Tracker::default();
+        let first = ids(&tracker.observe(&[face(0.3, 0.5, w, 0.08)]));
+        tracker.carry();
+        let bigger = face(0.3 + 0.7 * w, 0.5, 2.2 * w, 0.18);
+        assert_ne!(ids(&tracker.observe(&[bigger])), first);
+    }
+
+    #[test]
+    fn overlapping_pairs_win_over_pairs_by_centre() {
+        // Two faces side by side, 1.2 widths apart; each detection overlaps its own track only.
+        let w = 0.05;
+        let mut tracker = Tracker::default();
+        let start =
+            ids(&tracker.observe(&[face(0.3, 0.5, w, 0.08), face(0.3 + 1.2 * w, 0.5, w, 0.08)]));
+        tracker.carry();
+        let shifted = [
+            face(0.3 + 0.2 * w, 0.5, w, 0.08),
+            face(0.3 + 1.4 * w, 0.5, w, 0.08),
+        ];
+        assert_eq!(ids(&tracker.observe(&shifted)), start);
+        // Given in the other order, each still keeps its own id.
+        let swapped = [shifted[1], shifted[0]];
+        assert_eq!(ids(&tracker.observe(&swapped)), vec![start[1], start[0]]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The attack alarm of `avaepurify` on the shipped bundle: clean LFW faces and the shipped
 //! street video raise few alarms, a face under strong high-frequency noise raises one (its ROI
-//! param, the `avae-purify-alarm` bus message and its rate limit, `stats`), `alarm=false` and
-//! `alarm-threshold`, and a bundle without an alarm.
+//! param, the `avae-purify-alarm` bus message and its rate limit, `stats`), `suspect-blur` on the
+//! flagged faces only, `alarm=false` and `alarm-threshold`, and a bundle without an alarm.
 
 mod common;
 
@@ -328,6 +328,54 @@ fn a_noisy_face_raises_the_alarm_once_a_second() {
     }
     let purify = purify_of(&h.element().unwrap());
     assert_eq!(stat(&purify, "alarms"), 30);
+}
+
+#[test]
+fn suspect_blur_blurs_the_flagged_faces_only() {
+    let faces = detected_faces(4, 61);
+    assert!(faces.len() >= 3, "only {} faces detected", faces.len());
+    let threshold = shipped_threshold();
+    for sigma in [0.0, 1.0] {
+        let bin = parse(&purify_launch(&format!("suspect-blur={sigma}")));
+        let (mut h, _bus) = harness(&bin);
+        let (mut flagged, mut blurred) = (0, 0);
+        let mut pts_ms = 0;
+        for (i, face) in faces.iter().enumerate() {
+            for rgb in [
+                face.rgb.clone(),
+                with_noise(&face.rgb, face.rect, NOISE, i as u64),
+            ] {
+                h.push(face_frame(
+                    &rgb,
+                    face.rect,
+                    &face.detection,
+                    i as i32,
+                    pts_ms,
+                ))
+                .expect("push");
+                pts_ms += 40;
+                let param = &purify_params(&h.pull().expect("frame out"))[0];
+                let (score, suspicious) = verdict(param);
+                let was_blurred = param
+                    .get::<bool>("suspect-blurred")
+                    .expect("suspect-blurred is a bool");
+                // The alarm reads the face as it came in, before any blur.
+                assert_eq!(suspicious, score > threshold, "{param}");
+                assert_eq!(
+                    was_blurred,
+                    sigma > 0.0 && suspicious,
+                    "sigma {sigma}: {param}"
+                );
+                flagged += usize::from(suspicious);
+                blurred += usize::from(was_blurred);
+            }
+        }
+        println!("suspect-blur={sigma}: {flagged} flagged, {blurred} blurred");
+        assert!(flagged >= 1, "no face flagged");
+        let purify = purify_of(&bin);
+        assert_eq!(stat(&purify, "faces-suspect-blurred"), blurred as u64);
+        assert_eq!(stat(&purify, "alarms"), flagged as u64);
+    }
 }
 
 #[test]

@@ -16,7 +16,9 @@ use super::targets::Target;
 use super::tracks::{Budget, Costs, FacePath, Outcome, Plan, Refresh, Tracks};
 use crate::alarm::Feature;
 use crate::core::image::FrameMut;
-use crate::frame::{self, FrameError, Paste, Snapshot, engine_call as engine};
+use crate::frame::{
+    self, FrameError, Paste, Placement, Prefilter, Snapshot, engine_call as engine,
+};
 use crate::purifier::{Chosen, PassEngine, Purified, PurifyParams};
 use crate::shared::PurifierHandle;
 
@@ -28,6 +30,8 @@ pub(super) struct Rate {
     pub(super) interval: u32,
     pub(super) ratio: f64,
     pub(super) budget: Option<Budget>,
+    /// What becomes of faces the alarm flags before purification (`suspect-blur`).
+    pub(super) prefilter: Prefilter,
 }
 
 /// Engine time of each path in this frame (ms), the encoder's share included.
@@ -53,12 +57,61 @@ fn scatter(out: &mut Array4<f32>, rows: &[usize], batch: &Array4<f32>) {
     }
 }
 
-/// Purifies the faces of `targets` in `frame` along their paths and records the tracks.
+/// Purifies the faces of `targets` in `frame` along their paths and records the tracks. The
+/// alarm's finest band is read from the frame as it came in, where the bundle's alarm weighs it
+/// (otherwise the figures the purifier reads from the crops stay); faces the alarm flags are
+/// blurred first as `rate.prefilter` says. On error the frame is untouched.
 pub(super) fn purify(
     work: Work<'_>,
     frame: &mut FrameMut<'_>,
     targets: &[Target],
     rate: &Rate,
+) -> Result<(Vec<Outcome>, Timing), FrameError> {
+    let copy_started = Instant::now();
+    let side = work.purifier.image_size();
+    let placed: Vec<Placement> = targets.iter().map(|t| t.placement).collect();
+    let alarm = work.purifier.bundle().manifest.alarm.clone();
+    let bands = if rate.prefilter.is_on()
+        || alarm
+            .as_ref()
+            .is_some_and(|a| a.uses(Feature::LogNativeDetailRatio))
+    {
+        frame::native_bands(&frame.as_frame_ref(), placed.iter(), side)
+    } else {
+        Vec::new()
+    };
+    if !rate.prefilter.is_on() {
+        let blurred = vec![false; targets.len()];
+        return purify_read(work, frame, targets, rate, (&bands, blurred), copy_started);
+    }
+    // A blurred face is written before its paste: keep its rows to put them back on error.
+    let kept = Snapshot::take(frame, placed.iter(), side, &rate.paste, 2);
+    let outcome = frame::blur_suspects(
+        frame,
+        &placed,
+        &bands,
+        alarm.as_ref(),
+        &rate.prefilter,
+        side,
+        rate.paste.context,
+    )
+    .map_err(|err| FrameError::Unreadable(err.to_string()))
+    .and_then(|blurred| purify_read(work, frame, targets, rate, (&bands, blurred), copy_started));
+    if outcome.is_err() {
+        kept.restore(frame);
+    }
+    outcome
+}
+
+/// [`purify`] once the faces' finest bands are read and the flagged ones blurred (`seen`: the
+/// bands, empty when the alarm does not weigh them, and which faces were blurred).
+fn purify_read(
+    work: Work<'_>,
+    frame: &mut FrameMut<'_>,
+    targets: &[Target],
+    rate: &Rate,
+    seen: (&[(f32, f32)], Vec<bool>),
+    copy_started: Instant,
 ) -> Result<(Vec<Outcome>, Timing), FrameError> {
     let Work {
         purifier,
@@ -66,10 +119,10 @@ pub(super) fn purify(
         tracks,
         costs,
     } = work;
+    let (bands, blurred) = seen;
     let unreadable = |err: crate::Error| FrameError::Unreadable(err.to_string());
     let side = purifier.image_size();
     let n = targets.len();
-    let copy_started = Instant::now();
     let mut input = Array4::<f32>::zeros((n, 3, side, side));
     let source = frame.as_frame_ref();
     let placements = |rows: &[usize]| -> Vec<&frame::Placement> {
@@ -77,14 +130,6 @@ pub(super) fn purify(
     };
     let all: Vec<usize> = (0..n).collect();
     frame::read_all(&source, placements(&all), input.view_mut()).map_err(unreadable)?;
-    // The alarm's finest band, read from the frame as it came in, where the bundle's alarm weighs
-    // it (otherwise the figures the purifier reads from the crops stay).
-    let alarm = purifier.bundle().manifest.alarm.as_ref();
-    let bands = if alarm.is_some_and(|a| a.uses(Feature::LogNativeDetailRatio)) {
-        frame::native_bands(&source, placements(&all), side)
-    } else {
-        Vec::new()
-    };
     let copy_time = copy_started.elapsed();
 
     let started = Instant::now();
@@ -285,7 +330,7 @@ pub(super) fn purify(
         }
     }
 
-    for (r, &b) in results.iter_mut().zip(&bands) {
+    for (r, &b) in results.iter_mut().zip(bands) {
         if let Some(r) = r {
             r.set_native_bands(b);
         }
@@ -294,8 +339,10 @@ pub(super) fn purify(
         .into_iter()
         .zip(results)
         .zip(ages)
-        .map(|((path, result), ages)| Outcome {
+        .zip(blurred)
+        .map(|(((path, result), ages), blurred)| Outcome {
             path,
+            blurred,
             result: if path == FacePath::OverBudget {
                 None
             } else {

@@ -22,7 +22,7 @@ use super::settings::{self, Settings};
 use super::targets::{self, Geometry, Target};
 use super::tracks::{Budget, Costs, FacePath, Outcome, Refresh, Tracks};
 use crate::element::{self, Warned, lock};
-use crate::frame::{self, FrameError, Placement};
+use crate::frame::{self, FrameError, Placement, Prefilter};
 use crate::purifier::{Purified, Purifier, PurifyParams};
 use crate::shared::{EngineKey, PurifierHandle};
 
@@ -95,6 +95,13 @@ impl AvaePurify {
             interval: settings.refresh_interval,
             ratio: settings.refresh_ratio,
             budget,
+            prefilter: match &purifier.bundle().manifest.alarm {
+                Some(alarm) => Prefilter {
+                    threshold: alarms::threshold(settings.alarm_threshold, alarm) as f32,
+                    sigma: settings.suspect_blur,
+                },
+                None => Prefilter::OFF,
+            },
         };
         let work = Work {
             purifier,
@@ -321,6 +328,7 @@ impl AvaePurify {
             .filter(|p| *p == FacePath::Full(Refresh::Changed))
             .count() as u64;
         report.reused = paths().filter(|p| *p == FacePath::Reused).count() as u64;
+        report.blurred = outcomes.iter().filter(|o| o.blurred).count() as u64;
         report.over_budget = paths().filter(|p| *p == FacePath::OverBudget).count() as u64;
         report.full_ms = timing.full_ms;
         report.reuse_ms = timing.reuse_ms;

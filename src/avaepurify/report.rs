@@ -59,6 +59,8 @@ pub(super) struct FrameReport {
     pub(super) changed: u64,
     /// Faces decoded from their track's kept latent (one decoder call).
     pub(super) reused: u64,
+    /// Faces blurred before purification (`suspect-blur`).
+    pub(super) blurred: u64,
     /// Engine time of the full and the reuse path (the encoder's share included).
     pub(super) full_ms: f64,
     pub(super) reuse_ms: f64,
@@ -105,6 +107,7 @@ pub(super) struct Stats {
     faces_full: u64,
     faces_changed: u64,
     faces_reused: u64,
+    faces_blurred: u64,
     full_ms_total: f64,
     reuse_ms_total: f64,
     faces_over_budget: u64,
@@ -125,6 +128,7 @@ impl Stats {
         self.faces_full += report.full;
         self.faces_changed += report.changed;
         self.faces_reused += report.reused;
+        self.faces_blurred += report.blurred;
         self.full_ms_total += report.full_ms;
         self.reuse_ms_total += report.reuse_ms;
         self.faces_over_budget += report.over_budget;
@@ -148,6 +152,7 @@ impl Stats {
             .field("mean-engine-ms", per_face(self.engine_ms_total))
             .field("faces-full", self.faces_full)
             .field("faces-reused", self.faces_reused)
+            .field("faces-suspect-blurred", self.faces_blurred)
             .field("faces-refreshed-early", self.faces_changed)
             .field("faces-over-budget", self.faces_over_budget)
             .field("late-frames", self.late_frames)

@@ -6,7 +6,7 @@ use gst::prelude::*;
 use super::OnFailure;
 use super::precision::{PrecisionChoice, precision_property};
 use crate::element::{EngineSettings, backend_property, device_property, server_properties};
-use crate::frame::{DEFAULT_CONTEXT, DEFAULT_PASSES, Paste};
+use crate::frame::{DEFAULT_CONTEXT, DEFAULT_PASSES, DEFAULT_SUSPECT_BLUR, Paste};
 
 const DEFAULT_SAMPLES: u32 = 16;
 const DEFAULT_BATCH: u32 = 16;
@@ -20,6 +20,7 @@ const DEFAULT_MAX_FACES: u32 = 16;
 const DEFAULT_FEATHER: f32 = 0.15;
 const MAX_PASSES: u32 = 8;
 const MAX_CONTEXT: f32 = 1.0;
+const MAX_SUSPECT_BLUR: f32 = 8.0;
 const DEFAULT_ALIGN: bool = true;
 const DEFAULT_ON_FAILURE: OnFailure = OnFailure::Pass;
 const DEFAULT_ALARM: bool = true;
@@ -64,6 +65,7 @@ pub(super) struct Settings {
     pub(super) on_failure: OnFailure,
     pub(super) alarm: bool,
     pub(super) alarm_threshold: f64,
+    pub(super) suspect_blur: f32,
     pub(super) refresh_interval: u32,
     pub(super) refresh_ratio: f64,
     pub(super) max_latency_ms: u32,
@@ -94,6 +96,7 @@ impl Default for Settings {
             on_failure: DEFAULT_ON_FAILURE,
             alarm: DEFAULT_ALARM,
             alarm_threshold: DEFAULT_ALARM_THRESHOLD,
+            suspect_blur: DEFAULT_SUSPECT_BLUR,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             refresh_ratio: DEFAULT_REFRESH_RATIO,
             max_latency_ms: DEFAULT_MAX_LATENCY_MS,
@@ -148,6 +151,7 @@ impl Settings {
             "on-failure" => self.on_failure = value.get().expect(checked),
             "alarm" => self.alarm = value.get().expect(checked),
             "alarm-threshold" => self.alarm_threshold = value.get().expect(checked),
+            "suspect-blur" => self.suspect_blur = value.get().expect(checked),
             "refresh-interval" => self.refresh_interval = value.get().expect(checked),
             "refresh-ratio" => self.refresh_ratio = value.get().expect(checked),
             "max-latency-ms" => self.max_latency_ms = value.get().expect(checked),
@@ -178,6 +182,7 @@ impl Settings {
             "on-failure" => self.on_failure.to_value(),
             "alarm" => self.alarm.to_value(),
             "alarm-threshold" => self.alarm_threshold.to_value(),
+            "suspect-blur" => self.suspect_blur.to_value(),
             "refresh-interval" => self.refresh_interval.to_value(),
             "refresh-ratio" => self.refresh_ratio.to_value(),
             "max-latency-ms" => self.max_latency_ms.to_value(),
@@ -222,7 +227,8 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
                      failures (frames passed through unpurified: unreadable frame or engine \
                      error), alarms (suspicious faces, every one, not rate-limited), mean-latency-ms (per purified face), mean-engine-ms (of it, inside \
                      the inference engine), faces-full (M-sample purifications), faces-reused \
-                     (decoded from their track's kept latent), faces-refreshed-early (full \
+                     (decoded from their track's kept latent), faces-suspect-blurred (blurred \
+                     before purification, see suspect-blur), faces-refreshed-early (full \
                      because the face had changed), faces-over-budget (left unpurified by a \
                      live frame budget), late-frames (held past the live budget), \
                      mean-full-ms and mean-reuse-ms (engine time per face of each path)",
@@ -387,7 +393,7 @@ fn face_properties() -> Vec<glib::ParamSpec> {
     ]
 }
 
-/// The properties of the attack alarm: `alarm`, `alarm-threshold`.
+/// The properties of the attack alarm: `alarm`, `alarm-threshold`, `suspect-blur`.
 fn alarm_properties() -> Vec<glib::ParamSpec> {
     vec![
         glib::ParamSpecBoolean::builder("alarm")
@@ -413,6 +419,22 @@ fn alarm_properties() -> Vec<glib::ParamSpec> {
             .minimum(-1.0)
             .maximum(f64::MAX)
             .default_value(DEFAULT_ALARM_THRESHOLD)
+            .mutable_playing()
+            .build(),
+        glib::ParamSpecFloat::builder("suspect-blur")
+            .nick("Suspect blur")
+            .blurb(
+                "Gaussian blur, in face-crop pixels, of a face the alarm flags before it is \
+             purified: where the bundle's alarm score is read from the frame alone (its \
+             finest band), a face scoring above alarm-threshold has its region blurred in \
+             the frame first, so that the finest detail an attack added does not reach the \
+             purifier; its ROI's avae-purify param says suspect-blurred=true. Clean faces \
+             under the threshold are untouched. 0 turns it off (so does a bundle whose \
+             alarm needs purification's own signals)",
+            )
+            .minimum(0.0)
+            .maximum(MAX_SUSPECT_BLUR)
+            .default_value(DEFAULT_SUSPECT_BLUR)
             .mutable_playing()
             .build(),
     ]

@@ -200,7 +200,7 @@ pub(super) fn targets(
 }
 
 /// Adds the `avae-purify` param structure to each ROI meta that was purified (with
-/// `purified=true` when `mark`, `reused`, `refresh` on the full path, `track-age` and
+/// `purified=true` when `mark`, `reused`, `suspect-blurred`, `refresh` on the full path, `track-age` and
 /// `latent-age` for a tracked face, and `score` and `suspicious` when the alarm gave a verdict).
 pub(super) fn annotate_rois(
     buffer: &mut gst::BufferRef,
@@ -234,7 +234,8 @@ pub(super) fn annotate_rois(
                 "samples",
                 u32::try_from(outcome.samples).unwrap_or(u32::MAX),
             )
-            .field("reused", outcome.path == FacePath::Reused);
+            .field("reused", outcome.path == FacePath::Reused)
+            .field("suspect-blurred", outcome.blurred);
         let builder = match outcome.path {
             FacePath::Full(refresh) => builder.field("refresh", refresh.name()),
             _ => builder,

@@ -126,6 +126,8 @@ pub(super) struct Outcome {
     /// M of this face: the candidates drawn on the full path (fewer than `samples` where the
     /// live budget allowed no more), else the element's `samples`.
     pub(super) samples: usize,
+    /// Whether the face was blurred before purification (`suspect-blur`).
+    pub(super) blurred: bool,
 }
 
 /// The kept latents of the tracks seen recently.

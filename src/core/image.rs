@@ -373,6 +373,77 @@ pub fn pixelate(frame: &mut FrameMut<'_>, region: Region, block: usize) -> Resul
     Ok(())
 }
 
+/// Gaussian taps of standard deviation `sigma`, radius `ceil(3 sigma)`, summing to 1.
+pub fn gaussian_taps(sigma: f32) -> Vec<f32> {
+    let r = (3.0 * sigma).ceil().max(0.0) as i64;
+    let taps: Vec<f32> = (-r..=r)
+        .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = taps.iter().sum();
+    taps.into_iter().map(|t| t / sum).collect()
+}
+
+/// Blurs `region` of `frame` with a separable Gaussian of `sigma` frame pixels (radius
+/// `ceil(3 sigma)`), reading the frame around the region (replicated at the frame's edges) and
+/// writing the region only; alpha or padding bytes stay. A `sigma` of 0 (or below) does
+/// nothing.
+pub fn gaussian_blur_region(
+    frame: &mut FrameMut<'_>,
+    region: Region,
+    sigma: f32,
+) -> Result<(), Error> {
+    frame.check_region(region)?;
+    if sigma.is_nan() || sigma <= 0.0 {
+        return Ok(());
+    }
+    let taps = gaussian_taps(sigma);
+    let r = taps.len() / 2;
+    let bpp = frame.layout.bytes_per_pixel();
+    let offsets = frame.layout.rgb_offsets();
+    let (w, h) = (frame.width, frame.height);
+    // Rows read: the region and r more on each side (clamped); columns likewise.
+    let y0 = region.y.saturating_sub(r);
+    let y1 = (region.y + region.height + r).min(h);
+    let (rw, rh) = (region.width, region.height);
+    let clamp_x = |x: i64| x.clamp(0, w as i64 - 1) as usize;
+    let clamp_y = |y: i64| y.clamp(0, h as i64 - 1) as usize;
+    // Horizontal pass over rows y0..y1, the region's columns only.
+    let mut across = vec![0.0f32; 3 * (y1 - y0) * rw];
+    for y in y0..y1 {
+        for x in 0..rw {
+            let cx = (region.x + x) as i64;
+            let mut sum = [0.0f32; 3];
+            for (k, t) in taps.iter().enumerate() {
+                let px = y * frame.stride + clamp_x(cx + k as i64 - r as i64) * bpp;
+                for (c, off) in offsets.iter().enumerate() {
+                    sum[c] += t * f32::from(frame.data[px + off]);
+                }
+            }
+            for (c, v) in sum.into_iter().enumerate() {
+                across[(c * (y1 - y0) + (y - y0)) * rw + x] = v;
+            }
+        }
+    }
+    // Vertical pass into the region.
+    for y in 0..rh {
+        let cy = (region.y + y) as i64;
+        for x in 0..rw {
+            let mut sum = [0.0f32; 3];
+            for (k, t) in taps.iter().enumerate() {
+                let row = clamp_y(cy + k as i64 - r as i64) - y0;
+                for (c, s) in sum.iter_mut().enumerate() {
+                    *s += t * across[(c * (y1 - y0) + row) * rw + x];
+                }
+            }
+            let px = (region.y + y) * frame.stride + (region.x + x) * bpp;
+            for (c, off) in offsets.iter().enumerate() {
+                frame.data[px + off] = sum[c].round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `face` into the square `b` of `frame` (see [`write_region`]).
 pub fn write_face(
     frame: &mut FrameMut<'_>,
@@ -410,6 +481,65 @@ pub fn to_rgb8(face: ArrayView3<'_, f32>) -> Vec<u8> {
 mod tests {
     use super::*;
     use ndarray::Array3;
+
+    #[test]
+    fn gaussian_blur_keeps_constants_spreads_a_spike_and_stays_in_its_region() {
+        // 12 x 10 BGRx frame, grey 100, one white pixel at (5, 4) in the red channel.
+        let (w, h) = (12usize, 10usize);
+        let mut data = vec![100u8; w * h * 4];
+        data[4 * w * 4 + 5 * 4 + 2] = 255;
+        let region = Region {
+            x: 2,
+            y: 1,
+            width: 8,
+            height: 7,
+        };
+        let before = data.clone();
+        let mut frame = FrameMut::new(&mut data, w, h, w * 4, PixelLayout::Bgrx).unwrap();
+        gaussian_blur_region(&mut frame, region, 1.0).unwrap();
+        let at = |d: &[u8], x: usize, y: usize, c: usize| d[y * w * 4 + x * 4 + c];
+        // The spike spread: lower at its centre, raised at its neighbours, mass kept.
+        assert!(at(&data, 5, 4, 2) < 160 && at(&data, 5, 4, 2) > 100);
+        assert!(at(&data, 6, 4, 2) > 100 && at(&data, 5, 5, 2) > 100);
+        let excess: i32 = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| i32::from(at(&data, x, y, 2)) - 100)
+            .sum();
+        assert!((excess - 155).abs() <= 6, "mass {excess}");
+        // Grey channels stay grey; padding bytes and pixels outside the region untouched.
+        for y in 0..h {
+            for x in 0..w {
+                assert_eq!(at(&data, x, y, 0), 100);
+                assert_eq!(at(&data, x, y, 3), at(&before, x, y, 3));
+                let inside = (2..10).contains(&x) && (1..8).contains(&y);
+                if !inside {
+                    assert_eq!(at(&data, x, y, 2), at(&before, x, y, 2));
+                }
+            }
+        }
+        // sigma 0 does nothing; a region outside the frame is an error.
+        let copy = data.clone();
+        let mut frame = FrameMut::new(&mut data, w, h, w * 4, PixelLayout::Bgrx).unwrap();
+        gaussian_blur_region(&mut frame, region, 0.0).unwrap();
+        let outside = Region {
+            x: 10,
+            y: 0,
+            width: 5,
+            height: 2,
+        };
+        assert!(gaussian_blur_region(&mut frame, outside, 1.0).is_err());
+        assert_eq!(data, copy);
+    }
+
+    #[test]
+    fn gaussian_taps_sum_to_one() {
+        for sigma in [0.3f32, 1.0, 2.5] {
+            let taps = gaussian_taps(sigma);
+            assert_eq!(taps.len(), 2 * (3.0 * sigma).ceil() as usize + 1);
+            assert!((taps.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!(taps[taps.len() / 2] >= *taps.first().unwrap());
+        }
+    }
 
     #[test]
     fn square_box_inside_is_centred_with_margin() {

@@ -29,6 +29,9 @@ pub struct AVaeDefense {
     params: PurifyParams,
     /// The element's `passes`: each further pass purifies the last one's output.
     passes: usize,
+    /// The element's `suspect-blur`: in a frame, faces the alarm flags before purification are
+    /// blurred by this many crop pixels first ([`gstavaepurify::frame::Prefilter`]).
+    suspect_blur: f32,
     /// What purification chose for every face since the last [`AVaeDefense::take_log`].
     log: Vec<Purified>,
 }
@@ -44,8 +47,41 @@ impl AVaeDefense {
             purifier,
             params,
             passes,
+            suspect_blur: gstavaepurify::frame::DEFAULT_SUSPECT_BLUR,
             log: Vec::new(),
         })
+    }
+
+    /// Blurs the faces the alarm flags before purification by `sigma` crop pixels, as the
+    /// element's `suspect-blur` does (0: never).
+    pub fn with_suspect_blur(mut self, sigma: f32) -> Result<Self> {
+        ensure!(
+            sigma.is_finite() && sigma >= 0.0,
+            "--suspect-blur must be a finite number of crop pixels >= 0, got {sigma}"
+        );
+        self.suspect_blur = sigma;
+        Ok(self)
+    }
+
+    /// What the element does to flagged faces before purifying them in a frame: blur them by
+    /// the defense's `suspect_blur` where the bundle's alarm score reaches its 1% threshold.
+    pub fn prefilter(&self) -> gstavaepurify::frame::Prefilter {
+        match &self.purifier.bundle().manifest.alarm {
+            Some(alarm) if self.suspect_blur > 0.0 => gstavaepurify::frame::Prefilter {
+                threshold: alarm.threshold_1,
+                sigma: self.suspect_blur,
+            },
+            _ => gstavaepurify::frame::Prefilter::OFF,
+        }
+    }
+
+    /// The label's note of the suspect blur (empty when off).
+    pub fn suspect_note(&self) -> String {
+        if self.suspect_blur > 0.0 {
+            format!(", suspects blurred {}", self.suspect_blur)
+        } else {
+            String::new()
+        }
     }
 
     /// Chooses the nearest candidate at `block x block` block means (1: pixels; see
@@ -190,10 +226,17 @@ impl Defense {
         match self {
             Defense::None => "No Defense".into(),
             Defense::AVae(a) => match a.purifier.selection_block() {
-                1 => format!("A-VAE (M = {}, tau = {})", a.params.samples, a.params.tau),
+                1 => format!(
+                    "A-VAE (M = {}, tau = {}{})",
+                    a.params.samples,
+                    a.params.tau,
+                    a.suspect_note()
+                ),
                 k => format!(
-                    "A-VAE (M = {}, tau = {}, chosen at {k}x{k} blocks)",
-                    a.params.samples, a.params.tau
+                    "A-VAE (M = {}, tau = {}, chosen at {k}x{k} blocks{})",
+                    a.params.samples,
+                    a.params.tau,
+                    a.suspect_note()
                 ),
             },
             Defense::DownUp { size } => format!("Down-up {size}x{size} (area, bicubic)"),

@@ -183,12 +183,13 @@ fn bundle_row(
         .collect::<Vec<_>>()
         .join(", ");
     let avae = AVaeDefense::load(dir, opts.backend, params, opts.passes)?
-        .with_selection_block(opts.select_block)?;
+        .with_selection_block(opts.select_block)?
+        .with_suspect_blur(opts.suspect_blur)?;
     let select = if opts.select_block > 1 {
         format!(", chosen at {0}x{0} blocks", opts.select_block)
     } else {
         String::new()
-    };
+    } + &avae.suspect_note();
     Ok(LabDefense {
         name: format!("{} (tau {:.3}{select}){suffix}", dir.display(), params.tau),
         provenance,
@@ -374,6 +375,7 @@ pub fn run(opts: &EvalOptions) -> Result<()> {
         "context": opts.context,
         "context_detail": opts.context_detail,
         "passes": opts.passes,
+        "suspect_blur": opts.suspect_blur,
         "select_block": opts.select_block,
         "threat_models": opts.lab_threat_models,
         "rows": rows,

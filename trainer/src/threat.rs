@@ -220,6 +220,7 @@ impl PastePipeline {
             match &mut *defense {
                 Defense::AVae(avae) => {
                     let params = *avae.params();
+                    let prefilter = avae.prefilter();
                     let mut rng = StdRng::seed_from_u64(seeds[i]);
                     let results = frame::purify_faces(
                         avae.purifier_mut(),
@@ -228,6 +229,7 @@ impl PastePipeline {
                         &params,
                         self.passes,
                         &how,
+                        &prefilter,
                         &mut rng,
                         &mut storage,
                     )

@@ -53,7 +53,8 @@ pub(super) fn rows(opts: &EvalOptions) -> Result<Vec<LabRow>> {
     };
     let avae = Defense::AVae(Box::new(
         AVaeDefense::load(&opts.bundle, opts.backend, opts.purify, opts.passes)?
-            .with_selection_block(opts.select_block)?,
+            .with_selection_block(opts.select_block)?
+            .with_suspect_blur(opts.suspect_blur)?,
     ));
     let mut defenses = vec![row("none".into(), Defense::None), row(avae.label(), avae)];
     defenses.extend(Defense::baselines().into_iter().map(|d| row(d.label(), d)));
@@ -115,6 +116,8 @@ pub struct Headline {
     pub passes: usize,
     /// The element's `context` (image threat model).
     pub context: f32,
+    /// The element's `suspect-blur` (image threat model; crop pixels, 0: off).
+    pub suspect_blur: f32,
     /// Test pairs of the image rows.
     pub pairs: usize,
     /// Pairs, K and steps of the white-box attack.
@@ -155,6 +158,7 @@ pub(super) fn headline(rows: &[LabRow], summary: &EvalSummary) -> Option<Headlin
         tau: opts.purify.tau,
         passes: opts.passes,
         context: opts.context[0],
+        suspect_blur: opts.suspect_blur,
         pairs: opts.pairs,
         whitebox_pairs: avae.whitebox_pairs,
         eot: opts.image.eot,
@@ -169,7 +173,7 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
     if let Some(h) = &summary.headline {
         out.push_str(&format!(
             "**Headline** (image threat model, {} test pairs, M = {}, tau = {}, {} pass(es), \
-             context {}): no defense \
+             context {}, suspect blur {}): no defense \
              {:.3} clean; A-VAE {:.3} clean, FGSM 8 {:.3}, PGD 8 {:.3}, C&W {:.3}, white-box \
              BPDA + EOT PGD 8 {} ({} pairs, K = {}, {} steps); best baseline under PGD 8: {} \
              {:.3}; crop threat model PGD 8 {}.\n\n",
@@ -178,6 +182,7 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
             h.tau,
             h.passes,
             h.context,
+            h.suspect_blur,
             h.clean_none,
             h.clean_avae,
             h.fgsm8,

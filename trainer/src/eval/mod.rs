@@ -101,6 +101,8 @@ pub struct EvalOptions {
     pub context_detail: Vec<Option<usize>>,
     /// The element's `passes`, in both threat models.
     pub passes: usize,
+    /// The element's `suspect-blur` (crop pixels; 0: off), in the image threat model.
+    pub suspect_blur: f32,
     /// Block side at which A-VAE chooses the nearest candidate (1: pixels).
     pub select_block: usize,
     /// Grey-box PGD.
@@ -200,6 +202,11 @@ pub struct EvalArgs {
     /// output, in both threat models [default: the element's]
     #[arg(long)]
     passes: Option<usize>,
+    /// The element's suspect-blur in the image threat model: faces the alarm flags before
+    /// purification are blurred by this many crop pixels first, 0 never [default: the
+    /// element's]
+    #[arg(long)]
+    suspect_blur: Option<f32>,
     /// Block side at which A-VAE chooses the nearest candidate: 1 is pixel L2 (the paper's
     /// rule); k > 1 compares k x k block means, so detail finer than the blocks cannot steer
     /// the choice
@@ -366,6 +373,9 @@ impl EvalArgs {
                 .passes
                 .unwrap_or(gstavaepurify::frame::DEFAULT_PASSES)
                 .max(1),
+            suspect_blur: self
+                .suspect_blur
+                .unwrap_or(gstavaepurify::frame::DEFAULT_SUSPECT_BLUR),
             select_block: self.select_block,
             context_detail: if self.context_detail.is_empty() {
                 vec![None]
