@@ -739,6 +739,15 @@ fn print_run(options: &Options, setup: &Setup, m: &Measured) {
         stat(p, "failures"),
         p.get::<f64>("mean-latency-ms").unwrap_or(0.0),
     );
+    if let Some(alarms) = Measured::stat(p, "alarms") {
+        println!(
+            "[{}] attack alarm: {alarms} suspicious face(s) of {}, {} blurred before purification \
+             (suspect-blur)",
+            setup.label,
+            m.faces_purified(),
+            stat(p, "faces-suspect-blurred"),
+        );
+    }
     let size = std::fs::metadata(&setup.output)
         .map(|m| m.len())
         .unwrap_or(0);

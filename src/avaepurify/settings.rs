@@ -429,8 +429,8 @@ fn alarm_properties() -> Vec<glib::ParamSpec> {
              finest band), a face scoring above alarm-threshold has its region blurred in \
              the frame first, so that the finest detail an attack added does not reach the \
              purifier; its ROI's avae-purify param says suspect-blurred=true. Clean faces \
-             under the threshold are untouched. 0 turns it off (so does a bundle whose \
-             alarm needs purification's own signals)",
+             under the threshold are untouched; it scores faces also with alarm=false. 0 \
+             turns it off (so does a bundle whose alarm needs purification's own signals)",
             )
             .minimum(0.0)
             .maximum(MAX_SUSPECT_BLUR)
