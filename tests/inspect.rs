@@ -8,7 +8,8 @@ use std::process::Command;
 use gst::prelude::*;
 
 /// The properties `avaepurify` declares (not inherited ones such as `name` or `qos`).
-const PROPERTIES: [&str; 28] = [
+const PROPERTIES: [&str; 29] = [
+    "suspect-blur",
     "max-latency-ms",
     "model-instance-id",
     "precision",
