@@ -635,7 +635,7 @@ pub(crate) fn markdown(summary: &AlarmSummary) -> String {
     let _ = writeln!(s, "## Attack alarm\n");
     let _ = writeln!(
         s,
-        "The score of `src/alarm.rs` on the {}: fitted on {} (thresholds {:.3} at 1% and {:.3} at \
+        "The score of `src/alarm.rs` on the {}: {} (thresholds {:.3} at 1% and {:.3} at \
          5% clean false alarms); the combination `{}` was chosen on {} AUC among {} (below). \
          Negatives: the {} clean fold-1 probes, which raise it at {:.3} / {:.3}. *Combined*: \
          attacked pairs flagged at the 1% threshold or verified correctly after purification.\n",
