@@ -51,14 +51,15 @@ impl Feature {
             Feature::LogKl => p.kl.max(1e-12).ln(),
             Feature::LogDetail => p.detail.max(1e-12).ln(),
             Feature::LogDistanceCoarse => p.distance_coarse.max(1e-12).ln(),
-            Feature::LogDetailRatio => {
-                p.detail.max(1e-12).ln() - p.detail_candidate.max(1e-12).ln()
-            }
-            Feature::LogNativeDetailRatio => {
-                p.native_fine.max(1e-12).ln() - p.native_mid.max(1e-12).ln()
-            }
+            Feature::LogDetailRatio => log_ratio(p.detail, p.detail_candidate),
+            Feature::LogNativeDetailRatio => log_ratio(p.native_fine, p.native_mid),
         }
     }
+}
+
+/// `ln(a) - ln(b)`, each floored at 1e-12.
+fn log_ratio(a: f32, b: f32) -> f32 {
+    a.max(1e-12).ln() - b.max(1e-12).ln()
 }
 
 /// The alarm of a bundle (`manifest.json`, `alarm`).
@@ -92,40 +93,46 @@ impl AlarmParams {
 
     /// The score of one purified face: `sum_i w_i (f_i - mean_i) / std_i`.
     pub fn score(&self, p: &Purified) -> f32 {
+        self.standardised_sum(|f| f.value(p))
+    }
+
+    /// Whether the score weighs no feature but the finest band read from the frame, so that a
+    /// face can be scored before it is purified ([`AlarmParams::native_score`]).
+    pub fn scores_from_the_frame(&self) -> bool {
+        Feature::ALL
+            .iter()
+            .all(|&f| f == Feature::LogNativeDetailRatio || !self.uses(f))
+    }
+
+    /// The score of a face from its finest-band figures `(fine, mid)` alone, read before
+    /// purification; `None` when the score weighs a feature that purification produces.
+    pub fn native_score(&self, (fine, mid): (f32, f32)) -> Option<f32> {
+        if !self.scores_from_the_frame() {
+            return None;
+        }
+        let value = log_ratio(fine, mid);
+        // The other features' weights are zero: their values do not count.
+        Some(self.standardised_sum(|f| {
+            if f == Feature::LogNativeDetailRatio {
+                value
+            } else {
+                0.0
+            }
+        }))
+    }
+
+    /// `sum_i w_i (value(f_i) - mean_i) / std_i`.
+    fn standardised_sum(&self, value: impl Fn(Feature) -> f32) -> f32 {
         self.features
             .iter()
             .zip(&self.mean)
             .zip(&self.std)
             .zip(&self.weights)
-            .map(|(((f, m), s), w)| w * (f.value(p) - m) / s.max(1e-6))
+            .map(|(((f, m), s), w)| w * (value(*f) - m) / s.max(1e-6))
             .sum()
     }
 
     /// Checks lengths and values; the error names the manifest field.
-    /// The score of a face from its finest-band figures `(fine, mid)` alone, read before
-    /// purification; `None` when the score weighs a feature that purification produces.
-    pub fn native_score(&self, (fine, mid): (f32, f32)) -> Option<f32> {
-        let weighted = |f: &Feature| self.uses(*f);
-        if Feature::ALL
-            .iter()
-            .filter(|f| weighted(f))
-            .any(|f| *f != Feature::LogNativeDetailRatio)
-        {
-            return None;
-        }
-        let value = fine.max(1e-12).ln() - mid.max(1e-12).ln();
-        Some(
-            self.features
-                .iter()
-                .zip(&self.mean)
-                .zip(&self.std)
-                .zip(&self.weights)
-                .filter(|(((f, _), _), _)| **f == Feature::LogNativeDetailRatio)
-                .map(|(((_, m), s), w)| w * (value - m) / s.max(1e-6))
-                .sum(),
-        )
-    }
-
     pub fn validate(&self) -> Result<(), Error> {
         let n = self.features.len();
         let bad = |value: String, expected: &'static str| Error::InvalidParameter {

@@ -157,6 +157,13 @@ impl Prefilter {
     pub fn is_on(&self) -> bool {
         self.sigma > 0.0 && self.threshold.is_finite()
     }
+
+    /// Whether it can blur faces scored by `alarm`: it is on and the alarm scores from the
+    /// frame alone ([`AlarmParams::scores_from_the_frame`]). Only then does a face's region get
+    /// written before its paste.
+    pub fn acts_on(&self, alarm: Option<&AlarmParams>) -> bool {
+        self.is_on() && alarm.is_some_and(AlarmParams::scores_from_the_frame)
+    }
 }
 
 /// Frame pixels per face-crop pixel of `placement` (`side` its crop side).
@@ -181,14 +188,14 @@ pub fn blur_suspects(
     margin: f32,
 ) -> Result<Vec<bool>, crate::Error> {
     let mut blurred = vec![false; faces.len()];
-    let Some(alarm) = alarm.filter(|_| prefilter.is_on()) else {
+    let Some(alarm) = alarm.filter(|_| prefilter.acts_on(alarm)) else {
         return Ok(blurred);
     };
     for ((placement, &b), flag) in faces.iter().zip(bands).zip(blurred.iter_mut()) {
-        let Some(score) = alarm.native_score(b) else {
-            return Ok(blurred);
-        };
-        if score <= prefilter.threshold {
+        if alarm
+            .native_score(b)
+            .is_none_or(|score| score <= prefilter.threshold)
+        {
             continue;
         }
         let Some(region) = placement.covers(side, margin.max(0.0), frame.width, frame.height)
@@ -234,8 +241,9 @@ pub fn purify_faces(
     storage.resize(n * 3 * side * side, 0.0);
     let mut batch = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
         .map_err(|err| FrameError::Unreadable(format!("face batch: {err}")))?;
+    let alarm = purifier.bundle().manifest.alarm.as_ref();
     // A blurred suspect is written before the last paste too: keep its rows as well.
-    let writes = if prefilter.is_on() {
+    let writes = if prefilter.acts_on(alarm) {
         passes.max(2)
     } else {
         passes
@@ -243,18 +251,12 @@ pub fn purify_faces(
     let kept = Snapshot::take(frame, faces.iter(), side, paste, writes);
     let bands = native_bands(&frame.as_frame_ref(), faces.iter(), side);
 
+    if let Err(err) = blur_suspects(frame, faces, &bands, alarm, prefilter, side, paste.context) {
+        kept.restore(frame);
+        return Err(unreadable(err));
+    }
+
     let mut run = || -> Result<Vec<Purified>, FrameError> {
-        let alarm = purifier.bundle().manifest.alarm.clone();
-        blur_suspects(
-            frame,
-            faces,
-            &bands,
-            alarm.as_ref(),
-            prefilter,
-            side,
-            paste.context,
-        )
-        .map_err(unreadable)?;
         let mut first = None;
         for _ in 0..passes.max(1) {
             read_all(&frame.as_frame_ref(), faces.iter(), batch.view_mut()).map_err(unreadable)?;

@@ -202,25 +202,34 @@ fn centre_distance(a: &Face, b: &Face) -> Option<f32> {
     if wa.max(wb) / wa.min(wb) > CENTRE_SIZE_RATIO {
         return None;
     }
-    let w = (wa + wb) / 2.0;
-    let h = ((a.height() + b.height()) / 2.0).max(f32::EPSILON);
-    let (ax, ay) = ((a.x_min + a.x_max) / 2.0, (a.y_min + a.y_max) / 2.0);
-    let (bx, by) = ((b.x_min + b.x_max) / 2.0, (b.y_min + b.y_max) / 2.0);
-    Some(((ax - bx) / w).hypot((ay - by) / h))
+    let centre = |f: &Face| [(f.x_min + f.x_max) / 2.0, (f.y_min + f.y_max) / 2.0];
+    Some(scaled_distance(centre(a), centre(b), mean_size(a, b)))
 }
 
 /// Mean displacement between the landmarks of `a` and `b`, each axis in units of the two
 /// boxes' mean width or height (so a frame's aspect ratio does not weigh in).
 pub fn landmark_distance(a: &Face, b: &Face) -> f32 {
-    let w = ((a.width() + b.width()) / 2.0).max(f32::EPSILON);
-    let h = ((a.height() + b.height()) / 2.0).max(f32::EPSILON);
+    let size = mean_size(a, b);
     let total: f32 = a
         .landmarks
         .iter()
         .zip(&b.landmarks)
-        .map(|([ax, ay], [bx, by])| ((ax - bx) / w).hypot((ay - by) / h))
+        .map(|(&p, &q)| scaled_distance(p, q, size))
         .sum();
     total / LANDMARKS as f32
+}
+
+/// The mean width and height of boxes `a` and `b` (at least `f32::EPSILON`).
+fn mean_size(a: &Face, b: &Face) -> [f32; 2] {
+    [
+        ((a.width() + b.width()) / 2.0).max(f32::EPSILON),
+        ((a.height() + b.height()) / 2.0).max(f32::EPSILON),
+    ]
+}
+
+/// Distance from `p` to `q`, each axis in units of `[width, height]`.
+fn scaled_distance(p: [f32; 2], q: [f32; 2], [w, h]: [f32; 2]) -> f32 {
+    ((p[0] - q[0]) / w).hypot((p[1] - q[1]) / h)
 }
 
 /// Face tracks: ids, motion and the birth and death rules, see the module documentation.

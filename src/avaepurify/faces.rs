@@ -70,27 +70,21 @@ pub(super) fn purify(
     let copy_started = Instant::now();
     let side = work.purifier.image_size();
     let placed: Vec<Placement> = targets.iter().map(|t| t.placement).collect();
-    let alarm = work.purifier.bundle().manifest.alarm.clone();
-    let bands = if rate.prefilter.is_on()
-        || alarm
-            .as_ref()
-            .is_some_and(|a| a.uses(Feature::LogNativeDetailRatio))
-    {
+    let alarm = work.purifier.bundle().manifest.alarm.as_ref();
+    let bands = if alarm.is_some_and(|a| a.uses(Feature::LogNativeDetailRatio)) {
         frame::native_bands(&frame.as_frame_ref(), placed.iter(), side)
     } else {
         Vec::new()
     };
-    if !rate.prefilter.is_on() {
-        let blurred = vec![false; targets.len()];
-        return purify_read(work, frame, targets, rate, (&bands, blurred), copy_started);
-    }
-    // A blurred face is written before its paste: keep its rows to put them back on error.
-    let kept = Snapshot::take(frame, placed.iter(), side, &rate.paste, 2);
+    // A blurred face is written before its paste: keep its rows to put them back on error
+    // (nothing is kept when no face can be blurred).
+    let writes = if rate.prefilter.acts_on(alarm) { 2 } else { 1 };
+    let kept = Snapshot::take(frame, placed.iter(), side, &rate.paste, writes);
     let outcome = frame::blur_suspects(
         frame,
         &placed,
         &bands,
-        alarm.as_ref(),
+        alarm,
         &rate.prefilter,
         side,
         rate.paste.context,
