@@ -6,6 +6,11 @@
 //! sum of standardised log features; the bundle's manifest stores the weights, the clean
 //! faces' means and deviations, and the thresholds at 1% and 5% clean false-alarm rate, all
 //! fitted by `trainer export` on clean training faces only.
+//!
+//! The finest band of a sharp face grows as the face gets smaller (its detail moves into the
+//! band), so the native feature's clean mean and deviation are also stored per face width
+//! ([`AlarmParams::native_sizes`], fitted on the same clean photos downscaled), and a face read
+//! from a frame is standardised at its own width.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +67,28 @@ fn log_ratio(a: f32, b: f32) -> f32 {
     a.max(1e-12).ln() - b.max(1e-12).ln()
 }
 
+/// The finest-band figures of a face read from its frame ([`crate::frame::native_bands`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NativeBands {
+    /// Mean square of the finest band over the face's region.
+    pub fine: f32,
+    /// Mean square of the band below it.
+    pub mid: f32,
+    /// Width in frame pixels of the face's `S x S` crop (0: unknown).
+    pub width: f32,
+}
+
+/// The native feature's clean statistics at one face width.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SizePoint {
+    /// Width in frame pixels of the face's `S x S` crop (the median over the faces fitted).
+    pub width: f32,
+    /// Mean of [`Feature::LogNativeDetailRatio`] over the clean faces at this width.
+    pub mean: f32,
+    /// Its standard deviation.
+    pub std: f32,
+}
+
 /// The alarm of a bundle (`manifest.json`, `alarm`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmParams {
@@ -80,6 +107,12 @@ pub struct AlarmParams {
     /// How the parameters were fitted (faces, M, tau, seed), for people reading the manifest.
     #[serde(default)]
     pub calibration: String,
+    /// The native feature's clean mean and deviation by face width, widths ascending: a face
+    /// read from a frame is standardised with the values interpolated at its width (linearly
+    /// in the log of the width, held at the ends) instead of `mean` and `std`. Empty (older
+    /// bundles, crops without a frame): `mean` and `std` at every size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub native_sizes: Vec<SizePoint>,
 }
 
 impl AlarmParams {
@@ -91,9 +124,35 @@ impl AlarmParams {
             .any(|(f, w)| *f == feature && *w != 0.0)
     }
 
-    /// The score of one purified face: `sum_i w_i (f_i - mean_i) / std_i`.
+    /// The score of one purified face: `sum_i w_i (f_i - mean_i) / std_i`, the native
+    /// feature's mean and deviation taken at the face's width ([`AlarmParams::native_sizes`]).
     pub fn score(&self, p: &Purified) -> f32 {
-        self.standardised_sum(|f| f.value(p))
+        self.standardised_sum(p.native_width, |f| f.value(p))
+    }
+
+    /// The native feature's clean `(mean, std)` at face width `width` (frame pixels):
+    /// interpolated in [`AlarmParams::native_sizes`], or `fallback` without a table or width.
+    fn native_stats(&self, width: f32, fallback: (f32, f32)) -> (f32, f32) {
+        let table = &self.native_sizes;
+        let (Some(first), Some(last)) = (table.first(), table.last()) else {
+            return fallback;
+        };
+        if !(width > 0.0 && width.is_finite()) {
+            return fallback;
+        }
+        if width <= first.width {
+            return (first.mean, first.std);
+        }
+        if width >= last.width {
+            return (last.mean, last.std);
+        }
+        let i = table.partition_point(|p| p.width <= width);
+        let (lo, hi) = (table[i - 1], table[i]);
+        let t = (width.ln() - lo.width.ln()) / (hi.width.ln() - lo.width.ln()).max(1e-6);
+        (
+            lo.mean + t * (hi.mean - lo.mean),
+            lo.std + t * (hi.std - lo.std),
+        )
     }
 
     /// Whether the score weighs no feature but the finest band read from the frame, so that a
@@ -106,13 +165,13 @@ impl AlarmParams {
 
     /// The score of a face from its finest-band figures `(fine, mid)` alone, read before
     /// purification; `None` when the score weighs a feature that purification produces.
-    pub fn native_score(&self, (fine, mid): (f32, f32)) -> Option<f32> {
+    pub fn native_score(&self, bands: NativeBands) -> Option<f32> {
         if !self.scores_from_the_frame() {
             return None;
         }
-        let value = log_ratio(fine, mid);
+        let value = log_ratio(bands.fine, bands.mid);
         // The other features' weights are zero: their values do not count.
-        Some(self.standardised_sum(|f| {
+        Some(self.standardised_sum(bands.width, |f| {
             if f == Feature::LogNativeDetailRatio {
                 value
             } else {
@@ -121,14 +180,22 @@ impl AlarmParams {
         }))
     }
 
-    /// `sum_i w_i (value(f_i) - mean_i) / std_i`.
-    fn standardised_sum(&self, value: impl Fn(Feature) -> f32) -> f32 {
+    /// `sum_i w_i (value(f_i) - mean_i) / std_i`, the native feature's statistics taken at
+    /// face width `width`.
+    fn standardised_sum(&self, width: f32, value: impl Fn(Feature) -> f32) -> f32 {
         self.features
             .iter()
             .zip(&self.mean)
             .zip(&self.std)
             .zip(&self.weights)
-            .map(|(((f, m), s), w)| w * (value(*f) - m) / s.max(1e-6))
+            .map(|(((f, &m), &s), w)| {
+                let (m, s) = if *f == Feature::LogNativeDetailRatio {
+                    self.native_stats(width, (m, s))
+                } else {
+                    (m, s)
+                };
+                w * (value(*f) - m) / s.max(1e-6)
+            })
             .sum()
     }
 
@@ -164,6 +231,20 @@ impl AlarmParams {
                 "finite means, weights and thresholds, and positive deviations",
             ));
         }
+        let sizes = &self.native_sizes;
+        if sizes
+            .iter()
+            .any(|p| !(p.width > 0.0 && p.width.is_finite() && p.mean.is_finite() && p.std > 0.0))
+            || sizes.windows(2).any(|w| w[0].width >= w[1].width)
+            || sizes.iter().any(|p| !p.std.is_finite())
+        {
+            return Err(Error::InvalidParameter {
+                name: "alarm.native_sizes",
+                value: format!("{sizes:?}"),
+                expected: "points of positive finite width, strictly ascending, each with a \
+                           finite mean and a positive finite deviation",
+            });
+        }
         Ok(())
     }
 }
@@ -183,6 +264,7 @@ mod tests {
             detail_candidate: 1e-3,
             native_fine: 1e-3,
             native_mid: 1e-3,
+            native_width: 0.0,
         }
     }
 
@@ -195,6 +277,7 @@ mod tests {
             threshold_1: 2.3,
             threshold_5: 1.6,
             calibration: String::new(),
+            native_sizes: Vec::new(),
         }
     }
 
@@ -223,22 +306,98 @@ mod tests {
     #[test]
     fn the_native_score_needs_only_the_finest_band() {
         // An alarm that weighs purification's own signals cannot score before purification.
-        assert_eq!(params().native_score((1e-3, 1e-3)), None);
+        let bands = |fine, mid| NativeBands {
+            fine,
+            mid,
+            width: 0.0,
+        };
+        assert_eq!(params().native_score(bands(1e-3, 1e-3)), None);
         let mut p = params();
         p.features.push(Feature::LogNativeDetailRatio);
         p.mean.push(1.0);
         p.std.push(0.5);
         p.weights.push(2.0);
-        assert_eq!(p.native_score((1e-3, 1e-3)), None);
+        assert_eq!(p.native_score(bands(1e-3, 1e-3)), None);
         p.weights[0] = 0.0;
         p.weights[1] = 0.0;
         // ln(e^2 x / x) = 2: (2 - 1) / 0.5 * 2 = 4, as the full score says.
         let (fine, mid) = (2f32.exp() * 1e-3, 1e-3);
-        let pre = p.native_score((fine, mid)).unwrap();
+        let pre = p.native_score(bands(fine, mid)).unwrap();
         assert!((pre - 4.0).abs() < 1e-4, "{pre}");
         let mut full = face(0.02, 3.0);
-        full.set_native_bands((fine, mid));
+        full.set_native_bands(bands(fine, mid));
         assert!((p.score(&full) - pre).abs() < 1e-4);
+    }
+
+    /// The native-only alarm with a size table: mean 1 (std 0.5) at 100 px and over, mean 2
+    /// (std 1) at 25 px and under.
+    fn sized() -> AlarmParams {
+        AlarmParams {
+            features: vec![Feature::LogNativeDetailRatio],
+            mean: vec![1.0],
+            std: vec![0.5],
+            weights: vec![1.0],
+            threshold_1: 2.0,
+            threshold_5: 1.0,
+            calibration: String::new(),
+            native_sizes: vec![
+                SizePoint {
+                    width: 25.0,
+                    mean: 2.0,
+                    std: 1.0,
+                },
+                SizePoint {
+                    width: 100.0,
+                    mean: 1.0,
+                    std: 0.5,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_face_is_standardised_at_its_width() {
+        let p = sized();
+        // ln ratio 2 = e^2 fine over mid.
+        let at = |width| {
+            p.native_score(NativeBands {
+                fine: 2f32.exp(),
+                mid: 1.0,
+                width,
+            })
+            .unwrap()
+        };
+        // At and above the largest width: (2 - 1) / 0.5.
+        assert!((at(100.0) - 2.0).abs() < 1e-4, "{}", at(100.0));
+        assert!((at(400.0) - 2.0).abs() < 1e-4);
+        // At and below the smallest: (2 - 2) / 1.
+        assert!(at(25.0).abs() < 1e-4 && at(10.0).abs() < 1e-4);
+        // Halfway in log width (50 px): mean 1.5, std 0.75.
+        assert!((at(50.0) - 0.5 / 0.75).abs() < 1e-4, "{}", at(50.0));
+        // Unknown width (a crop without its frame): the flat mean and deviation.
+        assert!((at(0.0) - 2.0).abs() < 1e-4);
+        // The full score agrees.
+        let mut full = face(0.02, 3.0);
+        full.set_native_bands(NativeBands {
+            fine: 2f32.exp(),
+            mid: 1.0,
+            width: 50.0,
+        });
+        assert!((p.score(&full) - at(50.0)).abs() < 1e-5);
+        // A smaller face needs more detail to score as high.
+        assert!(at(30.0) < at(60.0) && at(60.0) < at(90.0));
+    }
+
+    #[test]
+    fn a_bundle_without_a_size_table_still_loads() {
+        let mut p = sized();
+        p.native_sizes.clear();
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("native_sizes"), "{json}");
+        let back: AlarmParams = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        let json = serde_json::to_string(&sized()).unwrap();
+        assert_eq!(serde_json::from_str::<AlarmParams>(&json).unwrap(), sized());
     }
 
     #[test]
@@ -251,5 +410,13 @@ mod tests {
         p.std[0] = 0.0;
         assert!(p.validate().is_err());
         assert!(params().validate().is_ok());
+        assert!(sized().validate().is_ok());
+        let mut p = sized();
+        p.native_sizes.reverse();
+        let err = p.validate().unwrap_err().to_string();
+        assert!(err.contains("alarm.native_sizes"), "{err}");
+        let mut p = sized();
+        p.native_sizes[0].std = 0.0;
+        assert!(p.validate().is_err());
     }
 }

@@ -9,7 +9,7 @@
 use ndarray::{Array3, ArrayView3, ArrayViewMut3, ArrayViewMut4, Axis};
 use rand::rngs::StdRng;
 
-use crate::alarm::AlarmParams;
+use crate::alarm::{AlarmParams, NativeBands};
 use crate::core::align::{self, Similarity};
 use crate::core::band;
 use crate::core::image::{self, FrameMut, FrameRef, Region};
@@ -167,7 +167,7 @@ impl Prefilter {
 }
 
 /// Frame pixels per face-crop pixel of `placement` (`side` its crop side).
-fn frame_pixels_per_crop_pixel(placement: &Placement, side: usize) -> f32 {
+pub fn frame_pixels_per_crop_pixel(placement: &Placement, side: usize) -> f32 {
     match placement {
         Placement::Frame(region) | Placement::Box(region) => {
             region.width.max(region.height) as f32 / side.max(1) as f32
@@ -181,7 +181,7 @@ fn frame_pixels_per_crop_pixel(placement: &Placement, side: usize) -> f32 {
 pub fn blur_suspects(
     frame: &mut FrameMut<'_>,
     faces: &[Placement],
-    bands: &[(f32, f32)],
+    bands: &[NativeBands],
     alarm: Option<&AlarmParams>,
     prefilter: &Prefilter,
     side: usize,
@@ -292,17 +292,24 @@ pub fn purify_faces(
 
 /// The alarm's finest-band figures ([`crate::core::band::frame_bands`]) of every face of
 /// `faces` (`side` its crop side), read from `frame` over the face's region at the frame's
-/// own resolution; `(0, 0)` for a face outside the frame.
+/// own resolution, with the width of the face's crop in frame pixels; `(0, 0)` bands for a
+/// face outside the frame.
 pub fn native_bands<'p>(
     frame: &FrameRef<'_>,
     faces: impl IntoIterator<Item = &'p Placement>,
     side: usize,
-) -> Vec<(f32, f32)> {
+) -> Vec<NativeBands> {
     faces
         .into_iter()
         .map(|p| {
-            p.bounds(side, frame.width, frame.height)
-                .map_or((0.0, 0.0), |region| band::frame_bands(frame, region))
+            let (fine, mid) = p
+                .bounds(side, frame.width, frame.height)
+                .map_or((0.0, 0.0), |region| band::frame_bands(frame, region));
+            NativeBands {
+                fine,
+                mid,
+                width: frame_pixels_per_crop_pixel(p, side) * side as f32,
+            }
         })
         .collect()
 }
@@ -731,6 +738,7 @@ mod tests {
             threshold_1: 1.0,
             threshold_5: 0.5,
             calibration: String::new(),
+            native_sizes: Vec::new(),
         };
         let prefilter = Prefilter {
             threshold: 1.0,
@@ -761,7 +769,7 @@ mod tests {
         assert_eq!(flags, vec![true, false], "bands {bands:?}");
         let after = FrameRef::new(&data, w, h, w * 3, PixelLayout::Rgb).unwrap();
         let region = faces[0].bounds(side, w, h).unwrap();
-        let (fine_before, _) = bands[0];
+        let fine_before = bands[0].fine;
         let (fine_after, _) = band::frame_bands(&after, region);
         assert!(
             fine_after < 0.2 * fine_before,
@@ -833,9 +841,12 @@ mod tests {
         let before = FrameRef::new(&start, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
         let side = purifier.image_size();
         let want = native_bands(&before, faces.iter(), side);
-        for (r, (fine, mid)) in results.iter().zip(want) {
-            assert!(fine > 0.0 && mid > 0.0);
-            assert_eq!((r.native_fine, r.native_mid), (fine, mid));
+        for (r, b) in results.iter().zip(want) {
+            assert!(b.fine > 0.0 && b.mid > 0.0 && b.width > 0.0);
+            assert_eq!(
+                (r.native_fine, r.native_mid, r.native_width),
+                (b.fine, b.mid, b.width)
+            );
         }
     }
 

@@ -57,14 +57,18 @@ pub struct Purified {
     pub native_fine: f32,
     /// See [`Purified::native_fine`].
     pub native_mid: f32,
+    /// Width in frame pixels of the face's crop where the bands were read from the frame,
+    /// 0 where they were read from the crop (the alarm's size table then plays no part).
+    pub native_width: f32,
 }
 
 impl Purified {
-    /// Replaces [`Purified::native_fine`] and [`Purified::native_mid`] with `(fine, mid)`, as
-    /// read from the frame ([`crate::frame::native_bands`]).
-    pub fn set_native_bands(&mut self, (fine, mid): (f32, f32)) {
-        self.native_fine = fine;
-        self.native_mid = mid;
+    /// Replaces the native figures with `bands`, as read from the frame
+    /// ([`crate::frame::native_bands`]).
+    pub fn set_native_bands(&mut self, bands: crate::alarm::NativeBands) {
+        self.native_fine = bands.fine;
+        self.native_mid = bands.mid;
+        self.native_width = bands.width;
     }
 }
 
@@ -692,6 +696,7 @@ impl Purifier {
                     detail_candidate,
                     native_fine,
                     native_mid,
+                    native_width: 0.0,
                 });
                 input.assign(&image);
             }
@@ -814,6 +819,7 @@ impl Purifier {
                     detail_candidate: signals[face].0.2,
                     native_fine: signals[face].1.0,
                     native_mid: signals[face].1.1,
+                    native_width: 0.0,
                 }
             })
             .collect())
@@ -910,6 +916,7 @@ impl Purifier {
                 detail_candidate,
                 native_fine,
                 native_mid,
+                native_width: 0.0,
             });
         }
         Ok(result)

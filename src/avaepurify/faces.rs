@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 
 use super::targets::Target;
 use super::tracks::{Budget, Costs, FacePath, Outcome, Plan, Refresh, Tracks};
-use crate::alarm::Feature;
+use crate::alarm::{Feature, NativeBands};
 use crate::core::image::FrameMut;
 use crate::frame::{
     self, FrameError, Paste, Placement, Prefilter, Snapshot, engine_call as engine,
@@ -104,7 +104,7 @@ fn purify_read(
     frame: &mut FrameMut<'_>,
     targets: &[Target],
     rate: &Rate,
-    seen: (&[(f32, f32)], Vec<bool>),
+    seen: (&[NativeBands], Vec<bool>),
     copy_started: Instant,
 ) -> Result<(Vec<Outcome>, Timing), FrameError> {
     let Work {

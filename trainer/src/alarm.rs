@@ -5,10 +5,20 @@
 //! and the thresholds are the clean scores' 99th and 95th percentiles (1% and 5% clean false
 //! alarms). Which combination ships is chosen by an experiment on one attack family (grey-box
 //! FGSM, in the lab) and reported on the others.
+//!
+//! The native feature (the finest band read from the frame) rises on sharp small faces, so a
+//! score that weighs it alone is also fitted by face width ([`fit_sizes`]): the same clean
+//! photos are area-downscaled (as a camera further away would see them), rounded to 8 bits and
+//! read again, and the thresholds are set so that no width has more than 1% (5%) of its clean
+//! faces over them; [`size_check`] measures
+//! the clean false alarms at each width on held-out (test-split) photos with and without it.
 
-use gstavaepurify::alarm::{AlarmParams, Feature};
+use gstavaepurify::alarm::{AlarmParams, Feature, NativeBands, SizePoint};
+use gstavaepurify::core::image::{FrameRef, PixelLayout, Region};
+use gstavaepurify::frame::Placement;
 use gstavaepurify::purifier::Purified;
 use serde::Serialize;
+use tch::{Kind, Tensor};
 
 /// The combinations compared: name and weights over [`Feature::ALL`].
 pub const COMBINATIONS: [(&str, [f32; 6]); 13] = [
@@ -63,6 +73,7 @@ pub fn fit(clean: &[Purified], weights: [f32; 6], calibration: String) -> AlarmP
         threshold_1: 0.0,
         threshold_5: 0.0,
         calibration,
+        native_sizes: Vec::new(),
     };
     for f in Feature::ALL {
         let values: Vec<f32> = clean.iter().map(|p| f.value(p)).collect();
@@ -156,6 +167,233 @@ pub fn native_bands(x: &tch::Tensor) -> (tch::Tensor, tch::Tensor) {
 /// Clean training faces the alarm is calibrated on.
 pub const CALIBRATION_FACES: usize = 512;
 
+/// The photo scales (fractions of each side) at which the native feature is fitted by face
+/// width: from LFW's own (a face crop of about 110 px) down to a quarter (about 28 px), a
+/// quarter octave apart.
+pub const SIZE_FACTORS: [f32; 9] = [1.0, 0.84, 0.71, 0.59, 0.5, 0.42, 0.35, 0.3, 0.25];
+
+/// `placement` in a photo scaled by `k` (each side times `k`).
+fn scaled(placement: &Placement, k: f32) -> Placement {
+    let region = |r: &Region| Region {
+        x: (r.x as f32 * k).round() as usize,
+        y: (r.y as f32 * k).round() as usize,
+        width: ((r.width as f32 * k).round() as usize).max(1),
+        height: ((r.height as f32 * k).round() as usize).max(1),
+    };
+    match placement {
+        Placement::Frame(r) => Placement::Frame(region(r)),
+        Placement::Box(r) => Placement::Box(region(r)),
+        // Frame point p' = k p maps to the face where p did: a and b shrink by k.
+        Placement::Aligned(t) => Placement::Aligned(gstavaepurify::core::align::Similarity {
+            a: t.a / k,
+            b: t.b / k,
+            ..*t
+        }),
+    }
+}
+
+/// `[to, from]` weights of an exact area downscale of `from` samples to `to`: each output
+/// sample averages the input samples under its interval, each weighted by its overlap.
+fn area_weights(from: i64, to: i64) -> Tensor {
+    let k = from as f64 / to as f64;
+    let mut w = vec![0f32; (to * from) as usize];
+    for o in 0..to {
+        let (a, b) = (o as f64 * k, (o + 1) as f64 * k);
+        for i in (a.floor() as i64)..(b.ceil() as i64).min(from) {
+            let overlap = (b.min((i + 1) as f64) - a.max(i as f64)).max(0.0);
+            w[(o * from + i) as usize] = (overlap / k) as f32;
+        }
+    }
+    Tensor::from_slice(&w).view([to, from])
+}
+
+/// The native figures ([`gstavaepurify::frame::native_bands`]) of the face `placements[i]` of
+/// each photo of `photos` (`[N, 3, H, W]` in [-1, 1]) after the photos are area-downscaled by
+/// `factor` (each side), given random-sign noise of `noise` (in [-1, 1] units) where asked,
+/// and rounded to 8 bits, as the element would read them in a frame with faces that much
+/// smaller; `side` is the bundle's crop side.
+pub fn bands_at_scale(
+    photos: &Tensor,
+    placements: &[Placement],
+    side: usize,
+    factor: f32,
+    noise: Option<f32>,
+) -> anyhow::Result<Vec<NativeBands>> {
+    let size = photos.size();
+    anyhow::ensure!(
+        size.len() == 4 && size[1] == 3 && size[0] as usize == placements.len(),
+        "{} placements for photos of shape {size:?}",
+        placements.len()
+    );
+    let (h, w) = (size[2], size[3]);
+    let (sh, sw) = (
+        ((h as f32 * factor).round() as i64).max(8),
+        ((w as f32 * factor).round() as i64).max(8),
+    );
+    let k = sw as f32 / w as f32;
+    let small = tch::no_grad(|| {
+        let x = photos.to_kind(Kind::Float);
+        // Exact area average: rows then columns.
+        let x = area_weights(h, sh)
+            .matmul(&x)
+            .matmul(&area_weights(w, sw).tr());
+        let x = match noise {
+            Some(eps) => {
+                let sign = Tensor::rand_like(&x).ge(0.5).to_kind(Kind::Float) * 2.0 - 1.0;
+                (x + sign * f64::from(eps)).clamp(-1.0, 1.0)
+            }
+            None => x,
+        };
+        x.g_add_scalar(1.0)
+            .g_mul_scalar(127.5)
+            .round()
+            .clamp(0.0, 255.0)
+            .to_kind(Kind::Uint8)
+            .permute([0, 2, 3, 1])
+            .contiguous()
+    });
+    let bytes = Vec::<u8>::try_from(&small.view([-1]))?;
+    let (sh, sw) = (sh as usize, sw as usize);
+    bytes
+        .chunks(3 * sh * sw)
+        .zip(placements)
+        .map(|(data, p)| {
+            let frame = FrameRef::new(data, sw, sh, 3 * sw, PixelLayout::Rgb)?;
+            let placed = scaled(p, k);
+            Ok(gstavaepurify::frame::native_bands(&frame, std::iter::once(&placed), side)[0])
+        })
+        .collect()
+}
+
+/// Sets `alarm`'s native size table from the clean figures `by_scale` (one list of faces per
+/// photo scale; each scale becomes a point at its faces' median width) and takes the
+/// thresholds again so that no scale has more than 1% (5%) of its clean faces over them. Only for an alarm that scores from
+/// the frame alone ([`AlarmParams::scores_from_the_frame`]); otherwise nothing changes and
+/// `false` is returned.
+pub fn fit_sizes(alarm: &mut AlarmParams, by_scale: &[Vec<NativeBands>]) -> bool {
+    if !alarm.scores_from_the_frame() || by_scale.iter().all(Vec::is_empty) {
+        return false;
+    }
+    let mut points: Vec<SizePoint> = by_scale
+        .iter()
+        .filter(|faces| !faces.is_empty())
+        .map(|faces| {
+            let mut widths: Vec<f32> = faces.iter().map(|b| b.width).collect();
+            widths.sort_by(f32::total_cmp);
+            let values: Vec<f32> = faces.iter().map(native_value).collect();
+            let (mean, std) = mean_std(&values);
+            SizePoint {
+                width: widths[widths.len() / 2],
+                mean,
+                std,
+            }
+        })
+        .collect();
+    points.sort_by(|a, b| a.width.total_cmp(&b.width));
+    points.dedup_by(|a, b| a.width <= b.width);
+    alarm.native_sizes = points;
+    // Each threshold is the highest of the scales' own quantiles: at most 1% (5%) of the clean
+    // faces of every width over it, not 1% of all of them together.
+    let at = |q: f64| {
+        by_scale
+            .iter()
+            .filter(|faces| !faces.is_empty())
+            .map(|faces| {
+                let scores: Vec<f32> = faces
+                    .iter()
+                    .filter_map(|b| alarm.native_score(*b))
+                    .collect();
+                quantile(&scores, q)
+            })
+            .fold(f32::NEG_INFINITY, f32::max)
+    };
+    (alarm.threshold_1, alarm.threshold_5) = (at(0.99), at(0.95));
+    true
+}
+
+/// [`Feature::LogNativeDetailRatio`] of `bands`.
+fn native_value(bands: &NativeBands) -> f32 {
+    bands.fine.max(1e-12).ln() - bands.mid.max(1e-12).ln()
+}
+
+/// Clean false alarms at one photo scale, by [`size_check`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SizeCheck {
+    /// The photo scale.
+    pub factor: f32,
+    /// Median face crop width in pixels at that scale.
+    pub width: f32,
+    /// Fraction of the faces over `threshold_1` without the size table.
+    pub flat_1: f64,
+    /// Fraction over `threshold_1` with it.
+    pub sized_1: f64,
+    /// Fraction over `threshold_5` with it.
+    pub sized_5: f64,
+    /// Fraction of the same faces with random-sign noise of 8/255 flagged at `threshold_1`
+    /// with the table (not an attack: what an FGSM-like pattern does to the finest band).
+    pub noise_1: f64,
+}
+
+/// The clean false-alarm rates of `flat` (the alarm without its size table) and `sized` (with
+/// it) at each scale of `by_scale` (faces read by [`bands_at_scale`] at `factors`), and the
+/// detection rate of `sized` on `noisy` (the same faces with random-sign noise).
+pub fn size_check(
+    flat: &AlarmParams,
+    sized: &AlarmParams,
+    factors: &[f32],
+    by_scale: &[Vec<NativeBands>],
+    noisy: &[Vec<NativeBands>],
+) -> Vec<SizeCheck> {
+    factors
+        .iter()
+        .zip(by_scale)
+        .zip(noisy)
+        .map(|((&factor, faces), noisy)| {
+            let mut widths: Vec<f32> = faces.iter().map(|b| b.width).collect();
+            widths.sort_by(f32::total_cmp);
+            let scores = |a: &AlarmParams| -> Vec<f32> {
+                faces.iter().filter_map(|b| a.native_score(*b)).collect()
+            };
+            let (f, s) = (scores(flat), scores(sized));
+            SizeCheck {
+                factor,
+                width: widths.get(widths.len() / 2).copied().unwrap_or(0.0),
+                flat_1: rate_above(&f, flat.threshold_1),
+                sized_1: rate_above(&s, sized.threshold_1),
+                sized_5: rate_above(&s, sized.threshold_5),
+                noise_1: rate_above(
+                    &noisy
+                        .iter()
+                        .filter_map(|b| sized.native_score(*b))
+                        .collect::<Vec<_>>(),
+                    sized.threshold_1,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `checks` as a markdown table.
+pub fn size_check_markdown(checks: &[SizeCheck]) -> String {
+    let mut out = String::from(
+        "| photo scale | face crop width (px) | clean over the 1% threshold, flat | with the size \
+         table | clean over the 5% threshold, with it | +-8/255 random-sign noise flagged at 1%, \
+         with it |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in checks {
+        out.push_str(&format!(
+            "| {:.2} | {:.0} | {:.1}% | {:.1}% | {:.1}% | {:.1}% |\n",
+            c.factor,
+            c.width,
+            100.0 * c.flat_1,
+            100.0 * c.sized_1,
+            100.0 * c.sized_5,
+            100.0 * c.noise_1
+        ));
+    }
+    out
+}
+
 /// The combination `trainer export` and `trainer alarm` fit by default (chosen on FGSM 8 in
 /// the lab, see the README's alarm section).
 pub const DEFAULT_COMBINATION: &str = "native";
@@ -183,8 +421,7 @@ pub fn combination(name: &str) -> anyhow::Result<[f32; 6]> {
 pub fn training_indices(set: &crate::data::FaceSet, faces: usize) -> anyhow::Result<Vec<i64>> {
     let train = set.indices(crate::data::Split::Train);
     anyhow::ensure!(!train.is_empty(), "the crop cache has no training faces");
-    let step = (train.len() / faces.max(1)).max(1);
-    Ok(train.iter().step_by(step).take(faces).copied().collect())
+    Ok(spread(&train, faces))
 }
 
 /// Fits the alarm of the bundle in `dir` on up to `faces` clean training faces of `set`
@@ -227,25 +464,16 @@ pub fn calibrate_bundle(
         Some(_) => crate::threat::load_photos(set, &chosen).ok(),
         None => None,
     };
+    let side = bundle.manifest.image_size;
+    let mut sized_on = None;
     let how = match photos {
         Some(photos) => {
-            let root = std::path::Path::new(&set.index.source);
-            let paths: Vec<std::path::PathBuf> = chosen
-                .iter()
-                .map(|&k| root.join(&set.index.images[k as usize].file))
-                .collect();
-            let landmarks = crate::recognizer::detect_landmarks(&paths)?;
-            let placements = crate::threat::placements(
-                &landmarks,
-                template.as_ref(),
-                &set.index.crop,
-                bundle.manifest.image_size,
-            )?;
+            let placements = photo_placements(set, &chosen, template.as_ref(), side)?;
             // What is pasted back plays no part here: the score reads the crop only.
             let pipeline = crate::threat::PastePipeline {
                 passes: 1,
                 ..crate::threat::PastePipeline::new(
-                    bundle.manifest.image_size,
+                    side,
                     0.15,
                     0.0,
                     bundle.manifest.encoder_input_size,
@@ -264,6 +492,7 @@ pub fn calibrate_bundle(
                 bar.inc(len as u64);
             }
             bar.finish();
+            sized_on = Some((photos, placements));
             "aligned out of their photos as the element aligns them"
         }
         None => {
@@ -282,7 +511,7 @@ pub fn calibrate_bundle(
         clean.len(),
         chosen.len()
     );
-    let alarm = fit(
+    let mut alarm = fit(
         &clean,
         weights,
         format!(
@@ -292,8 +521,86 @@ pub fn calibrate_bundle(
             params.tau
         ),
     );
+    if let Some((photos, placements)) = sized_on.filter(|_| alarm.scores_from_the_frame()) {
+        let flat = alarm.clone();
+        let train = scaled_bands(&photos, &placements, side, None, "fit by face width")?;
+        fit_sizes(&mut alarm, &train);
+        if let (Some(small), Some(large)) = (alarm.native_sizes.first(), alarm.native_sizes.last())
+        {
+            alarm.calibration.push_str(&format!(
+                "; the native feature fitted at {} face widths ({:.0} to {:.0} px, the same \
+                 photos area-downscaled), thresholds at 1% and 5% of every width",
+                alarm.native_sizes.len(),
+                small.width,
+                large.width
+            ));
+        }
+        // Held out: test-split photos, never seen above.
+        let test = spread(&set.indices(crate::data::Split::Test), faces);
+        let test_photos = crate::threat::load_photos(set, &test)?;
+        let test_placements = photo_placements(set, &test, template.as_ref(), side)?;
+        let held = scaled_bands(&test_photos, &test_placements, side, None, "held-out check")?;
+        tch::manual_seed(seed as i64);
+        let noisy = scaled_bands(
+            &test_photos,
+            &test_placements,
+            side,
+            Some(8.0 / 127.5),
+            "held-out check, noise",
+        )?;
+        let checks = size_check(&flat, &alarm, &SIZE_FACTORS, &held, &noisy);
+        println!(
+            "clean false alarms by face width, {} held-out (test-split) photos:\n{}",
+            test.len(),
+            size_check_markdown(&checks)
+        );
+    }
     crate::export::write_alarm(dir, alarm.clone())?;
     Ok(alarm)
+}
+
+/// Up to `n` of `indices`, evenly spread.
+fn spread(indices: &[i64], n: usize) -> Vec<i64> {
+    let step = (indices.len() / n.max(1)).max(1);
+    indices.iter().step_by(step).take(n).copied().collect()
+}
+
+/// Where the element places the faces of photos `chosen` of `set` (their detected landmarks
+/// onto `template`), for crops of side `side`.
+fn photo_placements(
+    set: &crate::data::FaceSet,
+    chosen: &[i64],
+    template: Option<&[[f32; 2]; 5]>,
+    side: usize,
+) -> anyhow::Result<Vec<Placement>> {
+    let root = std::path::Path::new(&set.index.source);
+    let paths: Vec<std::path::PathBuf> = chosen
+        .iter()
+        .map(|&k| root.join(&set.index.images[k as usize].file))
+        .collect();
+    let landmarks = crate::recognizer::detect_landmarks(&paths)?;
+    crate::threat::placements(&landmarks, template, &set.index.crop, side)
+}
+
+/// [`bands_at_scale`] at every scale of [`SIZE_FACTORS`], with a progress bar named `what`.
+fn scaled_bands(
+    photos: &Tensor,
+    placements: &[Placement],
+    side: usize,
+    noise: Option<f32>,
+    what: &str,
+) -> anyhow::Result<Vec<Vec<NativeBands>>> {
+    let bar = crate::data::progress_bar(SIZE_FACTORS.len() as u64, what);
+    let out = SIZE_FACTORS
+        .iter()
+        .map(|&f| {
+            let bands = bands_at_scale(photos, placements, side, f, noise);
+            bar.inc(1);
+            bands
+        })
+        .collect();
+    bar.finish();
+    out
 }
 
 #[cfg(test)]
@@ -311,7 +618,142 @@ mod tests {
             detail_candidate: 1e-3,
             native_fine: 1e-3,
             native_mid: 1e-3,
+            native_width: 0.0,
         }
+    }
+
+    #[test]
+    fn the_area_downscale_averages_each_output_over_its_interval() {
+        let w = Vec::<f32>::try_from(&area_weights(5, 2).view([-1])).unwrap();
+        // 2.5 inputs per output: 1, 1, 0.5 | 0.5, 1, 1 (over 2.5).
+        let want = [0.4, 0.4, 0.2, 0.0, 0.0, 0.0, 0.0, 0.2, 0.4, 0.4];
+        for (a, b) in w.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{w:?}");
+        }
+        let rows = area_weights(250, 61).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        assert!(rows.allclose(
+            &Tensor::ones([61], (Kind::Float, tch::Device::Cpu)),
+            1e-5,
+            1e-5,
+            false
+        ));
+    }
+
+    #[test]
+    fn a_scaled_placement_covers_the_same_part_of_the_scaled_photo() {
+        let t = gstavaepurify::core::align::Similarity {
+            a: 0.5,
+            b: 0.1,
+            tx: -20.0,
+            ty: -30.0,
+        };
+        let p = Placement::Aligned(t);
+        let q = scaled(&p, 0.5);
+        let Placement::Aligned(u) = q else {
+            panic!("{q:?}")
+        };
+        // A point of the photo and its image in the half-size photo land on the same face pixel.
+        let a = t.apply([100.0, 80.0]);
+        let b = u.apply([50.0, 40.0]);
+        assert!((a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4);
+        let width = |p: &Placement| gstavaepurify::frame::frame_pixels_per_crop_pixel(p, 64) * 64.0;
+        assert!((width(&q) - 0.5 * width(&p)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn photos_at_their_own_scale_read_as_the_element_reads_them() {
+        let photos = Tensor::rand([2, 3, 40, 40], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
+        let placements = [
+            Placement::Box(Region {
+                x: 4,
+                y: 6,
+                width: 24,
+                height: 24,
+            }),
+            Placement::Box(Region {
+                x: 10,
+                y: 10,
+                width: 20,
+                height: 20,
+            }),
+        ];
+        let got = bands_at_scale(&photos, &placements, 16, 1.0, None).unwrap();
+        let bytes = Vec::<u8>::try_from(
+            &((&photos + 1.0) * 127.5)
+                .round()
+                .clamp(0.0, 255.0)
+                .to_kind(Kind::Uint8)
+                .permute([0, 2, 3, 1])
+                .contiguous()
+                .view([-1]),
+        )
+        .unwrap();
+        for (i, p) in placements.iter().enumerate() {
+            let frame = FrameRef::new(
+                &bytes[i * 4800..(i + 1) * 4800],
+                40,
+                40,
+                120,
+                PixelLayout::Rgb,
+            )
+            .unwrap();
+            let want = gstavaepurify::frame::native_bands(&frame, std::iter::once(p), 16)[0];
+            assert!((got[i].fine - want.fine).abs() < 1e-6 * want.fine.max(1.0));
+            assert!((got[i].mid - want.mid).abs() < 1e-6 * want.mid.max(1.0));
+            assert_eq!(got[i].width, want.width);
+        }
+        // Half the size: half the width.
+        let half = bands_at_scale(&photos, &placements, 16, 0.5, None).unwrap();
+        assert_eq!(half[0].width, 12.0);
+    }
+
+    #[test]
+    fn the_size_table_brings_small_faces_back_to_the_clean_rate() {
+        let bands = |width: f32, ln_ratio: f32| NativeBands {
+            fine: ln_ratio.exp(),
+            mid: 1.0,
+            width,
+        };
+        // Clean faces: ln ratio about 1 at 100 px, about 2 at 40 px (spread 0.1).
+        let spread = |i: usize| (i as f32 * 0.618).fract() * 0.35 - 0.175;
+        let large: Vec<NativeBands> = (0..400).map(|i| bands(100.0, 1.0 + spread(i))).collect();
+        let small: Vec<NativeBands> = (0..400).map(|i| bands(40.0, 2.0 + spread(i))).collect();
+        let purified: Vec<Purified> = large
+            .iter()
+            .map(|b| {
+                let mut p = face(1e-3, 0.5);
+                p.set_native_bands(*b);
+                p
+            })
+            .collect();
+        let mut alarm = fit(&purified, [0.0, 0.0, 0.0, 0.0, 0.0, 1.0], String::new());
+        let flat = alarm.clone();
+        let over = |a: &AlarmParams, faces: &[NativeBands]| {
+            rate_above(
+                &faces
+                    .iter()
+                    .filter_map(|b| a.native_score(*b))
+                    .collect::<Vec<_>>(),
+                a.threshold_1,
+            )
+        };
+        assert_eq!(over(&flat, &small), 1.0);
+        let by_scale = vec![large.clone(), small.clone()];
+        assert!(fit_sizes(&mut alarm, &by_scale));
+        assert_eq!(alarm.native_sizes.len(), 2);
+        assert_eq!(alarm.native_sizes[0].width, 40.0);
+        assert!(alarm.validate().is_ok());
+        assert!(over(&alarm, &small) <= 0.02 && over(&alarm, &large) <= 0.02);
+        // A noisy small face still scores far over the threshold.
+        assert!(alarm.native_score(bands(40.0, 3.0)).unwrap() > alarm.threshold_1);
+        let checks = size_check(&flat, &alarm, &[1.0, 0.4], &by_scale, &by_scale);
+        assert_eq!(checks[1].flat_1, 1.0);
+        assert!(checks[1].sized_1 <= 0.02);
+        assert!(size_check_markdown(&checks).contains("| 0.40 | 40 | 100.0% |"));
+        // An alarm that needs purification's signals gets no table.
+        let mut other = fit(&purified, [1.0, 0.0, 0.0, 0.0, 0.0, 1.0], String::new());
+        assert!(!fit_sizes(&mut other, &by_scale));
+        assert!(other.native_sizes.is_empty());
     }
 
     #[test]

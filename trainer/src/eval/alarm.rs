@@ -721,6 +721,7 @@ mod tests {
             threshold_1: 2.0,
             threshold_5: 1.0,
             calibration: String::new(),
+            native_sizes: Vec::new(),
         };
         let tch_scores =
             Vec::<f32>::try_from(&score_tensor(&params, &x, &cand, &mu, &logvar, k)).unwrap();
@@ -741,6 +742,7 @@ mod tests {
                 detail_candidate,
                 native_fine,
                 native_mid,
+                native_width: 0.0,
             };
             let want = params.score(&p);
             let got = tch_scores[i as usize];
@@ -770,6 +772,7 @@ mod tests {
                 detail_candidate: 0.01,
                 native_fine: 0.01,
                 native_mid: 0.01,
+                native_width: 0.0,
             }],
             [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
             String::new(),
