@@ -153,6 +153,19 @@ impl Prefilter {
         sigma: 0.0,
     };
 
+    /// The prefilter of a bundle's `alarm`: faces scoring above `threshold` (the alarm's own
+    /// 1% threshold when `None`) are blurred by `sigma` face-crop pixels; off without an alarm
+    /// or with `sigma` 0.
+    pub fn for_alarm(alarm: Option<&AlarmParams>, threshold: Option<f32>, sigma: f32) -> Self {
+        match alarm {
+            Some(alarm) if sigma > 0.0 => Prefilter {
+                threshold: threshold.unwrap_or(alarm.threshold_1),
+                sigma,
+            },
+            _ => Prefilter::OFF,
+        }
+    }
+
     /// Whether this prefilter can blur anything.
     pub fn is_on(&self) -> bool {
         self.sigma > 0.0 && self.threshold.is_finite()
@@ -814,30 +827,42 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_alarms_finest_band_is_read_from_the_frame_as_it_came_in() {
-        let mut purifier = crate::purifier::tiny_purifier();
+    /// [`purify_faces`] on the 160 x 120 frame `data` (from [`two_faces`]) with `faces`, M =
+    /// `samples`, `passes` passes, the context paste and no prefilter, seeded by `rng`.
+    fn purify_in(
+        purifier: &mut Purifier,
+        data: &mut [u8],
+        faces: &[Placement],
+        (samples, passes): (usize, usize),
+        rng: &mut StdRng,
+    ) -> Vec<Purified> {
         let params = PurifyParams {
-            samples: 2,
+            samples,
             batch: 4,
             tau: purifier.default_tau(),
         };
-        let (start, faces) = two_faces();
-        let mut data = start.clone();
-        let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
-        let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(3);
-        let results = purify_faces(
-            &mut purifier,
+        let mut frame = FrameMut::new(data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+        purify_faces(
+            purifier,
             &mut frame,
-            &faces,
+            faces,
             &params,
-            2,
+            passes,
             &with_context(),
             &Prefilter::OFF,
-            &mut rng,
+            rng,
             &mut Vec::new(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_alarms_finest_band_is_read_from_the_frame_as_it_came_in() {
+        let mut purifier = crate::purifier::tiny_purifier();
+        let (start, faces) = two_faces();
+        let mut data = start.clone();
+        let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(3);
+        let results = purify_in(&mut purifier, &mut data, &faces, (2, 2), &mut rng);
         let before = FrameRef::new(&start, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
         let side = purifier.image_size();
         let want = native_bands(&before, faces.iter(), side);
@@ -853,30 +878,13 @@ mod tests {
     #[test]
     fn further_passes_read_the_pasted_frame_as_elements_in_a_row_would() {
         let mut purifier = crate::purifier::tiny_purifier();
-        let params = PurifyParams {
-            samples: 3,
-            batch: 4,
-            tau: purifier.default_tau(),
-        };
         let (start, faces) = two_faces();
         let run = |purifier: &mut Purifier, passes: usize, times: usize| {
             let mut data = start.clone();
-            let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
             let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(7);
             let mut first = Vec::new();
             for k in 0..times {
-                let results = purify_faces(
-                    purifier,
-                    &mut frame,
-                    &faces,
-                    &params,
-                    passes,
-                    &with_context(),
-                    &Prefilter::OFF,
-                    &mut rng,
-                    &mut Vec::new(),
-                )
-                .unwrap();
+                let results = purify_in(purifier, &mut data, &faces, (3, passes), &mut rng);
                 if k == 0 {
                     first = results;
                 }
@@ -894,28 +902,14 @@ mod tests {
     #[test]
     fn the_snapshot_holds_every_pixel_a_paste_writes() {
         let mut purifier = crate::purifier::tiny_purifier();
-        let params = PurifyParams {
-            samples: 2,
-            batch: 2,
-            tau: purifier.default_tau(),
-        };
         let (start, faces) = two_faces();
         let mut data = start.clone();
-        let mut frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
-        let kept = Snapshot::take(&frame, faces.iter(), 64, &with_context(), 3);
+        let kept = {
+            let frame = FrameMut::new(&mut data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+            Snapshot::take(&frame, faces.iter(), 64, &with_context(), 3)
+        };
         let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(3);
-        purify_faces(
-            &mut purifier,
-            &mut frame,
-            &faces,
-            &params,
-            3,
-            &with_context(),
-            &Prefilter::OFF,
-            &mut rng,
-            &mut Vec::new(),
-        )
-        .unwrap();
+        purify_in(&mut purifier, &mut data, &faces, (2, 3), &mut rng);
         let covered: Vec<Region> = faces
             .iter()
             .map(|f| f.covers(64, 0.5, 160, 120).unwrap())

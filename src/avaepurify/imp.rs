@@ -95,12 +95,11 @@ impl AvaePurify {
             interval: settings.refresh_interval,
             ratio: settings.refresh_ratio,
             budget,
-            prefilter: match &purifier.bundle().manifest.alarm {
-                Some(alarm) => Prefilter {
-                    threshold: alarms::threshold(settings.alarm_threshold, alarm) as f32,
-                    sigma: settings.suspect_blur,
-                },
-                None => Prefilter::OFF,
+            prefilter: {
+                let alarm = purifier.bundle().manifest.alarm.as_ref();
+                let threshold =
+                    alarm.map(|a| alarms::threshold(settings.alarm_threshold, a) as f32);
+                Prefilter::for_alarm(alarm, threshold, settings.suspect_blur)
             },
         };
         let work = Work {

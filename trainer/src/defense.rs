@@ -66,13 +66,11 @@ impl AVaeDefense {
     /// What the element does to flagged faces before purifying them in a frame: blur them by
     /// the defense's `suspect_blur` where the bundle's alarm score reaches its 1% threshold.
     pub fn prefilter(&self) -> gstavaepurify::frame::Prefilter {
-        match &self.purifier.bundle().manifest.alarm {
-            Some(alarm) if self.suspect_blur > 0.0 => gstavaepurify::frame::Prefilter {
-                threshold: alarm.threshold_1,
-                sigma: self.suspect_blur,
-            },
-            _ => gstavaepurify::frame::Prefilter::OFF,
-        }
+        gstavaepurify::frame::Prefilter::for_alarm(
+            self.purifier.bundle().manifest.alarm.as_ref(),
+            None,
+            self.suspect_blur,
+        )
     }
 
     /// The label's note of the suspect blur (empty when off).
@@ -330,12 +328,9 @@ fn median(x: &Tensor, size: i64) -> Tensor {
 
 /// Separable Gaussian blur with radius `ceil(3 sigma)` and replicated borders; differentiable.
 pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
-    let r = (3.0 * sigma).ceil() as i64;
-    let taps: Vec<f32> = (-r..=r)
-        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
-        .collect();
-    let sum: f32 = taps.iter().sum();
-    let taps: Vec<f32> = taps.iter().map(|t| t / sum).collect();
+    // The element's taps (`suspect-blur`), so the baseline and the prefilter blur alike.
+    let taps = gstavaepurify::core::image::gaussian_taps(sigma as f32);
+    let r = (taps.len() / 2) as i64;
     let c = x.size()[1];
     let k = Tensor::from_slice(&taps)
         .to_device(x.device())
