@@ -253,6 +253,11 @@ fn check_run(run: &Run) {
         "interval {n}: a detector run failed"
     );
     assert_eq!(run.stat("carried-frames"), VIDEO_FRAMES as u64 - due);
+    assert_eq!(
+        run.stat("scene-cuts"),
+        0,
+        "interval {n}: a continuous video has no cuts"
+    );
     let rois: usize = run.frames.iter().map(Vec::len).sum();
     assert_eq!(run.stat("rois"), rois as u64);
     let ids: HashSet<i32> = run
@@ -431,6 +436,41 @@ fn flush_ends_the_tracks() {
     );
     assert_eq!(stat(&h, "tracks-born"), 2);
     assert_eq!(stat(&h, "tracks-ended"), 1);
+}
+
+#[test]
+fn unrelated_images_are_cuts_detected_at_once() {
+    // One LFW photo after another at interval 3: every photo is a cut (scene-change), so each
+    // is detected and its face starts a new track; with scene-change=0 the second and third
+    // photos would get the first photo's box.
+    let photos: Vec<image::RgbImage> = lfw_images(6, 97).iter().map(|p| load_rgb(p)).collect();
+    let (mut h, info) = lfw_harness(&[("interval", "3")]);
+    let mut ids = HashSet::new();
+    for (i, photo) in photos.iter().enumerate() {
+        let frame = push_and_track(&mut h, photo, &info, i as u64);
+        assert!(!frame.is_empty(), "photo {i}: no face");
+        for roi in &frame {
+            let track = roi.track.expect("tracked");
+            assert!(!track.tracked, "photo {i}: a carried box on a new photo");
+            assert_eq!(track.age, 0, "photo {i}: a track continued across photos");
+            assert!(
+                ids.insert(track.object_id),
+                "photo {i}: id {}",
+                track.object_id
+            );
+        }
+    }
+    assert_eq!(stat(&h, "detector-runs"), 6);
+    assert_eq!(stat(&h, "scene-cuts"), 5, "photos 1 to 5 came early");
+    assert_eq!(stat(&h, "carried-frames"), 0);
+
+    let (mut h, info) = lfw_harness(&[("interval", "3"), ("scene-change", "0")]);
+    for (i, photo) in photos.iter().enumerate() {
+        push_and_track(&mut h, photo, &info, i as u64);
+    }
+    assert_eq!(stat(&h, "detector-runs"), 2);
+    assert_eq!(stat(&h, "scene-cuts"), 0);
+    assert_eq!(stat(&h, "carried-frames"), 4);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use gst_video::subclass::prelude::*;
 use super::settings::{self, Settings};
 use super::stats::{Cause, Stats};
 use crate::core::detect::Face;
+use crate::core::scene::Thumbnail;
 use crate::detector::{Detector, DetectorParams};
 use crate::element::{
     self, DETECTION_PARAM, ROI_TYPE, Warned, add_track_fields, detection_structure, lock,
@@ -42,6 +43,8 @@ struct State {
     carried: Vec<Face>,
     /// The face tracks (tracking on).
     tracker: Tracker,
+    /// The last frame's thumbnail, kept with `interval` > 1 and `scene-change` on.
+    last_thumbnail: Option<Thumbnail>,
     warned: Warned<Cause>,
 }
 
@@ -51,6 +54,7 @@ impl State {
         self.frame_index = 0;
         self.carried.clear();
         self.tracker.reset();
+        self.last_thumbnail = None;
     }
 }
 
@@ -63,6 +67,8 @@ struct FrameDetection {
     faces: Vec<(Face, Option<TrackInfo>)>,
     /// Whether the detector was due on this frame (it ran, or failed).
     due: bool,
+    /// Whether it was due early, the frame differing from the one before (`scene-change`).
+    cut: bool,
     /// Tracks born and ended since start.
     tracks: TrackCounts,
     /// The inference time, when the detector ran and succeeded.
@@ -103,8 +109,17 @@ impl AvaeFaceDetect {
         Ok(faces.iter().map(|f| f.normalised(width, height)).collect())
     }
 
-    /// Under the state lock: runs the detector when this frame is due (every `interval`th),
-    /// and tracks or carries the faces.
+    /// The thumbnail of `buffer` ([`Thumbnail`]); `None` when it cannot be read (the detector
+    /// then says why, if it runs).
+    fn thumbnail(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) -> Option<Thumbnail> {
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info).ok()?;
+        element::readable_frame(&frame)
+            .ok()
+            .map(|source| Thumbnail::of(&source))
+    }
+
+    /// Under the state lock: runs the detector when this frame is due (every `interval`th,
+    /// or at once on a cut, `scene-change`), and tracks or carries the faces.
     fn detect_due(
         &self,
         buf: &gst::BufferRef,
@@ -113,7 +128,29 @@ impl AvaeFaceDetect {
         let mut state_guard = lock(&self.state);
         let state = state_guard.as_mut().ok_or(gst::FlowError::Flushing)?;
         let info = state.info.clone().ok_or(gst::FlowError::NotNegotiated)?;
-        let due = state.frame_index % u64::from(settings.interval.max(1)) == 0;
+        let interval = u64::from(settings.interval.max(1));
+        let mut due = state.frame_index % interval == 0;
+        let mut cut = false;
+        if interval > 1 && settings.scene_change > 0.0 {
+            let thumbnail = Self::thumbnail(buf, &info);
+            if let (false, Some(now), Some(last)) = (due, &thumbnail, &state.last_thumbnail) {
+                let change = now.change(last);
+                if f64::from(change) > settings.scene_change {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "Scene cut (change {change:.3}): detecting now"
+                    );
+                    (due, cut) = (true, true);
+                    // The count starts again from the cut; the last scene's tracks end.
+                    state.frame_index = 0;
+                    state.tracker.reset();
+                }
+            }
+            state.last_thumbnail = thumbnail;
+        } else {
+            state.last_thumbnail = None;
+        }
         state.frame_index += 1;
         state.tracker.set_params(settings.tracker_params());
         if !settings.tracking {
@@ -147,6 +184,7 @@ impl AvaeFaceDetect {
             info,
             faces,
             due,
+            cut,
             tracks: state.tracker.counts(),
             inference_ms,
             failure,
@@ -283,6 +321,7 @@ impl BaseTransformImpl for AvaeFaceDetect {
             frame_index: 0,
             carried: Vec::new(),
             tracker: Tracker::new(settings.tracker_params()),
+            last_thumbnail: None,
             warned: Warned::default(),
         });
         *lock(&self.stats) = Stats::default();
@@ -313,6 +352,7 @@ impl BaseTransformImpl for AvaeFaceDetect {
             info,
             faces,
             due,
+            cut,
             tracks,
             inference_ms,
             failure,
@@ -350,6 +390,7 @@ impl BaseTransformImpl for AvaeFaceDetect {
             stats.failures += u64::from(failure.is_some());
             stats.detector_runs += u64::from(due);
             stats.carried_frames += u64::from(!due);
+            stats.scene_cuts += u64::from(cut);
             stats.tracks = tracks;
         }
         if let Some((cause, Some(reason))) = failure {

@@ -28,6 +28,8 @@ pub(super) struct Stats {
     pub(super) detector_runs: u64,
     /// Frames between detections, whose faces were carried.
     pub(super) carried_frames: u64,
+    /// Frames detected before their turn because they differ from the frame before.
+    pub(super) scene_cuts: u64,
     /// The tracker's counts (tracks born and ended since start).
     pub(super) tracks: TrackCounts,
 }
@@ -49,6 +51,7 @@ impl Stats {
             .field("mean-inference-ms", mean)
             .field("detector-runs", self.detector_runs)
             .field("carried-frames", self.carried_frames)
+            .field("scene-cuts", self.scene_cuts)
             .field("tracks-born", self.tracks.born)
             .field("tracks-ended", self.tracks.ended)
             .build()

@@ -6,4 +6,5 @@ pub mod detect;
 pub mod image;
 pub mod latent;
 pub mod resample;
+pub mod scene;
 pub mod select;
