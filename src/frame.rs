@@ -14,7 +14,7 @@ use crate::core::align::{self, Similarity};
 use crate::core::band;
 use crate::core::image::{self, FrameMut, FrameRef, Region};
 use crate::core::resample;
-use crate::purifier::{Purified, Purifier, PurifyParams};
+use crate::purifier::{Chosen, Purified, Purifier, PurifyParams};
 
 /// Where one face lies in its frame, and so how it is cut out and put back.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -225,6 +225,19 @@ pub fn blur_suspects(
     Ok(blurred)
 }
 
+/// How each pass of [`purify_faces_with`] gets each face's latent.
+#[derive(Debug)]
+pub enum Latents<'a> {
+    /// Chosen among M candidates (a full purification).
+    Choose,
+    /// Chosen among M candidates, and each face's chosen latent of each pass pushed onto its
+    /// list (`kept[face]`), as `avaepurify` keeps them for a track.
+    Keep(&'a mut [Vec<Chosen>]),
+    /// Decoded from each face's given latent of each pass (`given[face][pass]`) with the
+    /// face's own encoding, no M candidates: `avaepurify`'s reuse path between refreshes.
+    Reuse(&'a [Vec<Chosen>]),
+}
+
 /// Reads, purifies and writes back every face of `frame` in one purifier call per pass, pasted
 /// as `paste` says (feathered edge, low-passed context). With `passes` > 1 each further pass
 /// reads the faces again from the frame the last pass was pasted into and purifies them again,
@@ -241,6 +254,34 @@ pub fn purify_faces(
     passes: usize,
     paste: &Paste,
     prefilter: &Prefilter,
+    rng: &mut StdRng,
+    storage: &mut Vec<f32>,
+) -> Result<Vec<Purified>, FrameError> {
+    purify_faces_with(
+        purifier,
+        frame,
+        faces,
+        (params, passes),
+        paste,
+        prefilter,
+        Latents::Choose,
+        rng,
+        storage,
+    )
+}
+
+/// [`purify_faces`] with each pass's latents chosen, chosen and kept, or given
+/// ([`Latents`]); `run` is the purification's parameters and passes. With
+/// [`Latents::Reuse`] every face needs a latent for every pass.
+#[allow(clippy::too_many_arguments)]
+pub fn purify_faces_with(
+    purifier: &mut Purifier,
+    frame: &mut FrameMut<'_>,
+    faces: &[Placement],
+    (params, passes): (&PurifyParams, usize),
+    paste: &Paste,
+    prefilter: &Prefilter,
+    mut latents: Latents<'_>,
     rng: &mut StdRng,
     storage: &mut Vec<f32>,
 ) -> Result<Vec<Purified>, FrameError> {
@@ -271,11 +312,33 @@ pub fn purify_faces(
 
     let mut run = || -> Result<Vec<Purified>, FrameError> {
         let mut first = None;
-        for _ in 0..passes.max(1) {
+        for pass in 0..passes.max(1) {
             read_all(&frame.as_frame_ref(), faces.iter(), batch.view_mut()).map_err(unreadable)?;
             let results = engine_call(|| {
                 let enc = purifier.encode(batch.view())?;
-                purifier.purify_encoded(batch.view_mut(), &enc, params, rng)
+                match &mut latents {
+                    Latents::Choose => purifier.purify_encoded(batch.view_mut(), &enc, params, rng),
+                    Latents::Keep(kept) => {
+                        let (results, chosen) =
+                            purifier.purify_chosen(batch.view_mut(), &enc, params, rng)?;
+                        for (list, c) in kept.iter_mut().zip(chosen) {
+                            list.push(c);
+                        }
+                        Ok(results)
+                    }
+                    Latents::Reuse(given) => {
+                        let chosen: Option<Vec<&Chosen>> =
+                            given.iter().map(|g| g.get(pass)).collect();
+                        let chosen = chosen.filter(|c| c.len() == n).ok_or_else(|| {
+                            crate::Error::InvalidParameter {
+                                name: "latents",
+                                value: format!("{} faces' latents for {n} faces", given.len()),
+                                expected: "one latent per face and pass",
+                            }
+                        })?;
+                        purifier.decode_chosen(batch.view_mut(), &enc, &chosen, params.batch)
+                    }
+                }
             })?;
             if results.len() != n {
                 return Err(FrameError::Engine(format!(
@@ -854,6 +917,53 @@ mod tests {
             &mut Vec::new(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn reusing_the_kept_latents_repeats_the_purification() {
+        let mut purifier = crate::purifier::tiny_purifier();
+        let params = PurifyParams {
+            samples: 3,
+            batch: 4,
+            tau: purifier.default_tau(),
+        };
+        let (start, faces) = two_faces();
+        let mut run = |data: &mut Vec<u8>, latents: Latents<'_>| {
+            let mut frame = FrameMut::new(data, 160, 120, 160 * 3, PixelLayout::Rgb).unwrap();
+            let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(5);
+            purify_faces_with(
+                &mut purifier,
+                &mut frame,
+                &faces,
+                (&params, 2),
+                &with_context(),
+                &Prefilter::OFF,
+                latents,
+                &mut rng,
+                &mut Vec::new(),
+            )
+        };
+        let mut kept = vec![Vec::new(); 2];
+        let mut full = start.clone();
+        run(&mut full, Latents::Keep(&mut kept)).unwrap();
+        assert!(kept.iter().all(|k| k.len() == 2), "a latent per face and pass");
+        assert_ne!(full, start);
+        // The same frame decoded from the kept latents: the same faces (within one level: an
+        // engine may round the last bits differently with the size of its call).
+        let mut reused = start.clone();
+        run(&mut reused, Latents::Reuse(&kept)).unwrap();
+        let most = full
+            .iter()
+            .zip(&reused)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(most <= 1, "reuse differs from the full purification by {most}");
+        // Too few latents: an error, the frame put back.
+        let short: Vec<Vec<Chosen>> = kept.iter().map(|k| k[..1].to_vec()).collect();
+        let mut failed = start.clone();
+        assert!(run(&mut failed, Latents::Reuse(&short)).is_err());
+        assert_eq!(failed, start);
     }
 
     #[test]

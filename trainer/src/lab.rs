@@ -30,8 +30,8 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use anyhow::ensure;
-use gstavaepurify::frame::Placement;
-use gstavaepurify::purifier::Purified;
+use gstavaepurify::frame::{Latents, Placement};
+use gstavaepurify::purifier::{Chosen, Purified};
 
 use crate::alarm::{self, AlarmFigures};
 use crate::attack::{self, Bpda, BreakMonitor, GreyBox, LossGradient, Target, fgsm, pgd};
@@ -263,6 +263,51 @@ impl Space {
         Ok(Tensor::cat(&parts, 0))
     }
 }
+
+impl Space {
+    /// Defended unit embeddings of photos `x` on A-VAE's reuse path: each face decoded, pass
+    /// by pass, from its latents `kept` (chosen on another photo of it) with this photo's own
+    /// encoding, as `avaepurify` decodes a tracked face between refreshes.
+    #[allow(clippy::too_many_arguments)]
+    fn embeddings_reused(
+        &self,
+        defense: &mut Defense,
+        pipeline: &PastePipeline,
+        x: &Tensor,
+        align: &Tensor,
+        places: &[Placement],
+        kept: &[Vec<Chosen>],
+        chunk: usize,
+    ) -> Result<Tensor> {
+        let n = x.size()[0] as usize;
+        let seeds = vec![0; n];
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(chunk.max(1)) {
+            let len = chunk.min(n - start);
+            let rows = |t: &Tensor| t.narrow(0, start as i64, len as i64);
+            let range = start..start + len;
+            let defended = pipeline.apply_with(
+                defense,
+                &rows(x),
+                &places[range.clone()],
+                &seeds[range.clone()],
+                Latents::Reuse(&kept[range]),
+            )?;
+            parts.push(
+                self.recognizer
+                    .embed_all(&defended, &rows(align), len as i64)?,
+            );
+        }
+        Ok(Tensor::cat(&parts, 0))
+    }
+}
+
+/// Prefix of a row's accuracy keys on A-VAE's reuse path (`reuse_clean`, `reuse_pgd8`, ...).
+pub(crate) const REUSE_PREFIX: &str = "reuse_";
+
+/// How the tables name the reuse path's line.
+pub(crate) const REUSE_ROW: &str =
+    "reuse path (latents chosen on the clean probe, decoded with the attacked one's encoding)";
 
 /// Runs the lab and writes `lab.md` and `lab.json` into the report folder.
 pub fn run(opts: &EvalOptions) -> Result<()> {
@@ -611,6 +656,42 @@ pub(crate) fn run_space(
                 cond.to_string(),
                 (take_log(defense), correct_pairs(&scores, same, threshold)),
             );
+        }
+        if space.model == ThreatModel::Image && matches!(defense, Defense::AVae(_)) {
+            // The reuse path (a tracked face attacked between refreshes): each probe's latents
+            // are chosen on its clean photo (the clean condition's seeds), then decoded with
+            // each attacked photo's own encoding.
+            let mut kept = vec![Vec::new(); n];
+            let clean_seeds = seeds(stream::PROBE, 0, n);
+            for start in (0..n).step_by(chunk.max(1)) {
+                let len = chunk.min(n - start);
+                let range = start..start + len;
+                // Only the kept latents are needed here, not the photos.
+                let _photos = pipeline.apply_with(
+                    defense,
+                    &probes["clean"].narrow(0, start as i64, len as i64),
+                    &pl_p[range.clone()],
+                    &clean_seeds[range.clone()],
+                    Latents::Keep(&mut kept[range]),
+                )?;
+            }
+            for cond in std::iter::once(&"clean").chain(plan.grey) {
+                let e = space.embeddings_reused(
+                    defense,
+                    pipeline,
+                    &probes[cond],
+                    &space.aligns[PROBE],
+                    &pl_p,
+                    &kept,
+                    chunk,
+                )?;
+                let scores = scores_of(&e, &g)?;
+                accuracy.insert(
+                    format!("{REUSE_PREFIX}{cond}"),
+                    verify(&scores, same, threshold).average,
+                );
+            }
+            take_log(defense);
         }
         let probe = &space.inputs[PROBE];
         let (psnr_db, ms_per_face) = if matches!(defense, Defense::None) {
@@ -966,6 +1047,16 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
                 f(r.psnr_db, 2),
                 f(r.ms_per_face, 1)
             ));
+            if r.accuracy.contains_key(&format!("{REUSE_PREFIX}clean")) {
+                let reused = |k: &str| a(&format!("{REUSE_PREFIX}{k}"));
+                out.push_str(&format!(
+                    "| {}, {REUSE_ROW} | | {} | {} | {} | - | - | - |\n",
+                    r.defense,
+                    reused("clean"),
+                    reused("fgsm8"),
+                    reused("pgd8"),
+                ));
+            }
         }
         out.push('\n');
         out.push_str(&render_alarm(rows, model));

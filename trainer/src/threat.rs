@@ -187,6 +187,20 @@ impl PastePipeline {
         placements: &[Placement],
         seeds: &[u64],
     ) -> Result<Tensor> {
+        self.apply_with(defense, x, placements, seeds, frame::Latents::Choose)
+    }
+
+    /// [`PastePipeline::apply`] with A-VAE's latents chosen, chosen and kept (one list per
+    /// photo), or given ([`frame::Latents`], one list per photo): what a tracked face gets
+    /// at a full purification and between refreshes. Other defenses ignore `latents`.
+    pub fn apply_with(
+        &self,
+        defense: &mut Defense,
+        x: &Tensor,
+        placements: &[Placement],
+        seeds: &[u64],
+        mut latents: frame::Latents<'_>,
+    ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let x = quantize(&x.detach().to_kind(Kind::Float));
         if matches!(defense, Defense::None) {
@@ -200,6 +214,12 @@ impl PastePipeline {
             placements.len(),
             seeds.len()
         );
+        let lists = match &latents {
+            frame::Latents::Choose => n,
+            frame::Latents::Keep(kept) => kept.len(),
+            frame::Latents::Reuse(given) => given.len(),
+        };
+        ensure!(lists == n, "{n} photos, {lists} lists of latents");
         let (h, w) = (usize::try_from(size[2])?, usize::try_from(size[3])?);
         // [N, 3, H, W] in [-1, 1] -> interleaved RGB bytes, one frame after the other.
         let mut bytes = Vec::<u8>::try_from(
@@ -222,14 +242,19 @@ impl PastePipeline {
                     let params = *avae.params();
                     let prefilter = avae.prefilter();
                     let mut rng = StdRng::seed_from_u64(seeds[i]);
-                    let results = frame::purify_faces(
+                    let photo_latents = match &mut latents {
+                        frame::Latents::Choose => frame::Latents::Choose,
+                        frame::Latents::Keep(kept) => frame::Latents::Keep(&mut kept[i..=i]),
+                        frame::Latents::Reuse(given) => frame::Latents::Reuse(&given[i..=i]),
+                    };
+                    let results = frame::purify_faces_with(
                         avae.purifier_mut(),
                         &mut dest,
                         std::slice::from_ref(placement),
-                        &params,
-                        self.passes,
+                        (&params, self.passes),
                         &how,
                         &prefilter,
+                        photo_latents,
                         &mut rng,
                         &mut storage,
                     )

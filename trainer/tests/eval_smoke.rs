@@ -353,6 +353,19 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
             if model == "image" {
                 let auc = row["alarm"]["native"]["fgsm8"]["auc"].as_f64().unwrap();
                 assert!(auc >= 0.9, "FGSM 8 AUC {auc} of the native score: {row}");
+                // The reuse path: the clean probe decoded from its own latents is the full
+                // purification again (within one level, so within one pair of six).
+                for key in ["reuse_clean", "reuse_fgsm8", "reuse_pgd8"] {
+                    let v = acc[key].as_f64().unwrap_or(-1.0);
+                    assert!((0.0..=1.0).contains(&v), "{key}: {row}");
+                }
+                let (full, reused) = (
+                    acc["clean"].as_f64().unwrap(),
+                    acc["reuse_clean"].as_f64().unwrap(),
+                );
+                assert!((full - reused).abs() <= 1.0 / 6.0 + 1e-9, "{row}");
+            } else {
+                assert!(acc.get("reuse_clean").is_none(), "{row}");
             }
         }
     }
@@ -360,7 +373,8 @@ fn eval_runs_and_attacks_lower_the_undefended_accuracy() {
     assert!(
         md.contains("image threat model")
             && md.contains("Attack alarm, crop")
-            && md.contains("AUC fgsm8 native"),
+            && md.contains("AUC fgsm8 native")
+            && md.contains("reuse path (latents chosen on the clean probe"),
         "{md}"
     );
     assert!(lab.join("lab.md").is_file());

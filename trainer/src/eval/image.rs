@@ -240,6 +240,19 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
             f(r.psnr_db, 2),
             f(r.ms_per_face, 1)
         ));
+        if r.accuracy.contains_key(&format!("{}clean", lab::REUSE_PREFIX)) {
+            let reused = |k: &str| a(&format!("{}{k}", lab::REUSE_PREFIX));
+            out.push_str(&format!(
+                "| {}, {} | {} | {} | {} | {} | {} | - | - | - | - |\n",
+                r.defense,
+                lab::REUSE_ROW,
+                reused("clean"),
+                reused("fgsm4"),
+                reused("fgsm8"),
+                reused("pgd8"),
+                reused("cw"),
+            ));
+        }
     }
     out.push('\n');
     out
