@@ -946,7 +946,10 @@ mod tests {
         let mut kept = vec![Vec::new(); 2];
         let mut full = start.clone();
         run(&mut full, Latents::Keep(&mut kept)).unwrap();
-        assert!(kept.iter().all(|k| k.len() == 2), "a latent per face and pass");
+        assert!(
+            kept.iter().all(|k| k.len() == 2),
+            "a latent per face and pass"
+        );
         assert_ne!(full, start);
         // The same frame decoded from the kept latents: the same faces (within one level: an
         // engine may round the last bits differently with the size of its call).
@@ -958,7 +961,10 @@ mod tests {
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap();
-        assert!(most <= 1, "reuse differs from the full purification by {most}");
+        assert!(
+            most <= 1,
+            "reuse differs from the full purification by {most}"
+        );
         // Too few latents: an error, the frame put back.
         let short: Vec<Vec<Chosen>> = kept.iter().map(|k| k[..1].to_vec()).collect();
         let mut failed = start.clone();

@@ -237,22 +237,15 @@ pub fn bands_at_scale(
         let x = area_weights(h, sh)
             .matmul(&x)
             .matmul(&area_weights(w, sw).tr());
-        let x = match noise {
+        match noise {
             Some(eps) => {
                 let sign = Tensor::rand_like(&x).ge(0.5).to_kind(Kind::Float) * 2.0 - 1.0;
                 (x + sign * f64::from(eps)).clamp(-1.0, 1.0)
             }
             None => x,
-        };
-        x.g_add_scalar(1.0)
-            .g_mul_scalar(127.5)
-            .round()
-            .clamp(0.0, 255.0)
-            .to_kind(Kind::Uint8)
-            .permute([0, 2, 3, 1])
-            .contiguous()
+        }
     });
-    let bytes = Vec::<u8>::try_from(&small.view([-1]))?;
+    let bytes = crate::threat::rgb_bytes(&small)?;
     let (sh, sw) = (sh as usize, sw as usize);
     bytes
         .chunks(3 * sh * sw)
@@ -678,16 +671,7 @@ mod tests {
             }),
         ];
         let got = bands_at_scale(&photos, &placements, 16, 1.0, None).unwrap();
-        let bytes = Vec::<u8>::try_from(
-            &((&photos + 1.0) * 127.5)
-                .round()
-                .clamp(0.0, 255.0)
-                .to_kind(Kind::Uint8)
-                .permute([0, 2, 3, 1])
-                .contiguous()
-                .view([-1]),
-        )
-        .unwrap();
+        let bytes = crate::threat::rgb_bytes(&photos).unwrap();
         for (i, p) in placements.iter().enumerate() {
             let frame = FrameRef::new(
                 &bytes[i * 4800..(i + 1) * 4800],

@@ -243,28 +243,16 @@ impl Space {
         seeds: &[u64],
         chunk: usize,
     ) -> Result<Tensor> {
-        let n = x.size()[0] as usize;
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(chunk.max(1)) {
-            let len = chunk.min(n - start);
-            let rows = |t: &Tensor| t.narrow(0, start as i64, len as i64);
+        self.embed_chunks(x, align, chunk, |range, rows| {
             let p = if places.is_empty() {
                 &[][..]
             } else {
-                &places[start..start + len]
+                &places[range.clone()]
             };
-            let defended =
-                self.defend(defense, pipeline, &rows(x), p, &seeds[start..start + len])?;
-            parts.push(
-                self.recognizer
-                    .embed_all(&defended, &rows(align), len as i64)?,
-            );
-        }
-        Ok(Tensor::cat(&parts, 0))
+            self.defend(defense, pipeline, rows, p, &seeds[range])
+        })
     }
-}
 
-impl Space {
     /// Defended unit embeddings of photos `x` on A-VAE's reuse path: each face decoded, pass
     /// by pass, from its latents `kept` (chosen on another photo of it) with this photo's own
     /// encoding, as `avaepurify` decodes a tracked face between refreshes.
@@ -279,20 +267,33 @@ impl Space {
         kept: &[Vec<Chosen>],
         chunk: usize,
     ) -> Result<Tensor> {
+        let seeds = vec![0; places.len()];
+        self.embed_chunks(x, align, chunk, |range, rows| {
+            pipeline.apply_with(
+                defense,
+                rows,
+                &places[range.clone()],
+                &seeds[range.clone()],
+                Latents::Reuse(&kept[range]),
+            )
+        })
+    }
+
+    /// The recognizer's unit embeddings of `defend(rows, x's rows)`, `chunk` rows at a time
+    /// (`align` the rows' alignment).
+    fn embed_chunks(
+        &self,
+        x: &Tensor,
+        align: &Tensor,
+        chunk: usize,
+        mut defend: impl FnMut(std::ops::Range<usize>, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let n = x.size()[0] as usize;
-        let seeds = vec![0; n];
         let mut parts = Vec::new();
         for start in (0..n).step_by(chunk.max(1)) {
             let len = chunk.min(n - start);
             let rows = |t: &Tensor| t.narrow(0, start as i64, len as i64);
-            let range = start..start + len;
-            let defended = pipeline.apply_with(
-                defense,
-                &rows(x),
-                &places[range.clone()],
-                &seeds[range.clone()],
-                Latents::Reuse(&kept[range]),
-            )?;
+            let defended = defend(start..start + len, &rows(x))?;
             parts.push(
                 self.recognizer
                     .embed_all(&defended, &rows(align), len as i64)?,

@@ -101,6 +101,20 @@ pub fn load_photos(set: &FaceSet, indices: &[i64]) -> Result<Tensor> {
         - 1.0)
 }
 
+/// Photos `x` (`[N, 3, H, W]` in [-1, 1]) as 8-bit interleaved RGB, one frame after the other,
+/// rounded as a camera's frame would be.
+pub fn rgb_bytes(x: &Tensor) -> Result<Vec<u8>> {
+    Ok(Vec::<u8>::try_from(
+        &((x + 1.0) * 127.5)
+            .round()
+            .clamp(0.0, 255.0)
+            .to_kind(Kind::Uint8)
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .view([-1]),
+    )?)
+}
+
 /// Where the element cuts the face out of each photo: the landmarks (the image's own, or the
 /// mean LFW landmarks where it has none or with template alignment) onto the bundle's
 /// `template`, or, for a bundle without a template, the cache's fixed square crop box.
@@ -221,16 +235,7 @@ impl PastePipeline {
         };
         ensure!(lists == n, "{n} photos, {lists} lists of latents");
         let (h, w) = (usize::try_from(size[2])?, usize::try_from(size[3])?);
-        // [N, 3, H, W] in [-1, 1] -> interleaved RGB bytes, one frame after the other.
-        let mut bytes = Vec::<u8>::try_from(
-            &((&x + 1.0) * 127.5)
-                .round()
-                .clamp(0.0, 255.0)
-                .to_kind(Kind::Uint8)
-                .permute([0, 2, 3, 1])
-                .contiguous()
-                .view([-1]),
-        )?;
+        let mut bytes = rgb_bytes(&x)?;
         let s = self.side;
         let how = self.paste();
         let mut storage = Vec::new();

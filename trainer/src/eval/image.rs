@@ -240,7 +240,9 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
             f(r.psnr_db, 2),
             f(r.ms_per_face, 1)
         ));
-        if r.accuracy.contains_key(&format!("{}clean", lab::REUSE_PREFIX)) {
+        if r.accuracy
+            .contains_key(&format!("{}clean", lab::REUSE_PREFIX))
+        {
             let reused = |k: &str| a(&format!("{}{k}", lab::REUSE_PREFIX));
             out.push_str(&format!(
                 "| {}, {} | {} | {} | {} | {} | {} | - | - | - | - |\n",
