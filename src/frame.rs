@@ -292,6 +292,16 @@ pub fn purify_faces_with(
     }
     let side = purifier.image_size();
     let n = faces.len();
+    let lists = match &latents {
+        Latents::Choose => n,
+        Latents::Keep(kept) => kept.len(),
+        Latents::Reuse(given) => given.len(),
+    };
+    if lists != n {
+        return Err(FrameError::Engine(format!(
+            "{lists} lists of latents for {n} faces: one per face expected"
+        )));
+    }
     storage.resize(n * 3 * side * side, 0.0);
     let mut batch = ArrayViewMut4::from_shape((n, 3, side, side), &mut storage[..])
         .map_err(|err| FrameError::Unreadable(format!("face batch: {err}")))?;
@@ -969,6 +979,13 @@ mod tests {
         let short: Vec<Vec<Chosen>> = kept.iter().map(|k| k[..1].to_vec()).collect();
         let mut failed = start.clone();
         assert!(run(&mut failed, Latents::Reuse(&short)).is_err());
+        assert_eq!(failed, start);
+        // A list for one face of two: refused before anything is written.
+        let err = run(&mut failed, Latents::Reuse(&kept[..1])).unwrap_err();
+        assert!(
+            err.to_string().contains("1 lists of latents for 2 faces"),
+            "{err}"
+        );
         assert_eq!(failed, start);
     }
 
