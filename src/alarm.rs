@@ -78,6 +78,13 @@ pub struct NativeBands {
     pub width: f32,
 }
 
+impl NativeBands {
+    /// [`Feature::LogNativeDetailRatio`] of these figures.
+    pub fn log_ratio(&self) -> f32 {
+        log_ratio(self.fine, self.mid)
+    }
+}
+
 /// The native feature's clean statistics at one face width.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SizePoint {
@@ -169,7 +176,7 @@ impl AlarmParams {
         if !self.scores_from_the_frame() {
             return None;
         }
-        let value = log_ratio(bands.fine, bands.mid);
+        let value = bands.log_ratio();
         // The other features' weights are zero: their values do not count.
         Some(self.standardised_sum(bands.width, |f| {
             if f == Feature::LogNativeDetailRatio {
@@ -232,11 +239,11 @@ impl AlarmParams {
             ));
         }
         let sizes = &self.native_sizes;
+        let finite_positive = |v: f32| v > 0.0 && v.is_finite();
         if sizes
             .iter()
-            .any(|p| !(p.width > 0.0 && p.width.is_finite() && p.mean.is_finite() && p.std > 0.0))
+            .any(|p| !(finite_positive(p.width) && p.mean.is_finite() && finite_positive(p.std)))
             || sizes.windows(2).any(|w| w[0].width >= w[1].width)
-            || sizes.iter().any(|p| !p.std.is_finite())
         {
             return Err(Error::InvalidParameter {
                 name: "alarm.native_sizes",

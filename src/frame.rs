@@ -238,6 +238,26 @@ pub enum Latents<'a> {
     Reuse(&'a [Vec<Chosen>]),
 }
 
+impl Latents<'_> {
+    /// How many faces' lists it holds (`None` for [`Latents::Choose`], which has none).
+    pub fn lists(&self) -> Option<usize> {
+        match self {
+            Latents::Choose => None,
+            Latents::Keep(kept) => Some(kept.len()),
+            Latents::Reuse(given) => Some(given.len()),
+        }
+    }
+
+    /// The same route for the faces `range` of its lists only.
+    pub fn rows(&mut self, range: std::ops::Range<usize>) -> Latents<'_> {
+        match self {
+            Latents::Choose => Latents::Choose,
+            Latents::Keep(kept) => Latents::Keep(&mut kept[range]),
+            Latents::Reuse(given) => Latents::Reuse(&given[range]),
+        }
+    }
+}
+
 /// Reads, purifies and writes back every face of `frame` in one purifier call per pass, pasted
 /// as `paste` says (feathered edge, low-passed context). With `passes` > 1 each further pass
 /// reads the faces again from the frame the last pass was pasted into and purifies them again,
@@ -292,12 +312,7 @@ pub fn purify_faces_with(
     }
     let side = purifier.image_size();
     let n = faces.len();
-    let lists = match &latents {
-        Latents::Choose => n,
-        Latents::Keep(kept) => kept.len(),
-        Latents::Reuse(given) => given.len(),
-    };
-    if lists != n {
+    if let Some(lists) = latents.lists().filter(|&l| l != n) {
         return Err(FrameError::Engine(format!(
             "{lists} lists of latents for {n} faces: one per face expected"
         )));
@@ -337,15 +352,16 @@ pub fn purify_faces_with(
                         Ok(results)
                     }
                     Latents::Reuse(given) => {
-                        let chosen: Option<Vec<&Chosen>> =
-                            given.iter().map(|g| g.get(pass)).collect();
-                        let chosen = chosen.filter(|c| c.len() == n).ok_or_else(|| {
-                            crate::Error::InvalidParameter {
+                        // One list per face is checked above; each needs this pass's latent.
+                        let chosen: Vec<&Chosen> = given
+                            .iter()
+                            .map(|g| g.get(pass))
+                            .collect::<Option<_>>()
+                            .ok_or_else(|| crate::Error::InvalidParameter {
                                 name: "latents",
-                                value: format!("{} faces' latents for {n} faces", given.len()),
+                                value: format!("no latent for pass {} of {passes}", pass + 1),
                                 expected: "one latent per face and pass",
-                            }
-                        })?;
+                            })?;
                         purifier.decode_chosen(batch.view_mut(), &enc, &chosen, params.batch)
                     }
                 }

@@ -271,12 +271,10 @@ pub fn fit_sizes(alarm: &mut AlarmParams, by_scale: &[Vec<NativeBands>]) -> bool
         .iter()
         .filter(|faces| !faces.is_empty())
         .map(|faces| {
-            let mut widths: Vec<f32> = faces.iter().map(|b| b.width).collect();
-            widths.sort_by(f32::total_cmp);
-            let values: Vec<f32> = faces.iter().map(native_value).collect();
+            let values: Vec<f32> = faces.iter().map(NativeBands::log_ratio).collect();
             let (mean, std) = mean_std(&values);
             SizePoint {
-                width: widths[widths.len() / 2],
+                width: median_width(faces),
                 mean,
                 std,
             }
@@ -291,22 +289,27 @@ pub fn fit_sizes(alarm: &mut AlarmParams, by_scale: &[Vec<NativeBands>]) -> bool
         by_scale
             .iter()
             .filter(|faces| !faces.is_empty())
-            .map(|faces| {
-                let scores: Vec<f32> = faces
-                    .iter()
-                    .filter_map(|b| alarm.native_score(*b))
-                    .collect();
-                quantile(&scores, q)
-            })
+            .map(|faces| quantile(&native_scores(alarm, faces), q))
             .fold(f32::NEG_INFINITY, f32::max)
     };
     (alarm.threshold_1, alarm.threshold_5) = (at(0.99), at(0.95));
     true
 }
 
-/// [`Feature::LogNativeDetailRatio`] of `bands`.
-fn native_value(bands: &NativeBands) -> f32 {
-    bands.fine.max(1e-12).ln() - bands.mid.max(1e-12).ln()
+/// `alarm`'s scores of `faces` read from their frames (none for an alarm that needs
+/// purification's signals).
+fn native_scores(alarm: &AlarmParams, faces: &[NativeBands]) -> Vec<f32> {
+    faces
+        .iter()
+        .filter_map(|b| alarm.native_score(*b))
+        .collect()
+}
+
+/// The median face crop width of `faces` (0 when there are none).
+fn median_width(faces: &[NativeBands]) -> f32 {
+    let mut widths: Vec<f32> = faces.iter().map(|b| b.width).collect();
+    widths.sort_by(f32::total_cmp);
+    widths.get(widths.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Clean false alarms at one photo scale, by [`size_check`].
@@ -342,25 +345,14 @@ pub fn size_check(
         .zip(by_scale)
         .zip(noisy)
         .map(|((&factor, faces), noisy)| {
-            let mut widths: Vec<f32> = faces.iter().map(|b| b.width).collect();
-            widths.sort_by(f32::total_cmp);
-            let scores = |a: &AlarmParams| -> Vec<f32> {
-                faces.iter().filter_map(|b| a.native_score(*b)).collect()
-            };
-            let (f, s) = (scores(flat), scores(sized));
+            let (f, s) = (native_scores(flat, faces), native_scores(sized, faces));
             SizeCheck {
                 factor,
-                width: widths.get(widths.len() / 2).copied().unwrap_or(0.0),
+                width: median_width(faces),
                 flat_1: rate_above(&f, flat.threshold_1),
                 sized_1: rate_above(&s, sized.threshold_1),
                 sized_5: rate_above(&s, sized.threshold_5),
-                noise_1: rate_above(
-                    &noisy
-                        .iter()
-                        .filter_map(|b| sized.native_score(*b))
-                        .collect::<Vec<_>>(),
-                    sized.threshold_1,
-                ),
+                noise_1: rate_above(&native_scores(sized, noisy), sized.threshold_1),
             }
         })
         .collect()
@@ -713,13 +705,7 @@ mod tests {
         let mut alarm = fit(&purified, [0.0, 0.0, 0.0, 0.0, 0.0, 1.0], String::new());
         let flat = alarm.clone();
         let over = |a: &AlarmParams, faces: &[NativeBands]| {
-            rate_above(
-                &faces
-                    .iter()
-                    .filter_map(|b| a.native_score(*b))
-                    .collect::<Vec<_>>(),
-                a.threshold_1,
-            )
+            rate_above(&native_scores(a, faces), a.threshold_1)
         };
         assert_eq!(over(&flat, &small), 1.0);
         let by_scale = vec![large.clone(), small.clone()];

@@ -303,8 +303,11 @@ impl Space {
     }
 }
 
-/// Prefix of a row's accuracy keys on A-VAE's reuse path (`reuse_clean`, `reuse_pgd8`, ...).
-pub(crate) const REUSE_PREFIX: &str = "reuse_";
+/// A row's accuracy key of condition `cond` on A-VAE's reuse path (`reuse_clean`,
+/// `reuse_pgd8`, ...).
+pub(crate) fn reuse_key(cond: &str) -> String {
+    format!("reuse_{cond}")
+}
 
 /// How the tables name the reuse path's line.
 pub(crate) const REUSE_ROW: &str =
@@ -687,10 +690,7 @@ pub(crate) fn run_space(
                     chunk,
                 )?;
                 let scores = scores_of(&e, &g)?;
-                accuracy.insert(
-                    format!("{REUSE_PREFIX}{cond}"),
-                    verify(&scores, same, threshold).average,
-                );
+                accuracy.insert(reuse_key(cond), verify(&scores, same, threshold).average);
             }
             take_log(defense);
         }
@@ -1048,8 +1048,8 @@ fn render(rows: &[LabRow], opts: &EvalOptions) -> String {
                 f(r.psnr_db, 2),
                 f(r.ms_per_face, 1)
             ));
-            if r.accuracy.contains_key(&format!("{REUSE_PREFIX}clean")) {
-                let reused = |k: &str| a(&format!("{REUSE_PREFIX}{k}"));
+            if r.accuracy.contains_key(&reuse_key("clean")) {
+                let reused = |k: &str| a(&reuse_key(k));
                 out.push_str(&format!(
                     "| {}, {REUSE_ROW} | | {} | {} | {} | - | - | - |\n",
                     r.defense,

@@ -228,12 +228,9 @@ impl PastePipeline {
             placements.len(),
             seeds.len()
         );
-        let lists = match &latents {
-            frame::Latents::Choose => n,
-            frame::Latents::Keep(kept) => kept.len(),
-            frame::Latents::Reuse(given) => given.len(),
-        };
-        ensure!(lists == n, "{n} photos, {lists} lists of latents");
+        if let Some(lists) = latents.lists() {
+            ensure!(lists == n, "{n} photos, {lists} lists of latents");
+        }
         let (h, w) = (usize::try_from(size[2])?, usize::try_from(size[3])?);
         let mut bytes = rgb_bytes(&x)?;
         let s = self.side;
@@ -247,11 +244,6 @@ impl PastePipeline {
                     let params = *avae.params();
                     let prefilter = avae.prefilter();
                     let mut rng = StdRng::seed_from_u64(seeds[i]);
-                    let photo_latents = match &mut latents {
-                        frame::Latents::Choose => frame::Latents::Choose,
-                        frame::Latents::Keep(kept) => frame::Latents::Keep(&mut kept[i..=i]),
-                        frame::Latents::Reuse(given) => frame::Latents::Reuse(&given[i..=i]),
-                    };
                     let results = frame::purify_faces_with(
                         avae.purifier_mut(),
                         &mut dest,
@@ -259,7 +251,7 @@ impl PastePipeline {
                         (&params, self.passes),
                         &how,
                         &prefilter,
-                        photo_latents,
+                        latents.rows(i..i + 1),
                         &mut rng,
                         &mut storage,
                     )

@@ -240,10 +240,8 @@ pub(crate) fn markdown(summary: &EvalSummary) -> String {
             f(r.psnr_db, 2),
             f(r.ms_per_face, 1)
         ));
-        if r.accuracy
-            .contains_key(&format!("{}clean", lab::REUSE_PREFIX))
-        {
-            let reused = |k: &str| a(&format!("{}{k}", lab::REUSE_PREFIX));
+        if r.accuracy.contains_key(&lab::reuse_key("clean")) {
+            let reused = |k: &str| a(&lab::reuse_key(k));
             out.push_str(&format!(
                 "| {}, {} | {} | {} | {} | {} | {} | - | - | - | - |\n",
                 r.defense,
